@@ -1,0 +1,1 @@
+"""What producer and consumer share: schemas, settings, the backend contract, both backends."""

@@ -1,0 +1,101 @@
+"""The backend contract: what a producer and a worker need from a queue.
+
+Both backends honour these rules, and `tests/contract/` runs one suite against both:
+
+- `publish` returns only when every task is safely stored (on RabbitMQ: confirmed by the
+  broker); otherwise it raises, and no task of the failed call counts as sent.
+- `receive` returns a `Delivery` or `None` when nothing came within `timeout`, so a worker
+  loop always gets a turn to check for shutdown.
+- A delivery is handed out again (``redelivered=True``) until it is acked: a worker that dies
+  before `ack` loses nothing. `ack` happens only after the handler has finished.
+- `retry_later`, `dead_letter` and `requeue` each settle the delivery; after them the delivery
+  must not be acked. `retry_later` and `dead_letter` return once the new copy is stored.
+- Bodies are opaque bytes here; `common.schemas` turns them into tasks and results.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from common.schemas import DeadLetter, TaskEnvelope, TaskResult
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message handed to a worker, not yet settled."""
+
+    body: bytes
+    #: True when this message was handed out before and not acked (a crash, a requeue).
+    redelivered: bool
+    #: Whatever the backend needs to settle it (a delivery tag, a slot...).
+    handle: Any = field(repr=False)
+
+
+class Backend(ABC):
+    """One task queue, seen from a producer and from a worker."""
+
+    name: ClassVar[str]
+
+    # -- producer side -------------------------------------------------------------------
+    @abstractmethod
+    def publish(self, tasks: Sequence[TaskEnvelope]) -> None:
+        """Store every task, or raise `PublishFailed` / `BrokerError`."""
+
+    @abstractmethod
+    def publish_raw(self, bodies: Sequence[bytes]) -> None:
+        """Store bodies exactly as given, as any client could send them (tests, replays)."""
+
+    @abstractmethod
+    def receive_result(self, timeout: float) -> TaskResult | None:
+        """The next result sent back to this producer, or None after `timeout` seconds.
+
+        Only results of tasks published by this backend object with results requested.
+        """
+
+    # -- worker side ---------------------------------------------------------------------
+    @abstractmethod
+    def receive(self, timeout: float) -> Delivery | None:
+        """The next delivery, or None when none came within `timeout` seconds."""
+
+    @abstractmethod
+    def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
+        """Settle a finished delivery, after sending its result to whoever asked for it."""
+
+    @abstractmethod
+    def retry_later(self, delivery: Delivery, task: TaskEnvelope, delay: float) -> None:
+        """Store `task` (the next attempt) to come back after `delay` seconds; settle `delivery`."""
+
+    @abstractmethod
+    def dead_letter(
+        self, delivery: Delivery, letter: DeadLetter, result: TaskResult | None = None
+    ) -> None:
+        """Keep the message with why it will not be processed; then `ack(delivery, result)`."""
+
+    @abstractmethod
+    def requeue(self, delivery: Delivery) -> None:
+        """Give an unfinished delivery back, to be handed out again."""
+
+    # -- both ----------------------------------------------------------------------------
+    @abstractmethod
+    def pending(self) -> int:
+        """Tasks waiting in the queue (not counting the ones handed out)."""
+
+    @abstractmethod
+    def dead_letters(self) -> list[DeadLetter]:
+        """The dead letters kept so far (without removing them)."""
+
+    @abstractmethod
+    def replay_dead_letters(self) -> int:
+        """Move every dead letter back to the work queue as a first attempt; how many moved."""
+
+    def close(self) -> None:  # noqa: B027 - closing is optional for in-memory backends
+        """Release connections; safe to call twice."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

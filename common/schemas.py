@@ -1,0 +1,130 @@
+"""The wire format both backends speak: JSON bytes validated by pydantic, never pickle.
+
+Encoding and decoding live here and nowhere else, so the local backend (which puts encoded
+bytes on its `multiprocessing.Queue`) exercises exactly the bytes RabbitMQ carries.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.errors import BadMessage
+
+#: Bodies larger than this are refused before any parsing (dead-lettered as ``too-large``).
+MAX_BODY_BYTES = 1_000_000
+
+_HOSTNAME = socket.gethostname()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskEnvelope(_Strict):
+    """One unit of work, as the producer sends it."""
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
+    kind: str = Field(min_length=1, max_length=64)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    #: 1 for the first try; a retry is a new envelope with attempt + 1.
+    attempt: Annotated[int, Field(ge=1)] = 1
+    #: None means "use the consumer's default".
+    max_attempts: Annotated[int, Field(ge=1)] | None = None
+    producer_host: str = Field(default=_HOSTNAME)
+    producer_pid: int = Field(default_factory=os.getpid)
+
+
+class TaskStatus(StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+
+
+class TaskResult(_Strict):
+    """What a worker did with one task."""
+
+    task_id: str
+    kind: str
+    status: TaskStatus
+    attempt: int
+    #: True when the broker (or the local supervisor) handed this task out before.
+    redelivered: bool = False
+    worker_pid: int
+    worker_ppid: int
+    worker_host: str
+    worker_name: str
+    started_at: datetime
+    finished_at: datetime
+    #: The task's creation time, copied so the producer can compute latency from one record.
+    created_at: datetime
+    value: Any = None
+    error: str | None = None
+
+
+class DeadLetter(_Strict):
+    """A message that will not be processed, kept with why."""
+
+    # The body may be any bytes a client sent: carry it as base64 in JSON.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+    reason: str
+    error: str
+    queue: str
+    attempts: int
+    task_id: str | None
+    dead_lettered_at: datetime
+    body: bytes
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def encode(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
+
+
+def _decode(body: bytes, model: type[_Model]) -> _Model:
+    if len(body) > MAX_BODY_BYTES:
+        raise BadMessage("too-large", f"{len(body)} bytes, limit {MAX_BODY_BYTES}")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise BadMessage("not-json", f"body is not valid JSON ({first['msg']})") from None
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise BadMessage("schema", f"not a {model.__name__}: {where}: {first['msg']}") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # pragma: no cover - pydantic wraps these
+        raise BadMessage("not-json", str(exc)) from None
+
+
+def decode_task(body: bytes) -> TaskEnvelope:
+    """Bytes to a task, or `BadMessage` saying what is wrong. Never raises anything else."""
+    return _decode(body, TaskEnvelope)
+
+
+def decode_result(body: bytes) -> TaskResult:
+    return _decode(body, TaskResult)
+
+
+def as_first_attempt(body: bytes) -> bytes:
+    """A dead letter's body, made ready to replay: a valid task starts again at attempt 1;
+    anything else goes back as it was (and will be dead-lettered again, with its reason)."""
+    try:
+        task = decode_task(body)
+    except BadMessage:
+        return body
+    return encode(task.model_copy(update={"attempt": 1}))

@@ -1,0 +1,1 @@
+"""The consumer: worker processes, their supervisor, and the task handlers they run."""

@@ -1,0 +1,217 @@
+"""Worker processes and the supervisor that starts, reaps and replaces them.
+
+The seed course's process lessons, applied: every worker is a daemon child; every child that
+exits is joined (so none lingers as a zombie); a worker asks the kernel to signal it when
+its parent dies (``PR_SET_PDEATHSIG``) and also watches ``os.getppid()``, so a killed
+supervisor leaves no stray orphans; SIGINT and SIGTERM mean "finish the task in hand, then
+stop".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from common.errors import TaskshuttleError
+from common.local import MP_CONTEXT, LocalBackend
+from common.settings import Settings
+from consumer.handlers import import_handlers, registry
+from consumer.worker import Worker, WorkerOptions
+
+log = logging.getLogger("taskshuttle.supervisor")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class CrashLoop(TaskshuttleError):
+    """Workers keep dying: the restart budget is spent."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs, picklable (it crosses a process start)."""
+
+    settings: Settings
+    options: WorkerOptions
+    handler_modules: tuple[str, ...] = ()
+    #: Set for the local backend (the queue lives in the parent); None means RabbitMQ.
+    local: LocalBackend | None = field(default=None, repr=False)
+
+
+def _die_with_parent(parent_pid: int, stop: threading.Event) -> None:
+    """Arrange to stop when the parent goes away, however it went."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        stop.set()
+
+    def watch() -> None:  # portable fallback, and a second line of defence
+        while not stop.wait(0.5):
+            if os.getppid() != parent_pid:
+                log.warning("supervisor %d is gone; stopping", parent_pid)
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def worker_main(spec: WorkerSpec, slot: int, parent_pid: int, stop_all: Any, ready: Any) -> None:
+    """Entry point of a worker process."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    _die_with_parent(parent_pid, stop)
+
+    class _Either:
+        def is_set(self) -> bool:
+            return stop.is_set() or stop_all.is_set()
+
+    logging.basicConfig(level=logging.WARNING, format="%(processName)s %(levelname)s %(message)s")
+    try:
+        import_handlers(list(spec.handler_modules))
+        backend: Any
+        if spec.local is not None:
+            backend = spec.local
+            backend.attach(slot)
+        else:
+            from common.rabbitmq import RabbitBackend
+
+            backend = RabbitBackend(
+                spec.settings.amqp_url,
+                spec.settings.queue,
+                prefetch=spec.settings.prefetch,
+                reconnect_attempts=None,
+            )
+        worker = Worker(backend, registry, spec.options, _Either(), spec.settings.queue)
+        ready.release()
+        worker.run()
+        backend.close()
+    except TaskshuttleError as exc:
+        print(f"worker {os.getpid()}: error: {exc}", file=sys.stderr)
+        sys.exit(3)
+
+
+class WorkerPool:
+    """N worker processes, kept at N: dead ones are reaped and replaced.
+
+    `on_death(slot)` runs after a worker died unexpectedly, before its replacement starts
+    (the local backend uses it to put the dead worker's task back).
+    """
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        count: int,
+        *,
+        on_death: Callable[[int], object] | None = None,
+        restart_budget: int = 5,
+        budget_window: float = 60.0,
+        daemon: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.count = count
+        self.on_death = on_death
+        self.restart_budget = restart_budget
+        self.budget_window = budget_window
+        self.daemon = daemon
+        self.stop_event = MP_CONTEXT.Event()
+        self._ready = MP_CONTEXT.Semaphore(0)
+        self.workers: dict[int, BaseProcess] = {}
+        self.restarts: deque[float] = deque()
+        self.deaths: list[tuple[int, int | None]] = []  # (pid, exit code) of unexpected exits
+
+    def start(self) -> None:
+        for slot in range(self.count):
+            self._start(slot)
+
+    def _start(self, slot: int) -> None:
+        process = MP_CONTEXT.Process(
+            target=worker_main,
+            args=(self.spec, slot, os.getpid(), self.stop_event, self._ready),
+            name=f"worker-{slot}",
+            daemon=self.daemon,
+        )
+        process.start()
+        self.workers[slot] = process
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        """Wait until every worker started so far has its backend and handlers ready."""
+        deadline = time.monotonic() + timeout
+        for _ in range(self.count):
+            while not self._ready.acquire(timeout=0.2):
+                self.check()  # a worker that fails to start is reaped (and replaced) here
+                if time.monotonic() > deadline:
+                    return False
+        return True
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.workers.values() if p.pid is not None]
+
+    def alive(self) -> int:
+        return sum(p.is_alive() for p in self.workers.values())
+
+    def check(self, timeout: float = 0.0) -> None:
+        """Reap workers that exited; replace the ones that died unexpectedly."""
+        sentinels = {p.sentinel: slot for slot, p in self.workers.items()}
+        if not sentinels:
+            return
+        for sentinel in wait(list(sentinels), timeout):
+            slot = sentinels[sentinel]  # type: ignore[index]
+            process = self.workers.pop(slot)
+            process.join()  # reap: no zombie
+            expected = process.exitcode == 0 or self.stop_event.is_set()
+            if expected:
+                continue
+            log.warning(
+                "worker %s (pid %s) died with exit code %s", slot, process.pid, process.exitcode
+            )
+            self.deaths.append((process.pid or 0, process.exitcode))
+            if self.on_death is not None:
+                self.on_death(slot)
+            self._replace(slot)
+
+    def _replace(self, slot: int) -> None:
+        now = time.monotonic()
+        while self.restarts and now - self.restarts[0] > self.budget_window:
+            self.restarts.popleft()
+        if len(self.restarts) >= self.restart_budget:
+            raise CrashLoop(
+                f"{len(self.restarts)} workers died within {self.budget_window:g}s; "
+                "giving up (see the errors above)"
+            )
+        self.restarts.append(now)
+        self._start(slot)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask every worker to finish its task and exit; reap them all."""
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for process in self.workers.values():
+            process.join(max(deadline - time.monotonic(), 0))
+        for process in self.workers.values():
+            if process.is_alive():
+                log.warning("worker pid %s did not stop in time; terminating", process.pid)
+                process.terminate()
+                process.join(5)
+        self.workers.clear()
+
+    def wait_all(self, stop: Callable[[], bool], poll: float = 0.5) -> None:
+        """Supervise until `stop()` says so or every worker has exited on its own."""
+        while self.workers and not stop():
+            self.check(poll)

@@ -1,0 +1,201 @@
+"""The worker loop: the same code runs under `consumer` and inside `producer --backend local`.
+
+One delivery at a time: decode, run the handler, then settle. Settling happens only after the
+handler has returned or raised, so a worker that dies mid-task leaves its delivery unsettled
+and the backend hands it out again.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from common.backend import Backend, Delivery
+from common.errors import BadMessage
+from common.schemas import (
+    DeadLetter,
+    TaskEnvelope,
+    TaskResult,
+    TaskStatus,
+    decode_task,
+    utcnow,
+)
+from consumer.handlers import PayloadError, Registry
+
+log = logging.getLogger("taskshuttle.worker")
+
+_HOSTNAME = socket.gethostname()
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    max_attempts: int = 3
+    retry_base_delay: float = 1.0
+    retry_max_delay: float = 300.0
+    #: Exit once the queue has stayed empty this long (``--burst``); None: run until stopped.
+    burst_idle: float | None = None
+    #: How long one `receive` may block before the loop looks at the stop flag again.
+    poll_interval: float = 0.2
+
+
+def backoff_delay(
+    attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds before attempt `attempt + 1`: exponential, capped, with jitter.
+
+    Between half and all of ``base * 2 ** (attempt - 1)`` (capped), so a burst of failures
+    does not come back as a burst.
+    """
+    full = min(cap, base * 2 ** (attempt - 1))
+    return full * (0.5 + 0.5 * rand())
+
+
+class Worker:
+    def __init__(
+        self,
+        backend: Backend,
+        registry: Registry,
+        options: WorkerOptions,
+        stop: StopFlag,
+        queue_name: str = "tasks",
+    ) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.options = options
+        self.stop = stop
+        self.queue_name = queue_name
+        self.processed = 0
+        self._name = multiprocessing.current_process().name
+
+    def run(self) -> int:
+        """Take tasks until stopped (or, in burst mode, until the queue stays empty)."""
+        idle_since: float | None = None
+        while not self.stop.is_set():
+            delivery = self.backend.receive(self.options.poll_interval)
+            if delivery is None:
+                if self.options.burst_idle is None:
+                    continue
+                now = time.monotonic()
+                idle_since = idle_since or now
+                if now - idle_since >= self.options.burst_idle and self.backend.pending() == 0:
+                    break
+                continue
+            idle_since = None
+            self.process(delivery)
+        return self.processed
+
+    def process(self, delivery: Delivery) -> None:
+        try:
+            task = decode_task(delivery.body)
+        except BadMessage as exc:
+            self._dead_letter(delivery, exc.reason, exc.detail, attempts=0, task=None)
+            return
+        handler = self.registry.get(task.kind)
+        if handler is None:
+            known = ", ".join(self.registry.kinds())
+            detail = f"no handler for kind {task.kind!r} (known: {known})"
+            self._dead_letter(delivery, "unknown-kind", detail, task.attempt, task)
+            return
+
+        started_at = utcnow()
+        try:
+            value = handler(task.payload)
+        except PayloadError as exc:
+            self._dead_letter(delivery, "bad-payload", str(exc), task.attempt, task, started_at)
+            return
+        except Exception as exc:
+            self._failed(delivery, task, f"{type(exc).__name__}: {exc}", started_at)
+            return
+        result = self._result(task, delivery, TaskStatus.DONE, started_at, value=value)
+        self.backend.ack(delivery, result)
+        self.processed += 1
+
+    def _failed(
+        self, delivery: Delivery, task: TaskEnvelope, error: str, started_at: object
+    ) -> None:
+        allowed = task.max_attempts or self.options.max_attempts
+        if task.attempt < allowed:
+            delay = backoff_delay(
+                task.attempt, self.options.retry_base_delay, self.options.retry_max_delay
+            )
+            log.info(
+                "task %s attempt %d/%d failed (%s); retry in %.2fs",
+                task.id,
+                task.attempt,
+                allowed,
+                error,
+                delay,
+            )
+            next_try = task.model_copy(update={"attempt": task.attempt + 1})
+            self.backend.retry_later(delivery, next_try, delay)
+            return
+        self._dead_letter(delivery, "max-attempts", error, task.attempt, task, started_at)
+
+    def _dead_letter(
+        self,
+        delivery: Delivery,
+        reason: str,
+        error: str,
+        attempts: int,
+        task: TaskEnvelope | None,
+        started_at: object = None,
+    ) -> None:
+        log.warning("dead-lettering %s: %s: %s", task.id if task else "a message", reason, error)
+        letter = DeadLetter(
+            reason=reason,
+            error=error,
+            queue=self.queue_name,
+            attempts=attempts,
+            task_id=task.id if task else None,
+            dead_lettered_at=utcnow(),
+            body=delivery.body,
+        )
+        result = None
+        if task is not None:
+            result = self._result(
+                task,
+                delivery,
+                TaskStatus.FAILED,
+                started_at or utcnow(),
+                error=f"{reason}: {error}",
+            )
+        self.backend.dead_letter(delivery, letter, result)
+        self.processed += 1
+
+    def _result(
+        self,
+        task: TaskEnvelope,
+        delivery: Delivery,
+        status: TaskStatus,
+        started_at: object,
+        *,
+        value: object = None,
+        error: str | None = None,
+    ) -> TaskResult:
+        return TaskResult(
+            task_id=task.id,
+            kind=task.kind,
+            status=status,
+            attempt=task.attempt,
+            redelivered=delivery.redelivered,
+            worker_pid=os.getpid(),
+            worker_ppid=os.getppid(),
+            worker_host=_HOSTNAME,
+            worker_name=self._name,
+            started_at=started_at,
+            finished_at=utcnow(),
+            created_at=task.created_at,
+            value=value,
+            error=error,
+        )

@@ -1,0 +1,1 @@
+"""The producer: sends tasks, and with the local backend runs the workers too."""

@@ -1,0 +1,176 @@
+"""Run a job: send N tasks of one kind and, when asked, collect every result.
+
+This is the library under the `producer` command; tests and lessons call it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.backend import Backend
+from common.ledger import Ledger
+from common.local import LocalBackend
+from common.schemas import TaskEnvelope
+from common.settings import Settings
+from consumer.supervisor import WorkerPool, WorkerSpec
+from consumer.worker import WorkerOptions
+
+#: Tasks per publish call when no rate is set: large enough to pipeline confirms.
+BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Job:
+    count: int
+    kind: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    #: Tasks per second; None sends as fast as the backend confirms.
+    rate: float | None = None
+    max_attempts: int | None = None
+
+    def tasks(self) -> Iterator[TaskEnvelope]:
+        for _ in range(self.count):
+            yield TaskEnvelope(kind=self.kind, payload=self.payload, max_attempts=self.max_attempts)
+
+
+class Progress:
+    """What a run reports as it goes; the CLI draws a bar, tests pass nothing."""
+
+    def sent(self, n: int) -> None:
+        pass
+
+    def done(self, n: int) -> None:
+        pass
+
+
+def _batches(job: Job) -> Iterator[list[TaskEnvelope]]:
+    tasks = job.tasks()
+    if job.rate is None:
+        while batch := [t for _, t in zip(range(BATCH), tasks, strict=False)]:
+            yield batch
+        return
+    start = time.perf_counter()
+    sent = 0
+    while sent < job.count:
+        due = min(job.count, int((time.perf_counter() - start) * job.rate) + 1)
+        if due > sent:
+            batch = [next(tasks) for _ in range(due - sent)]
+            sent = due
+            yield batch
+        else:
+            time.sleep(min((sent + 1) / job.rate - (time.perf_counter() - start), 0.05))
+
+
+def send(
+    job: Job,
+    backend: Backend,
+    ledger: Ledger,
+    progress: Progress,
+    *,
+    between: Callable[[], None] = lambda: None,
+) -> None:
+    """Publish the job's tasks (paced by `job.rate`), calling `between` after each batch."""
+    for batch in _batches(job):
+        backend.publish(batch)
+        ledger.record_sent(batch)
+        progress.sent(len(batch))
+        between()
+
+
+def collect(
+    backend: Backend,
+    ledger: Ledger,
+    progress: Progress,
+    *,
+    until: float,
+    poll: float = 0.2,
+    tick: Callable[[], None] = lambda: None,
+) -> None:
+    """Take results until every sent task has one or `until` (perf_counter) passes."""
+    while ledger.outstanding and time.perf_counter() < until:
+        _take_results(backend, ledger, progress, min(poll, until - time.perf_counter()))
+        tick()
+    ledger.finished = time.perf_counter()
+
+
+def _take_results(backend: Backend, ledger: Ledger, progress: Progress, timeout: float) -> None:
+    result = backend.receive_result(max(timeout, 0))
+    taken = 0
+    while result is not None:
+        ledger.record_result(result)
+        taken += 1
+        result = backend.receive_result(0)
+    if taken:
+        progress.done(taken)
+
+
+def run_local(
+    job: Job,
+    settings: Settings,
+    *,
+    options: WorkerOptions,
+    timeout: float,
+    handler_modules: tuple[str, ...] = (),
+    progress: Progress | None = None,
+    daemon: bool = True,
+) -> tuple[Ledger, LocalBackend]:
+    """The whole producer-consumer model in one process tree: this process feeds a
+    `multiprocessing.Queue`, `settings.workers` daemon children consume it."""
+    progress = progress or Progress()
+    backend = LocalBackend(slots=settings.workers, queue_name=settings.queue)
+    spec = WorkerSpec(settings, options, handler_modules, local=backend)
+    pool = WorkerPool(spec, settings.workers, on_death=backend.recover, daemon=daemon)
+    pool.start()
+    try:
+        pool.wait_ready()
+        ledger = Ledger()
+        send(
+            job,
+            backend,
+            ledger,
+            progress,
+            between=lambda: (_take_results(backend, ledger, progress, 0), pool.check()),
+        )
+        collect(backend, ledger, progress, until=time.perf_counter() + timeout, tick=pool.check)
+    finally:
+        pool.stop()
+        backend.close()
+    return ledger, backend
+
+
+def run_rabbitmq(
+    job: Job,
+    settings: Settings,
+    *,
+    wait: bool,
+    timeout: float,
+    progress: Progress | None = None,
+    reconnect_attempts: int | None = 10,
+) -> Ledger:
+    """Publish with confirms; with `wait`, collect the results on a reply queue."""
+    from common.rabbitmq import RabbitBackend  # only this path needs pika
+
+    progress = progress or Progress()
+    ledger = Ledger()
+    with RabbitBackend(
+        settings.amqp_url,
+        settings.queue,
+        want_results=wait,
+        reconnect_attempts=reconnect_attempts,
+    ) as backend:
+        if not wait:
+            send(job, backend, ledger, progress)
+            ledger.finished = time.perf_counter()
+            return ledger
+        send(
+            job,
+            backend,
+            ledger,
+            progress,
+            between=lambda: _take_results(backend, ledger, progress, 0),
+        )
+        collect(backend, ledger, progress, until=time.perf_counter() + timeout)
+    return ledger
