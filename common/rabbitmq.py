@@ -223,6 +223,8 @@ class _Link:
         finally:
             self._dead.set()
             self._fail_io(self.close_error or ConnectionLost("connection closed"))
+            if self._conn is not None:
+                self._conn.ioloop.close()  # its wake-up socket pair, else they leak
 
     def _on_connection_open_io(self, conn: pika.SelectConnection) -> None:
         conn.channel(on_open_callback=self._on_channel_open_io)

@@ -1,0 +1,87 @@
+"""Shared fixtures. Integration tests need a broker: without one they skip with the reason,
+except under CI (``CI=true``), where a missing broker is a failure, never a silent skip."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from common.backend import Backend
+from common.settings import DEFAULT_AMQP_URL
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BROKER_URL = os.environ.get("AMQP_URL", DEFAULT_AMQP_URL)
+
+
+def _broker_answers(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "localhost", parts.port or 5672), 2):
+            return True
+    except OSError:
+        return False
+
+
+def require_broker(url: str = BROKER_URL) -> str:
+    """Skip (outside CI) or fail (in CI) unless a broker accepts connections at `url`."""
+    if _broker_answers(url):
+        return url
+    where = f"{urlsplit(url).hostname}:{urlsplit(url).port or 5672}"
+    reason = f"no RabbitMQ answers at {where}; start one with `bash scripts/broker.sh start`"
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def broker_url() -> str:
+    return require_broker()
+
+
+@pytest.fixture
+def queue_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A queue name of this test's own; its queues are deleted afterwards (RabbitMQ)."""
+    name = f"test.{request.node.name[:40]}.{uuid.uuid4().hex[:8]}"
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    yield name
+    if _broker_answers(BROKER_URL):
+        from common.rabbitmq import RabbitBackend
+
+        try:
+            with RabbitBackend(BROKER_URL, name) as backend:
+                backend.delete_queues()
+        except Exception:  # the test may have left the queue with other arguments
+            pass
+
+
+@pytest.fixture(params=["local", "rabbitmq"])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_backend(backend_name: str, queue_name: str) -> Iterator[Callable[..., Backend]]:
+    """Build only the backend this test asked for (local tests never need the broker)."""
+    built: list[Backend] = []
+
+    def make(**kwargs: object) -> Backend:
+        backend: Backend
+        if backend_name == "local":
+            from common.local import LocalBackend
+
+            backend = LocalBackend(queue_name=queue_name, **kwargs)  # type: ignore[arg-type]
+        else:
+            from common.rabbitmq import RabbitBackend
+
+            backend = RabbitBackend(require_broker(), queue_name, **kwargs)  # type: ignore[arg-type]
+        built.append(backend)
+        return backend
+
+    yield make
+    for backend in built:
+        backend.close()

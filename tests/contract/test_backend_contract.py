@@ -1,0 +1,208 @@
+"""One suite, both backends: the rules in `common/backend.py`, checked on each.
+
+The `make_backend` fixture builds only the backend the test asked for, so the local half
+runs with no broker at all. Local tests play the worker in this same process (slot 0).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from common.backend import Backend, Delivery
+from common.local import LocalBackend
+from common.schemas import (
+    DeadLetter,
+    TaskEnvelope,
+    TaskResult,
+    TaskStatus,
+    decode_task,
+    utcnow,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+MakeBackend = Callable[..., Backend]
+
+
+def _producer_and_worker(make_backend: MakeBackend) -> tuple[Backend, Backend]:
+    """Two views of one queue: a producer that wants results, and a worker."""
+    first = make_backend()
+    if isinstance(first, LocalBackend):
+        first.attach(0)
+        return first, first  # one object plays both roles in one process
+    return make_backend(want_results=True), first
+
+
+def _receive(backend: Backend, timeout: float = 10.0) -> Delivery:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        delivery = backend.receive(0.2)
+        if delivery is not None:
+            return delivery
+    raise AssertionError(f"nothing received within {timeout}s")
+
+
+def _result_for(task: TaskEnvelope, delivery: Delivery) -> TaskResult:
+    now = utcnow()
+    return TaskResult(
+        task_id=task.id,
+        kind=task.kind,
+        status=TaskStatus.DONE,
+        attempt=task.attempt,
+        redelivered=delivery.redelivered,
+        worker_pid=1,
+        worker_ppid=0,
+        worker_host="h",
+        worker_name="w",
+        started_at=now,
+        finished_at=now,
+        created_at=task.created_at,
+        value=task.payload,
+    )
+
+
+def _results(backend: Backend, n: int, timeout: float = 10.0) -> list[TaskResult]:
+    got: list[TaskResult] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        result = backend.receive_result(0.2)
+        if result is not None:
+            got.append(result)
+    return got
+
+
+def test_published_tasks_arrive_intact_in_order(make_backend: MakeBackend) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    tasks = [TaskEnvelope(kind="echo", payload={"seq": i}) for i in range(20)]
+    producer.publish(tasks)
+    received = [decode_task(_receive(worker).body) for _ in tasks]
+    assert received == tasks  # one producer, one consumer: FIFO
+    assert worker.receive(0.3) is None
+
+
+def test_receive_returns_none_when_idle(make_backend: MakeBackend) -> None:
+    backend = make_backend()
+    started = time.monotonic()
+    assert backend.receive(0.3) is None
+    assert time.monotonic() - started < 5
+
+
+def test_ack_sends_the_result_back_to_the_producer(make_backend: MakeBackend) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    tasks = [TaskEnvelope(kind="echo", payload={"seq": i}) for i in range(5)]
+    producer.publish(tasks)
+    for _ in tasks:
+        delivery = _receive(worker)
+        worker.ack(delivery, _result_for(decode_task(delivery.body), delivery))
+    results = _results(producer, len(tasks))
+    assert sorted(r.task_id for r in results) == sorted(t.id for t in tasks)
+    assert {r.value["seq"] for r in results} == set(range(5))
+
+
+def test_requeued_delivery_comes_back_marked_redelivered(make_backend: MakeBackend) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    task = TaskEnvelope(kind="echo")
+    producer.publish([task])
+    first = _receive(worker)
+    assert not first.redelivered
+    worker.requeue(first)
+    if isinstance(worker, LocalBackend):
+        worker.drain_events()  # the parent is the broker here: let it act on the requeue
+    again = _receive(worker)
+    assert again.redelivered
+    assert decode_task(again.body) == task
+    worker.ack(again)
+
+
+def test_unacked_delivery_of_a_dead_worker_is_handed_out_again(
+    make_backend: MakeBackend, backend_name: str
+) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    task = TaskEnvelope(kind="echo")
+    producer.publish([task])
+    held = _receive(worker)
+    assert decode_task(held.body) == task
+    if isinstance(worker, LocalBackend):
+        assert worker.recover(0)  # what the supervisor does when the worker in slot 0 dies
+        survivor: Backend = worker
+    else:
+        worker.close()  # the connection goes away with the task unacked
+        survivor = make_backend()
+    again = _receive(survivor)
+    assert again.redelivered
+    assert decode_task(again.body).id == task.id
+
+
+def test_retry_later_comes_back_after_its_delay_as_the_next_attempt(
+    make_backend: MakeBackend,
+) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    task = TaskEnvelope(kind="fail")
+    producer.publish([task])
+    delivery = _receive(worker)
+    sent_at = time.monotonic()
+    worker.retry_later(delivery, task.model_copy(update={"attempt": 2}), delay=0.5)
+    if isinstance(producer, LocalBackend):
+        producer.receive_result(0.8)  # the parent releases due retries while it listens
+    again = decode_task(_receive(worker, timeout=10).body)
+    assert time.monotonic() - sent_at >= 0.45
+    assert again.id == task.id
+    assert again.attempt == 2
+    assert worker.receive(0.3) is None  # the first attempt was settled, not redelivered
+
+
+def test_dead_letter_keeps_the_body_and_the_reason(make_backend: MakeBackend) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    producer.publish_raw([b"\xff not json at all"])
+    delivery = _receive(worker)
+    letter = DeadLetter(
+        reason="not-json",
+        error="body is not valid JSON",
+        queue="q",
+        attempts=0,
+        task_id=None,
+        dead_lettered_at=utcnow(),
+        body=delivery.body,
+    )
+    worker.dead_letter(delivery, letter)
+    if isinstance(producer, LocalBackend):
+        producer.drain_events()
+    letters = producer.dead_letters()
+    assert [(d.reason, d.body) for d in letters] == [("not-json", b"\xff not json at all")]
+    assert worker.receive(0.3) is None  # settled: not handed out again
+    assert producer.dead_letters() == letters  # listing does not remove them
+
+
+def test_replayed_dead_letters_return_as_first_attempts(make_backend: MakeBackend) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    task = TaskEnvelope(kind="fail", attempt=3)
+    producer.publish([task])
+    delivery = _receive(worker)
+    letter = DeadLetter(
+        reason="max-attempts",
+        error="RuntimeError: x",
+        queue="q",
+        attempts=3,
+        task_id=task.id,
+        dead_lettered_at=utcnow(),
+        body=delivery.body,
+    )
+    worker.dead_letter(delivery, letter)
+    if isinstance(producer, LocalBackend):
+        producer.drain_events()
+    assert producer.replay_dead_letters() == 1
+    replayed = decode_task(_receive(worker).body)
+    assert (replayed.id, replayed.attempt) == (task.id, 1)
+    assert producer.dead_letters() == []
+
+
+def test_pending_counts_waiting_tasks(make_backend: MakeBackend) -> None:
+    producer, _worker = _producer_and_worker(make_backend)
+    producer.publish([TaskEnvelope(kind="echo") for _ in range(7)])
+    deadline = time.monotonic() + 5
+    while producer.pending() != 7 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert producer.pending() == 7
