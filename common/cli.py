@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.errors import TaskshuttleError
+from common.settings import LOG_FORMAT
 
 stderr = Console(stderr=True)
 
@@ -43,7 +44,7 @@ def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> NoRet
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(processName)s %(levelname)s %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     # pika logs every failed connection attempt at ERROR with a stack of detail; the

@@ -102,6 +102,9 @@ def translate(exc: BaseException, safe_url: str) -> BrokerError:
     return BrokerError(f"broker error at {safe_url}: {type(exc).__name__}: {text}")
 
 
+_Message = tuple[str, bytes, BasicProperties]  # routing key, body, properties
+
+
 @dataclass(frozen=True, slots=True)
 class _Tag:
     link: _Link
@@ -327,26 +330,43 @@ class _Link:
         self._publish_count += 1
         self._unconfirmed[self._publish_count] = (future, props.message_id)
 
-    def publish_many(
-        self, messages: Sequence[tuple[str, bytes, BasicProperties]], timeout: float
-    ) -> None:
-        """Publish every message with ``mandatory``; return once all are confirmed."""
-        previous: list[Future[None]] = []
-        for start in range(0, len(messages), PUBLISH_CHUNK):
-            chunk = messages[start : start + PUBLISH_CHUNK]
-            futures: list[Future[None]] = [Future() for _ in chunk]
+    def publish_many(self, messages: Sequence[_Message], timeout: float) -> list[_Message]:
+        """Publish every message with ``mandatory``; wait for the broker's confirms.
+
+        Returns the messages left unconfirmed because the connection dropped (empty when
+        all went through); raises `PublishFailed` for a nacked or returned message.
+        At most two chunks are in flight: the next one goes out while this one's confirms
+        come back.
+        """
+        chunks = [messages[i : i + PUBLISH_CHUNK] for i in range(0, len(messages), PUBLISH_CHUNK)]
+        futures: list[list[Future[None]]] = []
+        for index, chunk in enumerate(chunks):
+            chunk_futures: list[Future[None]] = [Future() for _ in chunk]
 
             def publish_chunk(
-                chunk: Sequence[tuple[str, bytes, BasicProperties]] = chunk,
-                futures: list[Future[None]] = futures,
+                chunk: Sequence[_Message] = chunk, chunk_futures: list[Future[None]] = chunk_futures
             ) -> None:
-                for (routing_key, body, props), future in zip(chunk, futures, strict=True):
+                for (routing_key, body, props), future in zip(chunk, chunk_futures, strict=True):
                     self.publish_io(routing_key, body, props, future, mandatory=True)
 
-            self.post(publish_chunk)
-            _wait_all(previous, timeout, self.safe_url)
-            previous = futures
-        _wait_all(previous, timeout, self.safe_url)
+            try:
+                self.post(publish_chunk)
+            except ConnectionLost:
+                break
+            futures.append(chunk_futures)
+            if index > 0 and not _wait_all(futures[index - 1], timeout, self.safe_url):
+                break
+        if futures:
+            _wait_all(futures[-1], timeout, self.safe_url)
+        unconfirmed: list[_Message] = []
+        for index, chunk in enumerate(chunks):
+            if index >= len(futures):
+                unconfirmed.extend(chunk)
+                continue
+            for message, future in zip(chunk, futures[index], strict=True):
+                if not future.done() or future.exception() is not None:
+                    unconfirmed.append(message)
+        return unconfirmed
 
     def _flush_io(self) -> None:
         with self._outbox_lock:
@@ -376,13 +396,20 @@ class _Link:
         return self._channel
 
 
-def _wait_all(futures: list[Future[None]], timeout: float, safe_url: str) -> None:
+def _wait_all(futures: list[Future[None]], timeout: float, safe_url: str) -> bool:
+    """Wait for confirms: True if all came, False if the connection dropped first.
+
+    Raises `PublishFailed` for a nack or a return, `BrokerError` when the broker is silent.
+    """
     deadline = time.monotonic() + timeout
     for future in futures:
         try:
             future.result(max(deadline - time.monotonic(), 0))
         except FutureTimeout:
             raise BrokerError(f"broker at {safe_url} did not confirm within {timeout:g}s") from None
+        except ConnectionLost:
+            return False
+    return True
 
 
 def _declare_io(
@@ -421,6 +448,8 @@ class RabbitBackend(Backend):
         self.prefetch = prefetch
         self.want_results = want_results
         self.reconnects = 0
+        #: Messages published again after a dropped connection (each may be a duplicate).
+        self.republished = 0
         self.safe_url = redact_url(url)
         self._params = pika.URLParameters(url)
         self._params.connection_attempts = 1
@@ -429,6 +458,9 @@ class RabbitBackend(Backend):
         self._reconnect_attempts = reconnect_attempts
         self._max_reconnect_delay = max_reconnect_delay
         self._consuming = False
+        self._failed_reconnects = 0
+        self._reconnect_delay = 0.2
+        self._retry_at = 0.0
         self.reply_queue = f"{queue_name}.replies.{uuid.uuid4().hex[:12]}" if want_results else None
         self._link = self._connect()
 
@@ -475,8 +507,14 @@ class RabbitBackend(Backend):
 
         link.call(start)
 
-    def _live_link(self) -> _Link:
-        """The current link, re-established (with capped backoff) if it was lost."""
+    def _live_link(self, wait: float | None = None) -> _Link | None:
+        """The current link, re-established (capped exponential backoff) if it was lost.
+
+        Without `wait`: keeps trying until `reconnect_attempts` are spent, then raises.
+        With `wait`: tries for at most `wait` seconds and returns None if still down, so a
+        worker loop gets its turn to notice a shutdown while the broker is away.
+        A wrong password or a queue mismatch is never retried.
+        """
         link = self._link
         if link.alive:
             return link
@@ -485,22 +523,40 @@ class RabbitBackend(Backend):
             self._reconnect_attempts == 0
         ):
             raise error
-        delay = 0.2
-        for attempt in itertools.count(1):
-            log.warning("connection lost (%s); reconnecting, attempt %d", error, attempt)
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            pause = self._retry_at - time.monotonic()
+            if deadline is not None and self._retry_at > deadline:
+                time.sleep(max(deadline - time.monotonic(), 0))
+                return None
+            if pause > 0:
+                time.sleep(pause)
+            self._failed_reconnects += 1
+            log.warning(
+                "connection lost (%s); reconnecting, attempt %d", error, self._failed_reconnects
+            )
             try:
                 self._link = self._connect()
             except (ConnectionLost, BrokerUnreachable) as exc:
                 error = exc
-                if self._reconnect_attempts is not None and attempt >= self._reconnect_attempts:
+                spent = self._reconnect_attempts is not None and (
+                    self._failed_reconnects >= self._reconnect_attempts
+                )
+                if spent:
                     raise
-                time.sleep(delay)
-                delay = min(delay * 2, self._max_reconnect_delay)
+                self._retry_at = time.monotonic() + self._reconnect_delay
+                self._reconnect_delay = min(self._reconnect_delay * 2, self._max_reconnect_delay)
                 continue
+            self._failed_reconnects = 0
+            self._reconnect_delay = 0.2
             self.reconnects += 1
             log.warning("reconnected to %s", self.safe_url)
             return self._link
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _link_now(self) -> _Link:
+        link = self._live_link()
+        assert link is not None  # without `wait`, it raises rather than give up
+        return link
 
     # -- producer side -------------------------------------------------------------------
     def publish(self, tasks: Sequence[TaskEnvelope], timeout: float = 60.0) -> None:
@@ -532,25 +588,21 @@ class RabbitBackend(Backend):
         ]
         self._publish_with_retry(messages, timeout)
 
-    def _publish_with_retry(
-        self, messages: Sequence[tuple[str, bytes, BasicProperties]], timeout: float
-    ) -> None:
+    def _publish_with_retry(self, messages: Sequence[_Message], timeout: float) -> None:
         """Publish; if the connection drops, reconnect and publish again what was unconfirmed.
 
         A message in flight when the connection dropped may already be stored: publishing it
         again can make a duplicate, which consumers see (same task id) and the ledger counts.
         """
-        while True:
-            link = self._live_link()
-            try:
-                link.publish_many(messages, timeout)
-                return
-            except ConnectionLost:
+        remaining = list(messages)
+        while remaining:
+            link = self._link_now()
+            remaining = link.publish_many(remaining, timeout)
+            if remaining:
+                log.warning("connection lost with %d messages unconfirmed", len(remaining))
                 if self._reconnect_attempts == 0:
-                    raise
-                # Without per-message bookkeeping across links we resend the whole call;
-                # confirmed ones become duplicates, detected downstream by task id.
-                continue
+                    raise link.close_error or ConnectionLost("connection lost while publishing")
+                self.republished += len(remaining)
 
     def receive_result(self, timeout: float) -> TaskResult | None:
         if not self.want_results:
@@ -563,7 +615,9 @@ class RabbitBackend(Backend):
 
     # -- worker side ---------------------------------------------------------------------
     def receive(self, timeout: float) -> Delivery | None:
-        link = self._live_link()
+        link = self._live_link(wait=timeout)
+        if link is None:
+            return None
         if not self._consuming and not self.want_results:
             self._consuming = True
             self._start_consuming(link)
@@ -573,10 +627,16 @@ class RabbitBackend(Backend):
             return None
         return Delivery(body=body, redelivered=redelivered, handle=_Tag(link, tag, props.reply_to))
 
+    def _stale(self, delivery: Delivery) -> bool:
+        """True when the delivery came on a connection that is gone: the broker hands it
+        out again, so settling it (or publishing its retry) would make a duplicate."""
+        handle: _Tag = delivery.handle
+        return handle.link is not self._link or not handle.link.alive
+
     def _settle(self, delivery: Delivery, op: tuple[Any, ...]) -> None:
         handle: _Tag = delivery.handle
-        if handle.link is not self._link or not handle.link.alive:
-            return  # its channel is gone: the broker hands the message out again
+        if self._stale(delivery):
+            return
         try:
             handle.link.settle(op)
         except ConnectionLost:
@@ -602,7 +662,9 @@ class RabbitBackend(Backend):
         link.call(lambda future: link.publish_io(routing_key, body, props, future, mandatory=True))
 
     def retry_later(self, delivery: Delivery, task: TaskEnvelope, delay: float) -> None:
-        link = self._live_link()
+        if self._stale(delivery):
+            return
+        link = self._link_now()
         wait_queue = f"{self.queue_name}.wait.{task.attempt - 1}"
         if wait_queue not in link.declared:
             self._declare(
@@ -625,7 +687,9 @@ class RabbitBackend(Backend):
     def dead_letter(
         self, delivery: Delivery, letter: DeadLetter, result: TaskResult | None = None
     ) -> None:
-        link = self._live_link()
+        if self._stale(delivery):
+            return
+        link = self._link_now()
         props = BasicProperties(
             delivery_mode=PERSISTENT,
             message_id=letter.task_id or uuid.uuid4().hex,
@@ -646,7 +710,7 @@ class RabbitBackend(Backend):
         return self._queue_length(self.queue_name)
 
     def _queue_length(self, name: str) -> int:
-        link = self._live_link()
+        link = self._link_now()
         return int(
             link.call(
                 lambda f: link.channel_io.queue_declare(
@@ -718,7 +782,7 @@ class RabbitBackend(Backend):
 
     def delete_queues(self, max_attempts: int = 10) -> None:
         """Delete this queue and its companions (tests and `consumer purge`)."""
-        link = self._live_link()
+        link = self._link_now()
         names = [self.queue_name, self.dlq_name]
         names += [f"{self.queue_name}.wait.{n}" for n in range(max_attempts + 1)]
         if self.reply_queue:

@@ -1,7 +1,9 @@
 """Settings shared by both programs: command-line flags override the environment.
 
 Environment variables: ``AMQP_URL``, ``TASKSHUTTLE_QUEUE``, ``TASKSHUTTLE_PREFETCH``,
-``TASKSHUTTLE_WORKERS``, ``TASKSHUTTLE_MAX_ATTEMPTS``, ``TASKSHUTTLE_TASK_TIMEOUT``.
+``TASKSHUTTLE_WORKERS``, ``TASKSHUTTLE_MAX_ATTEMPTS``, ``TASKSHUTTLE_TASK_TIMEOUT``,
+``TASKSHUTTLE_RETRY_BASE_DELAY``, ``TASKSHUTTLE_RETRY_MAX_DELAY``,
+``TASKSHUTTLE_BROKER_CONSUMER_TIMEOUT``.
 Nothing is read at import time: `Settings()` reads the environment when it is built.
 """
 
@@ -16,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from common.errors import ConfigError
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
+LOG_FORMAT = "%(asctime)s %(processName)s %(levelname)s %(message)s"
 
 
 def redact_url(url: str) -> str:
@@ -66,6 +69,9 @@ class Settings(BaseSettings):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     #: Seconds a task may run before it is stopped; 0 means no limit.
     task_timeout: Annotated[float, Field(ge=0)] = 0
+    #: The broker's `consumer_timeout` in seconds (RabbitMQ's default: 30 minutes). A
+    #: delivery left unacked longer closes its channel, so a longer task timeout is useless.
+    broker_consumer_timeout: Annotated[float, Field(gt=0)] = 1800
     #: First retry delay in seconds; doubles per attempt, with jitter, capped at retry_max_delay.
     retry_base_delay: Annotated[float, Field(ge=0)] = 1.0
     retry_max_delay: Annotated[float, Field(ge=0)] = 300.0

@@ -57,6 +57,9 @@ def main(
     retry_delay: Annotated[
         float | None, typer.Option(help="First retry delay, seconds; doubles per try [1].")
     ] = None,
+    task_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a task may run before it fails [no limit].")
+    ] = None,
     burst: Annotated[
         bool, typer.Option(help="Exit 0 once the queue has been empty for a moment.")
     ] = False,
@@ -80,16 +83,19 @@ def main(
         prefetch=prefetch,
         max_attempts=max_attempts,
         retry_base_delay=retry_delay,
+        task_timeout=task_timeout,
     )
     modules = tuple(handlers or ())
     import_handlers(list(modules))
     _check_broker(settings)
-    options = WorkerOptions(
-        max_attempts=settings.max_attempts,
-        retry_base_delay=settings.retry_base_delay,
-        retry_max_delay=settings.retry_max_delay,
-        burst_idle=1.0 if burst else None,
-    )
+    if settings.task_timeout > settings.broker_consumer_timeout:
+        log.warning(
+            "--task-timeout %gs is longer than the broker's consumer_timeout (%gs): the broker "
+            "will close a worker's channel (and redeliver its task) before the limit is reached",
+            settings.task_timeout,
+            settings.broker_consumer_timeout,
+        )
+    options = WorkerOptions.from_settings(settings, burst_idle=1.0 if burst else None)
     supervise(settings, options, modules)
 
 

@@ -25,13 +25,15 @@ from typing import Any
 
 from common.errors import TaskshuttleError
 from common.local import MP_CONTEXT, LocalBackend
-from common.settings import Settings
+from common.settings import LOG_FORMAT, Settings
 from consumer.handlers import import_handlers, registry
-from consumer.worker import Worker, WorkerOptions
+from consumer.worker import EXIT_TASK_TIMEOUT, Worker, WorkerOptions
 
 log = logging.getLogger("taskshuttle.supervisor")
 
 _PR_SET_PDEATHSIG = 1
+#: Exit code of a worker that found its supervisor gone.
+EXIT_ORPHANED = 69
 
 
 class CrashLoop(TaskshuttleError):
@@ -47,21 +49,25 @@ class WorkerSpec:
     handler_modules: tuple[str, ...] = ()
     #: Set for the local backend (the queue lives in the parent); None means RabbitMQ.
     local: LocalBackend | None = field(default=None, repr=False)
+    #: The workers log at the level their parent was set to.
+    log_level: int = field(default_factory=lambda: logging.getLogger().getEffectiveLevel())
 
 
-def _die_with_parent(parent_pid: int, stop: threading.Event) -> None:
-    """Arrange to stop when the parent goes away, however it went."""
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker as soon as its supervisor is gone, however it went.
+
+    Dying at once is safe: whatever this worker held was not acked, so RabbitMQ hands it to
+    another consumer (and with the local backend, the queue died with the parent anyway).
+    """
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent_pid:  # it died before prctl took effect
-        stop.set()
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
-    def watch() -> None:  # portable fallback, and a second line of defence
-        while not stop.wait(0.5):
+    def watch() -> None:  # portable fallback, and it covers a parent that died before prctl
+        while True:
             if os.getppid() != parent_pid:
-                log.warning("supervisor %d is gone; stopping", parent_pid)
-                stop.set()
+                os._exit(EXIT_ORPHANED)
+            time.sleep(0.5)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
@@ -75,13 +81,14 @@ def worker_main(spec: WorkerSpec, slot: int, parent_pid: int, stop_all: Any, rea
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    _die_with_parent(parent_pid, stop)
+    _die_with_parent(parent_pid)
 
     class _Either:
         def is_set(self) -> bool:
             return stop.is_set() or stop_all.is_set()
 
-    logging.basicConfig(level=logging.WARNING, format="%(processName)s %(levelname)s %(message)s")
+    logging.basicConfig(level=spec.log_level, format=LOG_FORMAT)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         import_handlers(list(spec.handler_modules))
         backend: Any
@@ -178,15 +185,24 @@ class WorkerPool:
             expected = process.exitcode == 0 or self.stop_event.is_set()
             if expected:
                 continue
-            log.warning(
-                "worker %s (pid %s) died with exit code %s", slot, process.pid, process.exitcode
-            )
+            timed_out = process.exitcode == EXIT_TASK_TIMEOUT
+            if not timed_out:
+                log.warning(
+                    "worker %s (pid %s) died with exit code %s",
+                    slot,
+                    process.pid,
+                    process.exitcode,
+                )
             self.deaths.append((process.pid or 0, process.exitcode))
             if self.on_death is not None:
                 self.on_death(slot)
-            self._replace(slot)
+            # A task over its time limit ends its worker on purpose: not a crash.
+            self._replace(slot, counts=not timed_out)
 
-    def _replace(self, slot: int) -> None:
+    def _replace(self, slot: int, counts: bool = True) -> None:
+        if not counts:
+            self._start(slot)
+            return
         now = time.monotonic()
         while self.restarts and now - self.restarts[0] > self.budget_window:
             self.restarts.popleft()

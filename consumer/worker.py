@@ -12,10 +12,14 @@ import multiprocessing
 import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
+
+from pydantic_core import PydanticSerializationError
 
 from common.backend import Backend, Delivery
 from common.errors import BadMessage
@@ -27,6 +31,7 @@ from common.schemas import (
     decode_task,
     utcnow,
 )
+from common.settings import Settings
 from consumer.handlers import PayloadError, Registry
 
 log = logging.getLogger("taskshuttle.worker")
@@ -47,6 +52,31 @@ class WorkerOptions:
     burst_idle: float | None = None
     #: How long one `receive` may block before the loop looks at the stop flag again.
     poll_interval: float = 0.2
+    #: Seconds a task may run; past it the task fails (retried or dead-lettered) and the
+    #: worker process is replaced, since Python cannot stop a running function. None: no limit.
+    task_timeout: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, burst_idle: float | None = None) -> WorkerOptions:
+        return cls(
+            max_attempts=settings.max_attempts,
+            retry_base_delay=settings.retry_base_delay,
+            retry_max_delay=settings.retry_max_delay,
+            task_timeout=settings.task_timeout or None,
+            burst_idle=burst_idle,
+        )
+
+
+#: Exit code of a worker that gave up on a task past its time limit (replaced, not a crash).
+EXIT_TASK_TIMEOUT = 75
+
+
+@dataclass
+class _InHand:
+    delivery: Delivery
+    task: TaskEnvelope
+    started_at: datetime
+    started: float
 
 
 def backoff_delay(
@@ -69,6 +99,7 @@ class Worker:
         options: WorkerOptions,
         stop: StopFlag,
         queue_name: str = "tasks",
+        on_timeout: Callable[[Backend], None] | None = None,
     ) -> None:
         self.backend = backend
         self.registry = registry
@@ -77,9 +108,14 @@ class Worker:
         self.queue_name = queue_name
         self.processed = 0
         self._name = multiprocessing.current_process().name
+        self._in_hand: _InHand | None = None
+        self._in_hand_lock = threading.Lock()
+        self.on_timeout = on_timeout or _exit_for_timeout
 
     def run(self) -> int:
         """Take tasks until stopped (or, in burst mode, until the queue stays empty)."""
+        if self.options.task_timeout:
+            threading.Thread(target=self._watchdog, name="task-timeout", daemon=True).start()
         idle_since: float | None = None
         while not self.stop.is_set():
             delivery = self.backend.receive(self.options.poll_interval)
@@ -109,17 +145,51 @@ class Worker:
             return
 
         started_at = utcnow()
+        with self._in_hand_lock:
+            self._in_hand = _InHand(delivery, task, started_at, time.monotonic())
         try:
             value = handler(task.payload)
         except PayloadError as exc:
-            self._dead_letter(delivery, "bad-payload", str(exc), task.attempt, task, started_at)
+            if self._release():
+                self._dead_letter(delivery, "bad-payload", str(exc), task.attempt, task, started_at)
             return
         except Exception as exc:
-            self._failed(delivery, task, f"{type(exc).__name__}: {exc}", started_at)
+            if self._release():
+                self._failed(delivery, task, f"{type(exc).__name__}: {exc}", started_at)
             return
+        if not self._release():
+            return  # the watchdog already failed it for running too long
         result = self._result(task, delivery, TaskStatus.DONE, started_at, value=value)
-        self.backend.ack(delivery, result)
+        try:
+            self.backend.ack(delivery, result)
+        except PydanticSerializationError as exc:  # retrying would return the same value
+            error = f"the handler returned a value that is not JSON: {exc}"
+            self._dead_letter(delivery, "bad-result", error, task.attempt, task, started_at)
+            return
         self.processed += 1
+
+    def _release(self) -> bool:
+        """The handler is done: take the task back from the watchdog. False if it had
+        already been failed for running too long."""
+        with self._in_hand_lock:
+            mine = self._in_hand is not None
+            self._in_hand = None
+        return mine
+
+    def _watchdog(self) -> None:
+        limit = self.options.task_timeout or 0
+        while not self.stop.is_set():
+            time.sleep(min(0.1, limit / 4))
+            with self._in_hand_lock:
+                in_hand = self._in_hand
+                if in_hand is None or time.monotonic() - in_hand.started < limit:
+                    continue
+                self._in_hand = None
+            log.warning("task %s ran over its %gs limit; stopping it", in_hand.task.id, limit)
+            error = f"TaskTimeout: still running after {limit:g}s"
+            self._failed(in_hand.delivery, in_hand.task, error, in_hand.started_at)
+            self.on_timeout(self.backend)
+            return
 
     def _failed(
         self, delivery: Delivery, task: TaskEnvelope, error: str, started_at: object
@@ -199,3 +269,10 @@ class Worker:
             value=value,
             error=error,
         )
+
+
+def _exit_for_timeout(backend: Backend) -> None:
+    """A running Python function cannot be stopped from outside: end the process (after
+    the backend has sent what it holds); the supervisor starts a fresh worker."""
+    backend.close()
+    os._exit(EXIT_TASK_TIMEOUT)

@@ -88,6 +88,9 @@ def main(
         float | None,
         typer.Option(help="local: first retry delay in seconds, doubling per attempt [default 1]."),
     ] = None,
+    task_timeout: Annotated[
+        float | None, typer.Option(help="local: seconds a task may run before it fails.")
+    ] = None,
     handlers: Annotated[
         list[str] | None,
         typer.Option(help="Import this module to register task kinds (repeatable)."),
@@ -118,17 +121,14 @@ def main(
         workers=workers,
         max_attempts=max_attempts,
         retry_base_delay=retry_delay,
+        task_timeout=task_timeout,
     )
     job = run.Job(count=count, kind=kind, payload=body, rate=rate, max_attempts=max_attempts)
     collecting = backend is BackendName.local or wait
     bar = run.Progress() if quiet or as_json else _Bar(count, collecting)
     with bar if isinstance(bar, _Bar) else contextlib.nullcontext():
         if backend is BackendName.local:
-            options = WorkerOptions(
-                max_attempts=settings.max_attempts,
-                retry_base_delay=settings.retry_base_delay,
-                retry_max_delay=settings.retry_max_delay,
-            )
+            options = WorkerOptions.from_settings(settings)
             ledger, local = run.run_local(
                 job,
                 settings,

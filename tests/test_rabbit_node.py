@@ -1,0 +1,76 @@
+"""A node of our own survives a crash with its durable queue and persistent message."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pika
+import pytest
+
+from tests.rabbit_node import (
+    RABBITMQ_BIN,
+    RabbitNode,
+    free_port,
+    pid_alive,
+    port_open,
+    rabbitmq_available,
+)
+
+
+def _need_rabbitmq_server() -> None:
+    if rabbitmq_available():
+        return
+    reason = (
+        f"{RABBITMQ_BIN / 'rabbitmq-server'} is absent: install Debian's rabbitmq-server "
+        "(scripts/broker.sh start does) to run fault tests on a node of their own"
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason + " (CI=true: failing instead of skipping)")
+    pytest.skip(reason)
+
+
+@pytest.mark.broker
+@pytest.mark.fault
+@pytest.mark.timeout(120)
+def test_persistent_message_survives_sigkill(tmp_path: Path) -> None:
+    _need_rabbitmq_server()
+    queue = "ts-fault-durable"
+    with RabbitNode(free_port(), "ts-fault-test", tmp_path) as node:
+        assert node.port != 5672
+        node.start(timeout=60)
+
+        connection = pika.BlockingConnection(pika.URLParameters(node.url))
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(queue, durable=True)
+        channel.basic_publish(
+            "", queue, b"survivor", pika.BasicProperties(delivery_mode=2), mandatory=True
+        )  # confirmed: the broker has written it to disk
+
+        vm_pid = node.vm_pid()
+        assert vm_pid is not None and pid_alive(vm_pid)
+        node.kill()
+        assert not pid_alive(vm_pid)
+        assert not port_open(node.port)
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            connection.close()  # the stream is gone: pika reports it as it closes
+
+        node.start(timeout=60)
+        connection = pika.BlockingConnection(pika.URLParameters(node.url))
+        try:
+            channel = connection.channel()
+            declared = channel.queue_declare(queue, durable=True, passive=True)
+            assert declared.method.message_count == 1
+            _, properties, body = channel.basic_get(queue, auto_ack=True)
+            assert body == b"survivor"
+            assert properties.delivery_mode == 2
+        finally:
+            connection.close()
+        new_pid = node.vm_pid()
+        assert new_pid is not None and new_pid != vm_pid
+
+    assert not node.running
+    assert not pid_alive(new_pid), "the node's Erlang VM outlived close()"
+    assert not port_open(node.port)
