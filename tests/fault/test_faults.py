@@ -1,0 +1,306 @@
+"""Fault tests: kill workers, kill the supervisor, restart the broker, feed it garbage.
+
+Each asserts on the delivery ledger (`common/ledger.py`): what was done once, done after a
+redelivery, done twice, dead-lettered, or lost. Lost must always be 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pika
+import pytest
+
+from common.rabbitmq import RabbitBackend
+from common.schemas import MAX_BODY_BYTES, TaskEnvelope
+from tests.helpers import json_summary, process_state, run, start, stop, wait_until
+from tests.rabbit_node import RabbitNode
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
+
+HANDLERS = ("--handlers", "tests.fault_tasks")
+
+
+def _gone(pid: int) -> bool:
+    return process_state(pid) in (None, "Z")
+
+
+def _started_pids(folder: Path) -> list[int]:
+    return sorted(int(p.name) for p in folder.iterdir())
+
+
+def _report(name: str, summary: dict) -> None:  # type: ignore[type-arg]
+    """Print the figures (pytest -s, or the CI log on failure) for the closing notes."""
+    print(f"\n[{name}] sent={summary['sent']} ledger={json.dumps(summary['ledger'])}")
+
+
+def _kill_first_worker_mid_task(started: Path, timeout: float = 30) -> int:
+    assert wait_until(lambda: len(list(started.iterdir())) >= 1, timeout)
+    victim = _started_pids(started)[0]
+    os.kill(victim, signal.SIGKILL)
+    return victim
+
+
+def test_sigkill_local_worker_mid_task_loses_nothing(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    started.mkdir()
+    producer = start(
+        "producer",
+        "--backend",
+        "local",
+        "--workers",
+        "2",
+        "--count",
+        "6",
+        "--json",
+        "--quiet",
+        "--kind",
+        "hold",
+        "--payload",
+        json.dumps({"seconds": 1.0, "started": str(started)}),
+        *HANDLERS,
+    )
+    victim = _kill_first_worker_mid_task(started)
+    code, out, err = _wait(producer)
+    assert code == 0, err
+    summary = json.loads(out)
+    _report("local worker SIGKILL", summary)
+    assert summary["ledger"]["lost"] == 0
+    assert summary["done"] == 6
+    assert summary["ledger"]["done after redelivery"] == 1
+    assert summary["recovered_from_dead_workers"] == 1  # a bare Queue would have lost it
+    assert victim not in {w["pid"] for w in summary["workers"]}
+    assert _gone(victim)
+
+
+def _wait(process, timeout: float = 90):  # type: ignore[no-untyped-def]
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def test_sigkill_rabbitmq_worker_mid_task_loses_nothing(
+    broker_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    started.mkdir()
+    consumer = start(
+        "consumer", "--queue", queue_name, "--workers", "2", "--prefetch", "1", *HANDLERS
+    )
+    try:
+        producer = start(
+            "producer",
+            "--backend",
+            "rabbitmq",
+            "--queue",
+            queue_name,
+            "--wait",
+            "--json",
+            "--quiet",
+            "--count",
+            "6",
+            "--kind",
+            "hold",
+            "--timeout",
+            "60",
+            "--payload",
+            json.dumps({"seconds": 1.0, "started": str(started)}),
+            *HANDLERS,
+        )
+        victim = _kill_first_worker_mid_task(started)
+        code, out, err = _wait(producer)
+        assert code == 0, err
+    finally:
+        consumer_code, _, consumer_err = stop(consumer)
+    summary = json.loads(out)
+    _report("rabbitmq worker SIGKILL", summary)
+    assert summary["ledger"]["lost"] == 0
+    assert summary["done"] == 6
+    assert summary["ledger"]["done after redelivery"] == 1  # the broker gave it to another
+    assert summary["ledger"]["done twice"] == 0
+    assert consumer_code == 0, consumer_err
+    assert "died with exit code -9" in consumer_err  # seen, reaped and replaced
+    assert _gone(victim)
+
+
+def test_sigkill_supervisor_takes_its_workers_and_loses_nothing(
+    broker_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    started.mkdir()
+    with RabbitBackend(broker_url, queue_name, want_results=True) as producer:
+        tasks = [
+            TaskEnvelope(kind="hold", payload={"seconds": 3.0, "started": str(started)})
+            for _ in range(4)
+        ]
+        producer.publish(tasks)
+        consumer = start(
+            "consumer", "--queue", queue_name, "--workers", "2", "--prefetch", "1", *HANDLERS
+        )
+        assert wait_until(lambda: len(list(started.iterdir())) == 2, 30)
+        workers = _started_pids(started)
+        consumer.kill()  # SIGKILL: no chance to clean up
+        consumer.communicate(timeout=10)
+        assert wait_until(lambda: all(_gone(pid) for pid in workers), timeout=5), [
+            (pid, process_state(pid)) for pid in workers
+        ]
+        # What they held went back to the queue: a new consumer finishes everything.
+        rest = run("consumer", "--queue", queue_name, "--burst", *HANDLERS, timeout=60)
+        assert rest.returncode == 0, rest.stderr
+        results = []
+        deadline = time.monotonic() + 20
+        while len({r.task_id for r in results}) < 4 and time.monotonic() < deadline:
+            if (result := producer.receive_result(0.2)) is not None:
+                results.append(result)
+    done = {r.task_id for r in results if r.status == "done"}
+    assert done == {t.id for t in tasks}  # 0 lost
+    redelivered = [r for r in results if r.redelivered]
+    print(f"\n[supervisor SIGKILL] sent=4 done={len(done)} redelivered={len(redelivered)} lost=0")
+    assert len(redelivered) >= 2  # the two tasks the killed workers held
+
+
+@pytest.mark.parametrize("backend", ["local", "rabbitmq"])
+def test_task_that_always_fails_is_tried_max_attempts_then_dead_lettered(
+    backend: str, queue_name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    tally = tmp_path / "attempts"
+    common = ["--queue", queue_name, "--max-attempts", "3", "--retry-delay", "0.2", *HANDLERS]
+    payload = json.dumps({"log": str(tally)})
+    job = ["--count", "1", "--kind", "tally-fail", "--payload", payload, "--json", "--quiet"]
+    if backend == "local":
+        summary = json_summary(run("producer", "--backend", "local", *common, *job))
+    else:
+        request.getfixturevalue("broker_url")
+        consumer = start("consumer", *common)
+        try:
+            summary = json_summary(
+                run("producer", "--backend", "rabbitmq", "--wait", "--timeout", "30", *common, *job)
+            )
+        finally:
+            stop(consumer)
+        listed = run("consumer", "--queue", queue_name, "dlq", "list", "--json")
+        letters = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert [(d["reason"], d["attempts"]) for d in letters] == [("max-attempts", 3)]
+        assert "fails every time" in letters[0]["error"]
+    _report(f"always fails ({backend})", summary)
+    assert len(tally.read_text().splitlines()) == 3  # exactly max-attempts tries
+    assert summary["failed"] == 1
+    assert summary["ledger"]["dead-lettered"] == 1
+    assert summary["ledger"]["lost"] == 0
+
+
+def test_garbage_bodies_are_dead_lettered_with_reasons_and_the_consumer_goes_on(
+    broker_url: str, queue_name: str
+) -> None:
+    garbage = {
+        b"Hello World!": "not-json",  # what RabbitMQ's tutorial sends
+        os.urandom(64) + b"\xff": "not-json",
+        b'{"kind": 5}': "schema",
+        b'["a", "list"]': "schema",
+        json.dumps({"kind": "echo", "payload": {}, "extra": 1}).encode(): "schema",
+        b"x" * (MAX_BODY_BYTES + 1): "too-large",
+        TaskEnvelope(kind="no-such-kind").model_dump_json().encode(): "unknown-kind",
+        TaskEnvelope(kind="sleep", payload={"seconds": "soon"})
+        .model_dump_json()
+        .encode(): "bad-payload",
+    }
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    channel = connection.channel()
+    channel.queue_declare(queue_name, durable=True)
+    for body in garbage:
+        channel.basic_publish("", queue_name, body)  # any client, no schema of ours
+    connection.close()
+    with RabbitBackend(broker_url, queue_name, want_results=True) as producer:
+        good = TaskEnvelope(kind="echo", payload={"still": "healthy"})
+        producer.publish([good])
+        drained = run("consumer", "--queue", queue_name, "--burst", "--workers", "1", timeout=60)
+        assert drained.returncode == 0, drained.stderr
+        result = producer.receive_result(10)
+        assert result is not None and result.task_id == good.id and result.value == good.payload
+        letters = producer.dead_letters()
+        assert producer.pending() == 0
+    assert sorted((d.body, d.reason) for d in letters) == sorted(garbage.items())
+    assert all(d.error for d in letters)
+    print(f"\n[garbage] published={len(garbage)} dead-lettered={len(letters)} lost=0")
+
+
+def test_task_longer_than_three_heartbeats_is_acked_once_without_reconnect(
+    broker_url: str, queue_name: str
+) -> None:
+    heartbeat_url = broker_url.split("?")[0] + "?heartbeat=1"
+    consumer = start(
+        "consumer", "--queue", queue_name, "--workers", "1", "--url", heartbeat_url, "--verbose"
+    )
+    try:
+        summary = json_summary(
+            run(
+                "producer",
+                "--backend",
+                "rabbitmq",
+                "--queue",
+                queue_name,
+                "--wait",
+                "--json",
+                "--quiet",
+                "--count",
+                "1",
+                "--kind",
+                "sleep",
+                "--payload",
+                '{"seconds": 3.5}',
+                "--timeout",
+                "30",
+                "--url",
+                heartbeat_url,
+            )
+        )
+    finally:
+        code, _out, err = stop(consumer)
+    _report("3.5 s task, 1 s heartbeat", summary)
+    assert summary["ledger"]["done once"] == 1  # acked once, never redelivered
+    assert code == 0
+    assert "connection lost" not in err and "reconnect" not in err, err
+    with RabbitBackend(broker_url, queue_name) as backend:
+        assert backend.pending() == 0
+
+
+def test_broker_restart_while_5000_tasks_flow_loses_none(own_broker: RabbitNode) -> None:
+    url = own_broker.url
+    queue = "restart-test"
+    consumer = start("consumer", "--queue", queue, "--workers", "2", "--url", url)
+    try:
+        producer = start(
+            "producer",
+            "--backend",
+            "rabbitmq",
+            "--queue",
+            queue,
+            "--url",
+            url,
+            "--wait",
+            "--json",
+            "--quiet",
+            "--count",
+            "5000",
+            "--rate",
+            "1000",
+            "--timeout",
+            "90",
+        )
+        time.sleep(2.0)  # tasks are flowing
+        own_broker.restart(timeout=60)
+        code, out, err = _wait(producer, timeout=150)
+    finally:
+        consumer_code, _, consumer_err = stop(consumer, timeout=30)
+    assert code == 0, err
+    summary = json.loads(out)
+    _report("broker restart mid-flow", summary)
+    assert summary["sent"] == 5000
+    assert summary["ledger"]["lost"] == 0
+    assert summary["done"] == 5000
+    assert "reconnected" in err  # the producer saw the restart and came back
+    assert "reconnected" in consumer_err
+    assert consumer_code == 0

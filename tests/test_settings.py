@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import pytest
+
+from common.errors import ConfigError
+from common.settings import Settings, load_settings, redact_url
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AMQP_URL", "TASKSHUTTLE_QUEUE", "TASKSHUTTLE_PREFETCH", "TASKSHUTTLE_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(_env_file=None)
+    assert (settings.queue, settings.prefetch, settings.workers) == ("tasks", 100, 2)
+    assert settings.amqp_url == "amqp://guest:guest@localhost:5672/%2F"
+
+
+def test_environment_is_read_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMQP_URL", "amqp://u:p@broker:5672/%2F")
+    monkeypatch.setenv("TASKSHUTTLE_QUEUE", "from-env")
+    monkeypatch.setenv("TASKSHUTTLE_WORKERS", "7")
+    settings = load_settings(queue="from-flag", workers=None)
+    assert settings.amqp_url == "amqp://u:p@broker:5672/%2F"
+    assert settings.queue == "from-flag"
+    assert settings.workers == 7
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://guest:secret@host:5672/%2F", "amqp://guest:***@host:5672/%2F"),
+        ("amqp://host/vhost", "amqp://host/vhost"),
+        ("amqps://u:p%40ss@h/", "amqps://u:***@h/"),
+    ],
+)
+def test_passwords_are_redacted(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_repr_never_shows_the_password() -> None:
+    assert "secret" not in repr(load_settings(amqp_url="amqp://u:secret@h/"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"amqp_url": "http://h"}, "scheme must be amqp:// or amqps://"),
+        ({"amqp_url": "amqp://u:secret@:5/"}, "no host"),
+        ({"prefetch": 0}, "invalid prefetch"),
+        ({"queue": "has space"}, "invalid queue"),
+    ],
+)
+def test_invalid_settings_are_one_line_config_errors(
+    overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**overrides)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert "secret" not in str(caught.value)
