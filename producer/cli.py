@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 from enum import StrEnum
 from typing import Annotated
 
@@ -123,6 +124,7 @@ def main(
         retry_base_delay=retry_delay,
         task_timeout=task_timeout,
     )
+    stop = _stop_on_signals()
     job = run.Job(count=count, kind=kind, payload=body, rate=rate, max_attempts=max_attempts)
     collecting = backend is BackendName.local or wait
     bar = run.Progress() if quiet or as_json else _Bar(count, collecting)
@@ -136,11 +138,14 @@ def main(
                 timeout=timeout,
                 handler_modules=modules,
                 progress=bar,
+                stop=stop,
             )
             summary = ledger.summary("local")
             summary["recovered_from_dead_workers"] = local.recovered
         else:
-            ledger = run.run_rabbitmq(job, settings, wait=wait, timeout=timeout, progress=bar)
+            ledger = run.run_rabbitmq(
+                job, settings, wait=wait, timeout=timeout, progress=bar, stop=stop
+            )
             summary = ledger.summary("rabbitmq")
     if not collecting:
         message = {
@@ -157,9 +162,41 @@ def main(
         )
         return 0
     print_summary(summary, as_json)
+    if stop.signal:
+        where = (
+            "the local queue died with this process tree"
+            if backend is BackendName.local
+            else f"they stay in queue {settings.queue!r} for the consumers"
+        )
+        fail(
+            "producer",
+            f"stopped by {stop.signal.name}: {summary['sent']} of {count} sent, "
+            f"{summary['lost']} without a result ({where})",
+            128 + stop.signal,
+        )
     if summary["lost"]:
         fail("producer", f"{summary['lost']} tasks got no result within {timeout:g}s", 1)
     return 0
+
+
+class _Stop:
+    """Set by SIGINT or SIGTERM: stop sending, let the tasks in hand finish, summarise."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+
+    def is_set(self) -> bool:
+        return self.signal is not None
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        self.signal = signal.Signals(signum)
+
+
+def _stop_on_signals() -> _Stop:
+    stop = _Stop()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    return stop
 
 
 def cli(argv: list[str] | None = None) -> None:

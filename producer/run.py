@@ -5,6 +5,7 @@ This is the library under the `producer` command; tests and lessons call it dire
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from common.local import LocalBackend
 from common.schemas import TaskEnvelope
 from common.settings import Settings
 from consumer.supervisor import WorkerPool, WorkerSpec
-from consumer.worker import WorkerOptions
+from consumer.worker import StopFlag, WorkerOptions
 
 #: Tasks per publish call when no rate is set: large enough to pipeline confirms.
 BATCH = 1000
@@ -64,6 +65,9 @@ def _batches(job: Job) -> Iterator[list[TaskEnvelope]]:
             time.sleep(min((sent + 1) / job.rate - (time.perf_counter() - start), 0.05))
 
 
+NEVER: StopFlag = threading.Event()
+
+
 def send(
     job: Job,
     backend: Backend,
@@ -71,9 +75,12 @@ def send(
     progress: Progress,
     *,
     between: Callable[[], None] = lambda: None,
+    stop: StopFlag = NEVER,
 ) -> None:
     """Publish the job's tasks (paced by `job.rate`), calling `between` after each batch."""
     for batch in _batches(job):
+        if stop.is_set():
+            return
         backend.publish(batch)
         ledger.record_sent(batch)
         progress.sent(len(batch))
@@ -88,9 +95,10 @@ def collect(
     until: float,
     poll: float = 0.2,
     tick: Callable[[], None] = lambda: None,
+    stop: StopFlag = NEVER,
 ) -> None:
-    """Take results until every sent task has one or `until` (perf_counter) passes."""
-    while ledger.outstanding and time.perf_counter() < until:
+    """Take results until every sent task has one, `until` (perf_counter) passes, or `stop`."""
+    while ledger.outstanding and time.perf_counter() < until and not stop.is_set():
         _take_results(backend, ledger, progress, min(poll, until - time.perf_counter()))
         tick()
     ledger.finished = time.perf_counter()
@@ -116,28 +124,45 @@ def run_local(
     handler_modules: tuple[str, ...] = (),
     progress: Progress | None = None,
     daemon: bool = True,
+    stop: StopFlag = NEVER,
 ) -> tuple[Ledger, LocalBackend]:
     """The whole producer-consumer model in one process tree: this process feeds a
-    `multiprocessing.Queue`, `settings.workers` daemon children consume it."""
+    `multiprocessing.Queue`, `settings.workers` daemon children consume it.
+
+    When `stop` is set (SIGINT, SIGTERM), sending stops, each worker finishes the task in
+    hand and exits, and their results are counted; what was still queued dies with this
+    process tree (the ledger calls it lost: that is the local model's limit).
+    """
     progress = progress or Progress()
     backend = LocalBackend(slots=settings.workers, queue_name=settings.queue)
     spec = WorkerSpec(settings, options, handler_modules, local=backend)
     pool = WorkerPool(spec, settings.workers, on_death=backend.recover, daemon=daemon)
+    ledger = Ledger()
     pool.start()
     try:
         pool.wait_ready()
-        ledger = Ledger()
+        ledger.started = time.perf_counter()  # the clock starts once the workers are up
         send(
             job,
             backend,
             ledger,
             progress,
             between=lambda: (_take_results(backend, ledger, progress, 0), pool.check()),
+            stop=stop,
         )
-        collect(backend, ledger, progress, until=time.perf_counter() + timeout, tick=pool.check)
+        collect(
+            backend,
+            ledger,
+            progress,
+            until=time.perf_counter() + timeout,
+            tick=pool.check,
+            stop=stop,
+        )
     finally:
-        pool.stop()
-        backend.close()
+        pool.stop()  # each worker finishes the task in hand first
+    backend.drain_events()
+    _take_results(backend, ledger, progress, 0)
+    backend.close()
     return ledger, backend
 
 
@@ -149,6 +174,7 @@ def run_rabbitmq(
     timeout: float,
     progress: Progress | None = None,
     reconnect_attempts: int | None = 10,
+    stop: StopFlag = NEVER,
 ) -> Ledger:
     """Publish with confirms; with `wait`, collect the results on a reply queue."""
     from common.rabbitmq import RabbitBackend  # only this path needs pika
@@ -162,7 +188,7 @@ def run_rabbitmq(
         reconnect_attempts=reconnect_attempts,
     ) as backend:
         if not wait:
-            send(job, backend, ledger, progress)
+            send(job, backend, ledger, progress, stop=stop)
             ledger.finished = time.perf_counter()
             return ledger
         send(
@@ -171,6 +197,7 @@ def run_rabbitmq(
             ledger,
             progress,
             between=lambda: _take_results(backend, ledger, progress, 0),
+            stop=stop,
         )
-        collect(backend, ledger, progress, until=time.perf_counter() + timeout)
+        collect(backend, ledger, progress, until=time.perf_counter() + timeout, stop=stop)
     return ledger

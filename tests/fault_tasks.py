@@ -13,13 +13,13 @@ from consumer.handlers import registry
 
 class Hold(BaseModel):
     seconds: float
-    #: A folder where the worker leaves a file named by its pid when it starts the task.
+    #: A folder where the worker leaves a file, named ``<pid>-<ns>``, as it starts the task.
     started: str
 
 
 @registry.task("hold")
 def hold(payload: Hold) -> int:
-    Path(payload.started, str(os.getpid())).touch()
+    Path(payload.started, f"{os.getpid()}-{time.monotonic_ns()}").touch()
     time.sleep(payload.seconds)
     return os.getpid()
 

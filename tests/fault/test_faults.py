@@ -30,7 +30,9 @@ def _gone(pid: int) -> bool:
 
 
 def _started_pids(folder: Path) -> list[int]:
-    return sorted(int(p.name) for p in folder.iterdir())
+    """Pids of the workers that started a `hold` task, in the order they started."""
+    starts = sorted(folder.iterdir(), key=lambda p: int(p.name.split("-")[1]))
+    return list(dict.fromkeys(int(p.name.split("-")[0]) for p in starts))
 
 
 def _report(name: str, summary: dict) -> None:  # type: ignore[type-arg]
@@ -140,7 +142,7 @@ def test_sigkill_supervisor_takes_its_workers_and_loses_nothing(
         consumer = start(
             "consumer", "--queue", queue_name, "--workers", "2", "--prefetch", "1", *HANDLERS
         )
-        assert wait_until(lambda: len(list(started.iterdir())) == 2, 30)
+        assert wait_until(lambda: len(_started_pids(started)) == 2, 30)
         workers = _started_pids(started)
         consumer.kill()  # SIGKILL: no chance to clean up
         consumer.communicate(timeout=10)
@@ -304,3 +306,36 @@ def test_broker_restart_while_5000_tasks_flow_loses_none(own_broker: RabbitNode)
     assert "reconnected" in err  # the producer saw the restart and came back
     assert "reconnected" in consumer_err
     assert consumer_code == 0
+
+
+def test_sigterm_to_local_producer_finishes_tasks_in_hand(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    started.mkdir()
+    producer = start(
+        "producer",
+        "--backend",
+        "local",
+        "--workers",
+        "2",
+        "--count",
+        "20",
+        "--json",
+        "--quiet",
+        "--kind",
+        "hold",
+        "--payload",
+        json.dumps({"seconds": 0.8, "started": str(started)}),
+        *HANDLERS,
+    )
+    assert wait_until(lambda: len(list(started.iterdir())) >= 3, 30)  # mid-task
+    code, out, err = stop(producer, signal.SIGTERM, timeout=30)
+    assert code == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "the local queue died" in err
+    summary = json.loads(out)
+    _report("local producer SIGTERM", summary)
+    # Every task a worker had started was finished, not cut off: none lost in hand.
+    assert summary["done"] == len(list(started.iterdir()))
+    assert summary["done"] >= 3
+    assert summary["ledger"]["done twice"] == 0
+    for worker in summary["workers"]:
+        assert _gone(worker["pid"])
