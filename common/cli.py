@@ -84,10 +84,10 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     out.print(table)
     if summary["workers"]:
         workers = Table(title="who did what")
-        for column in ("worker pid", "ppid", "tasks"):
+        for column in ("worker pid", "ppid", "name", "tasks"):
             workers.add_column(column, justify="right")
         for row in summary["workers"]:
-            workers.add_row(str(row["pid"]), str(row["ppid"]), str(row["tasks"]))
+            workers.add_row(str(row["pid"]), str(row["ppid"]), row["name"], str(row["tasks"]))
         out.print(workers)
     ledger = Table(title="delivery ledger")
     ledger.add_column("fate")

@@ -73,10 +73,10 @@ class Ledger:
         elapsed = max(end - self.started, 1e-9)
         fates = self.fates()
         done = fates[Fate.DONE_ONCE] + fates[Fate.DONE_AFTER_REDELIVERY] + fates[Fate.DONE_TWICE]
-        workers: Counter[tuple[int, int]] = Counter()
+        workers: Counter[tuple[int, int, str]] = Counter()
         for results in self.results.values():
             for result in results:
-                workers[(result.worker_pid, result.worker_ppid)] += 1
+                workers[(result.worker_pid, result.worker_ppid, result.worker_name)] += 1
         latencies = sorted(self.latency.values())
         return {
             "backend": backend,
@@ -92,7 +92,8 @@ class Ledger:
                 "max": _ms(latencies[-1] if latencies else None),
             },
             "workers": [
-                {"pid": pid, "ppid": ppid, "tasks": n} for (pid, ppid), n in sorted(workers.items())
+                {"pid": pid, "ppid": ppid, "name": name, "tasks": n}
+                for (pid, ppid, name), n in sorted(workers.items())
             ],
             "ledger": {fate.value: fates[fate] for fate in Fate},
         }

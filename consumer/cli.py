@@ -16,7 +16,7 @@ from rich.table import Table
 from common.cli import fail, run_app, setup_logging
 from common.settings import Settings, load_settings
 from consumer.handlers import import_handlers
-from consumer.supervisor import WorkerPool, WorkerSpec
+from consumer.supervisor import ThreadWorkers, WorkerPool, WorkerSpec
 from consumer.worker import WorkerOptions
 
 log = logging.getLogger("taskshuttle.consumer")
@@ -37,6 +37,11 @@ class BackendName(StrEnum):
     rabbitmq = "rabbitmq"
 
 
+class PoolKind(StrEnum):
+    process = "process"
+    thread = "thread"
+
+
 UrlOption = Annotated[str | None, typer.Option(help="Broker URL [env AMQP_URL].")]
 QueueOption = Annotated[str | None, typer.Option(help="Queue name [env TASKSHUTTLE_QUEUE].")]
 
@@ -47,7 +52,10 @@ def main(
     backend: Annotated[BackendName, typer.Option(help="Only rabbitmq runs standalone.")] = (
         BackendName.rabbitmq
     ),
-    workers: Annotated[int | None, typer.Option(help="Worker processes [default 2].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Workers [default 2].")] = None,
+    pool: Annotated[
+        PoolKind, typer.Option(help="Workers as processes, or as threads of one process.")
+    ] = PoolKind.process,
     prefetch: Annotated[int | None, typer.Option(help="Unacked tasks per worker [100].")] = None,
     queue: QueueOption = None,
     url: UrlOption = None,
@@ -96,7 +104,9 @@ def main(
             settings.broker_consumer_timeout,
         )
     options = WorkerOptions.from_settings(settings, burst_idle=1.0 if burst else None)
-    supervise(settings, options, modules)
+    if pool is PoolKind.thread and settings.task_timeout:
+        fail("consumer", "--task-timeout needs --pool process: a thread cannot be stopped")
+    supervise(settings, options, modules, pool)
 
 
 def _check_broker(settings: Settings) -> None:
@@ -106,7 +116,12 @@ def _check_broker(settings: Settings) -> None:
     RabbitBackend(settings.amqp_url, settings.queue).close()
 
 
-def supervise(settings: Settings, options: WorkerOptions, modules: tuple[str, ...]) -> None:
+def supervise(
+    settings: Settings,
+    options: WorkerOptions,
+    modules: tuple[str, ...],
+    pool_kind: PoolKind = PoolKind.process,
+) -> None:
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -115,15 +130,21 @@ def supervise(settings: Settings, options: WorkerOptions, modules: tuple[str, ..
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    pool = WorkerPool(WorkerSpec(settings, options, modules), settings.workers)
+    spec = WorkerSpec(settings, options, modules)
+    pool: WorkerPool | ThreadWorkers = (
+        ThreadWorkers(spec, settings.workers)
+        if pool_kind is PoolKind.thread
+        else WorkerPool(spec, settings.workers)
+    )
     pool.start()
     try:
         pool.wait_ready()
         log.warning(
-            "consuming %r on %s with %d workers (pids %s)",
+            "consuming %r on %s with %d worker %ss (pids %s)",
             settings.queue,
             settings.safe_url,
             settings.workers,
+            pool_kind.value,
             pool.pids,
         )
         pool.wait_all(stopping.is_set)

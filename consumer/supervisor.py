@@ -23,7 +23,8 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from common.errors import TaskshuttleError
+from common.backend import Backend
+from common.errors import ConfigError, TaskshuttleError
 from common.local import MP_CONTEXT, LocalBackend
 from common.settings import LOG_FORMAT, Settings
 from consumer.handlers import import_handlers, registry
@@ -91,19 +92,7 @@ def worker_main(spec: WorkerSpec, slot: int, parent_pid: int, stop_all: Any, rea
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         import_handlers(list(spec.handler_modules))
-        backend: Any
-        if spec.local is not None:
-            backend = spec.local
-            backend.attach(slot)
-        else:
-            from common.rabbitmq import RabbitBackend
-
-            backend = RabbitBackend(
-                spec.settings.amqp_url,
-                spec.settings.queue,
-                prefetch=spec.settings.prefetch,
-                reconnect_attempts=None,
-            )
+        backend = _worker_backend(spec, slot)
         worker = Worker(backend, registry, spec.options, _Either(), spec.settings.queue)
         ready.release()
         worker.run()
@@ -111,6 +100,20 @@ def worker_main(spec: WorkerSpec, slot: int, parent_pid: int, stop_all: Any, rea
     except TaskshuttleError as exc:
         print(f"worker {os.getpid()}: error: {exc}", file=sys.stderr)
         sys.exit(3)
+
+
+def _worker_backend(spec: WorkerSpec, slot: int) -> Backend:
+    if spec.local is not None:
+        spec.local.attach(slot)
+        return spec.local
+    from common.rabbitmq import RabbitBackend
+
+    return RabbitBackend(
+        spec.settings.amqp_url,
+        spec.settings.queue,
+        prefetch=spec.settings.prefetch,
+        reconnect_attempts=None,  # a worker waits out a broker restart
+    )
 
 
 class WorkerPool:
@@ -231,3 +234,67 @@ class WorkerPool:
         """Supervise until `stop()` says so or every worker has exited on its own."""
         while self.workers and not stop():
             self.check(poll)
+
+
+class ThreadWorkers:
+    """N worker threads in this one process, each with its own connection (``--pool thread``).
+
+    Threads share one interpreter and so one GIL: sleep-bound tasks scale with threads,
+    CPU-bound ones do not. A thread cannot be killed, so no task timeout here.
+    """
+
+    def __init__(self, spec: WorkerSpec, count: int) -> None:
+        if spec.local is not None:
+            raise TaskshuttleError("the thread pool runs against RabbitMQ only")
+        if spec.options.task_timeout:
+            raise ConfigError("--task-timeout needs --pool process: a thread cannot be stopped")
+        self.spec = spec
+        self.count = count
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.errors: list[TaskshuttleError] = []
+        self._ready = threading.Semaphore(0)
+
+    def start(self) -> None:
+        for slot in range(self.count):
+            thread = threading.Thread(target=self._run, args=(slot,), name=f"worker-{slot}")
+            thread.start()
+            self.threads.append(thread)
+
+    def _run(self, slot: int) -> None:
+        try:
+            backend = _worker_backend(self.spec, slot)
+        except TaskshuttleError as exc:
+            self.errors.append(exc)
+            self._ready.release()
+            return
+        worker = Worker(
+            backend, registry, self.spec.options, self.stop_event, self.spec.settings.queue
+        )
+        self._ready.release()
+        try:
+            worker.run()
+        finally:
+            backend.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        for _ in range(self.count):
+            if not self._ready.acquire(timeout=timeout):
+                return False
+        if self.errors:
+            raise self.errors[0]
+        return True
+
+    @property
+    def pids(self) -> list[int]:
+        return [os.getpid()]
+
+    def wait_all(self, stop: Callable[[], bool], poll: float = 0.5) -> None:
+        while any(t.is_alive() for t in self.threads) and not stop():
+            self.threads[0].join(poll) if self.threads[0].is_alive() else time.sleep(poll)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(deadline - time.monotonic(), 0))

@@ -107,7 +107,10 @@ class Worker:
         self.stop = stop
         self.queue_name = queue_name
         self.processed = 0
+        thread = threading.current_thread()
         self._name = multiprocessing.current_process().name
+        if thread is not threading.main_thread():  # --pool thread: say which thread
+            self._name += f"/{thread.name}"
         self._in_hand: _InHand | None = None
         self._in_hand_lock = threading.Lock()
         self.on_timeout = on_timeout or _exit_for_timeout

@@ -114,3 +114,31 @@ def _take(producer: RabbitBackend, ledger: Ledger) -> int:
     while (result := producer.receive_result(0.05)) is not None:
         ledger.record_result(result)
     return len(ledger.results)
+
+
+def test_thread_pool_consumes_with_threads_of_one_process(broker_url: str, queue_name: str) -> None:
+    consumer = start("consumer", "--queue", queue_name, "--workers", "3", "--pool", "thread")
+    try:
+        summary = json_summary(
+            run(
+                "producer",
+                "--backend",
+                "rabbitmq",
+                "--count",
+                "300",
+                "--wait",
+                "--json",
+                "--quiet",
+                "--queue",
+                queue_name,
+                "--timeout",
+                "60",
+                timeout=90,
+            )
+        )
+    finally:
+        code, _out, err = stop(consumer)
+    _assert_each_once(summary, 300)
+    assert {w["pid"] for w in summary["workers"]} == {consumer.pid}  # one process
+    assert {w["name"] for w in summary["workers"]} <= {f"MainProcess/worker-{i}" for i in range(3)}
+    assert code == 0, err
