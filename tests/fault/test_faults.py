@@ -339,3 +339,69 @@ def test_sigterm_to_local_producer_finishes_tasks_in_hand(tmp_path: Path) -> Non
     assert summary["ledger"]["done twice"] == 0
     for worker in summary["workers"]:
         assert _gone(worker["pid"])
+
+
+@pytest.mark.parametrize("backend", ["local", "rabbitmq"])
+def test_task_over_its_time_limit_is_stopped_retried_then_dead_lettered(
+    backend: str, queue_name: str, request: pytest.FixtureRequest
+) -> None:
+    common = [
+        "--queue",
+        queue_name,
+        "--max-attempts",
+        "2",
+        "--retry-delay",
+        "0.1",
+        "--task-timeout",
+        "0.5",
+    ]
+    job = [
+        "--count",
+        "2",
+        "--kind",
+        "sleep",
+        "--payload",
+        '{"seconds": 30}',
+        "--json",
+        "--quiet",
+        "--timeout",
+        "60",
+    ]
+    started = time.monotonic()
+    if backend == "local":
+        summary = json_summary(run("producer", "--backend", "local", *common, *job, timeout=90))
+    else:
+        request.getfixturevalue("broker_url")
+        consumer = start("consumer", *common)
+        try:
+            summary = json_summary(
+                run("producer", "--backend", "rabbitmq", "--wait", *common, *job, timeout=90)
+            )
+        finally:
+            code, _out, err = stop(consumer)
+        assert code == 0, err
+        with RabbitBackend(request.getfixturevalue("broker_url"), queue_name) as dlq:
+            letters = dlq.dead_letters()
+        assert [(d.reason, d.attempts) for d in letters] == [("max-attempts", 2)] * 2
+        assert all("TaskTimeout" in d.error for d in letters)
+    _report(f"task timeout ({backend})", summary)
+    assert time.monotonic() - started < 30  # nobody waited for the 30 s sleeps
+    assert summary["failed"] == 2
+    assert summary["ledger"]["lost"] == 0
+
+
+def test_consumer_warns_when_task_timeout_exceeds_the_brokers_consumer_timeout(
+    broker_url: str, queue_name: str
+) -> None:
+    completed = run("consumer", "--queue", queue_name, "--burst", "--task-timeout", "3600")
+    assert completed.returncode == 0, completed.stderr
+    assert "longer than the broker's consumer_timeout (1800s)" in completed.stderr
+
+
+def test_a_returned_message_is_not_counted_as_sent(broker_url: str, queue_name: str) -> None:
+    from common.errors import PublishFailed
+
+    with RabbitBackend(broker_url, queue_name) as backend:
+        backend.delete_queues()  # now nothing routes to the queue: the broker returns it
+        with pytest.raises(PublishFailed, match="unroutable"):
+            backend.publish([TaskEnvelope(kind="echo")])
