@@ -105,6 +105,52 @@ def translate(exc: BaseException, safe_url: str) -> BrokerError:
 _Message = tuple[str, bytes, BasicProperties]  # routing key, body, properties
 
 
+class _Batch:
+    """Publishes awaiting the broker's confirms: one future for all of them, not one each
+    (a `Future` per message costs more than the publish itself)."""
+
+    __slots__ = ("confirmed", "failures", "future", "messages", "remaining")
+
+    def __init__(self, messages: Sequence[_Message]) -> None:
+        self.messages = messages
+        self.confirmed = [False] * len(messages)
+        self.remaining = len(messages)
+        self.failures: list[str] = []
+        self.future: Future[None] = Future()
+
+    def settle(self, index: int, failure: str | None) -> None:
+        if failure is None:
+            self.confirmed[index] = True
+        else:
+            self.failures.append(failure)
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(None)
+
+    @property
+    def unconfirmed(self) -> list[_Message]:
+        return [m for m, ok in zip(self.messages, self.confirmed, strict=True) if not ok]
+
+    def wait(self, timeout: float, safe_url: str) -> bool:
+        """True once all are confirmed; False if the connection dropped first.
+
+        Raises `PublishFailed` if the broker nacked or returned any, `BrokerError` if it
+        stayed silent for `timeout` seconds.
+        """
+        try:
+            self.future.result(timeout)
+        except FutureTimeout:
+            raise BrokerError(f"broker at {safe_url} did not confirm within {timeout:g}s") from None
+        except ConnectionLost:
+            return False
+        if self.failures:
+            raise PublishFailed(
+                f"{len(self.failures)} of {len(self.messages)} messages not accepted: "
+                f"{self.failures[0]}"
+            )
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class _Tag:
     link: _Link
@@ -132,8 +178,8 @@ class _Link:
         self._conn: pika.SelectConnection | None = None
         self._channel: Any = None
         self._waiting: set[Future[Any]] = set()
-        # delivery tag -> (future or None, message id), in publish order
-        self._unconfirmed: dict[int, tuple[Future[None] | None, str | None]] = {}
+        # delivery tag -> (its batch and index, or None when nobody waits; message id)
+        self._unconfirmed: dict[int, tuple[_Batch | None, int, str | None]] = {}
         self._returned: set[str] = set()
         self._publish_count = 0
         self._outbox: list[tuple[Any, ...]] = []
@@ -287,9 +333,9 @@ class _Link:
         for future in list(self._waiting):
             if not future.done():
                 future.set_exception(error)
-        for future, _ in self._unconfirmed.values():
-            if future is not None and not future.done():
-                future.set_exception(error)
+        for batch, _, _ in self._unconfirmed.values():
+            if batch is not None and not batch.future.done():
+                batch.future.set_exception(error)
         self._unconfirmed.clear()
 
     def _on_return_io(self, channel: Any, method: Any, props: BasicProperties, body: bytes) -> None:
@@ -304,31 +350,29 @@ class _Link:
         else:
             tags = [method.delivery_tag]
         for tag in tags:
-            future, message_id = self._unconfirmed.pop(tag, (None, None))
+            batch, index, message_id = self._unconfirmed.pop(tag, (None, 0, None))
             returned = message_id is not None and message_id in self._returned
             if returned:
                 self._returned.discard(message_id)
-            if future is None or future.done():
+            if batch is None:
                 continue
             if acked and not returned:
-                future.set_result(None)
+                batch.settle(index, None)
             else:
                 why = "unroutable (returned)" if returned else "nacked by the broker"
-                future.set_exception(PublishFailed(f"message {message_id} {why}"))
+                batch.settle(index, f"message {message_id} {why}")
 
     def publish_io(
-        self,
-        routing_key: str,
-        body: bytes,
-        props: BasicProperties,
-        future: Future[None] | None,
-        *,
-        mandatory: bool = False,
-        exchange: str = "",
+        self, message: _Message, batch: _Batch | None, index: int = 0, *, mandatory: bool = False
     ) -> None:
-        self._channel.basic_publish(exchange, routing_key, body, props, mandatory)
+        routing_key, body, props = message
+        self._channel.basic_publish("", routing_key, body, props, mandatory)
         self._publish_count += 1
-        self._unconfirmed[self._publish_count] = (future, props.message_id)
+        self._unconfirmed[self._publish_count] = (batch, index, props.message_id)
+
+    def _publish_batch_io(self, batch: _Batch) -> None:
+        for index, message in enumerate(batch.messages):
+            self.publish_io(message, batch, index, mandatory=True)
 
     def publish_many(self, messages: Sequence[_Message], timeout: float) -> list[_Message]:
         """Publish every message with ``mandatory``; wait for the broker's confirms.
@@ -339,33 +383,21 @@ class _Link:
         come back.
         """
         chunks = [messages[i : i + PUBLISH_CHUNK] for i in range(0, len(messages), PUBLISH_CHUNK)]
-        futures: list[list[Future[None]]] = []
-        for index, chunk in enumerate(chunks):
-            chunk_futures: list[Future[None]] = [Future() for _ in chunk]
-
-            def publish_chunk(
-                chunk: Sequence[_Message] = chunk, chunk_futures: list[Future[None]] = chunk_futures
-            ) -> None:
-                for (routing_key, body, props), future in zip(chunk, chunk_futures, strict=True):
-                    self.publish_io(routing_key, body, props, future, mandatory=True)
-
+        batches: list[_Batch] = []
+        for chunk in chunks:
+            batch = _Batch(chunk)
             try:
-                self.post(publish_chunk)
+                self.post(functools.partial(self._publish_batch_io, batch))
             except ConnectionLost:
                 break
-            futures.append(chunk_futures)
-            if index > 0 and not _wait_all(futures[index - 1], timeout, self.safe_url):
+            batches.append(batch)
+            if len(batches) > 1 and not batches[-2].wait(timeout, self.safe_url):
                 break
-        if futures:
-            _wait_all(futures[-1], timeout, self.safe_url)
-        unconfirmed: list[_Message] = []
-        for index, chunk in enumerate(chunks):
-            if index >= len(futures):
-                unconfirmed.extend(chunk)
-                continue
-            for message, future in zip(chunk, futures[index], strict=True):
-                if not future.done() or future.exception() is not None:
-                    unconfirmed.append(message)
+        if batches:
+            batches[-1].wait(timeout, self.safe_url)
+        unconfirmed = [m for batch in batches for m in batch.unconfirmed]
+        for chunk in chunks[len(batches) :]:
+            unconfirmed.extend(chunk)
         return unconfirmed
 
     def _flush_io(self) -> None:
@@ -379,7 +411,7 @@ class _Link:
             if op[0] == "ack":
                 last_ack = op[1]
             elif op[0] == "publish":
-                self.publish_io(op[1], op[2], op[3], None)
+                self.publish_io(op[1], None)
             elif op[0] == "nack":
                 if last_ack is not None:
                     self._channel.basic_ack(last_ack, multiple=True)
@@ -394,22 +426,6 @@ class _Link:
     @property
     def channel_io(self) -> Any:
         return self._channel
-
-
-def _wait_all(futures: list[Future[None]], timeout: float, safe_url: str) -> bool:
-    """Wait for confirms: True if all came, False if the connection dropped first.
-
-    Raises `PublishFailed` for a nack or a return, `BrokerError` when the broker is silent.
-    """
-    deadline = time.monotonic() + timeout
-    for future in futures:
-        try:
-            future.result(max(deadline - time.monotonic(), 0))
-        except FutureTimeout:
-            raise BrokerError(f"broker at {safe_url} did not confirm within {timeout:g}s") from None
-        except ConnectionLost:
-            return False
-    return True
 
 
 def _declare_io(
@@ -650,16 +666,16 @@ class RabbitBackend(Backend):
                 delivery_mode=PERSISTENT,
                 correlation_id=result.task_id,
             )
-            self._settle(delivery, ("publish", handle.reply_to, encode(result), props))
+            self._settle(delivery, ("publish", (handle.reply_to, encode(result), props)))
         self._settle(delivery, ("ack", handle.tag))
 
     def requeue(self, delivery: Delivery) -> None:
         self._settle(delivery, ("nack", delivery.handle.tag))
 
-    def _publish_confirmed(
-        self, link: _Link, routing_key: str, body: bytes, props: BasicProperties
-    ) -> None:
-        link.call(lambda future: link.publish_io(routing_key, body, props, future, mandatory=True))
+    def _publish_confirmed(self, link: _Link, message: _Message) -> None:
+        """One message, waiting for its confirm (retries and dead letters)."""
+        if link.publish_many([message], timeout=30):
+            raise link.close_error or ConnectionLost("connection lost while publishing")
 
     def retry_later(self, delivery: Delivery, task: TaskEnvelope, delay: float) -> None:
         if self._stale(delivery):
@@ -681,7 +697,7 @@ class RabbitBackend(Backend):
             type=task.kind,
             expiration=str(max(int(delay * 1000), 0)),
         )
-        self._publish_confirmed(link, wait_queue, encode(task), props)
+        self._publish_confirmed(link, (wait_queue, encode(task), props))
         self.ack(delivery)
 
     def dead_letter(
@@ -702,7 +718,7 @@ class RabbitBackend(Backend):
                 "x-dead-lettered-at": letter.dead_lettered_at.isoformat(),
             },
         )
-        self._publish_confirmed(link, self.dlq_name, letter.body, props)
+        self._publish_confirmed(link, (self.dlq_name, letter.body, props))
         self.ack(delivery, result)
 
     # -- both ----------------------------------------------------------------------------
@@ -743,12 +759,8 @@ class RabbitBackend(Backend):
         moved = 0
         try:
             for tag, _props, body in self._get_all(link, self.dlq_name):
-                self._publish_confirmed(
-                    link,
-                    self.queue_name,
-                    as_first_attempt(body),
-                    BasicProperties(delivery_mode=PERSISTENT, message_id=uuid.uuid4().hex),
-                )
+                props = BasicProperties(delivery_mode=PERSISTENT, message_id=uuid.uuid4().hex)
+                self._publish_confirmed(link, (self.queue_name, as_first_attempt(body), props))
                 link.call(lambda f, tag=tag: (link.channel_io.basic_ack(tag), f.set_result(None)))
                 moved += 1
             return moved
@@ -781,18 +793,25 @@ class RabbitBackend(Backend):
             got.append(item)
 
     def delete_queues(self, max_attempts: int = 10) -> None:
-        """Delete this queue and its companions (tests and `consumer purge`)."""
-        link = self._link_now()
+        """Delete this queue and its companions (tests, clean-ups).
+
+        On a connection of its own: deleting a queue cancels its consumers, and the work
+        link would take that for a lost queue.
+        """
         names = [self.queue_name, self.dlq_name]
         names += [f"{self.queue_name}.wait.{n}" for n in range(max_attempts + 1)]
         if self.reply_queue:
             names.append(self.reply_queue)
-        for name in names:
-            link.call(
-                lambda f, name=name: link.channel_io.queue_delete(
-                    name, callback=lambda _frame: f.set_result(None)
+        link = self._side_link()
+        try:
+            for name in names:
+                link.call(
+                    lambda f, name=name: link.channel_io.queue_delete(
+                        name, callback=lambda _frame: f.set_result(None)
+                    )
                 )
-            )
+        finally:
+            link.close()
 
     def close(self) -> None:
         self._link.close()

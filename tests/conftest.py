@@ -85,3 +85,12 @@ def make_backend(backend_name: str, queue_name: str) -> Iterator[Callable[..., B
     yield make
     for backend in built:
         backend.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_program_left_running() -> Iterator[None]:
+    """Whatever a test started and did not stop (say, after a failed assert) is killed."""
+    yield
+    from tests.helpers import kill_leftovers
+
+    kill_leftovers()

@@ -7,9 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,31 +34,76 @@ def run(
 
 
 def start(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    """Start a program with its output going to files, so it never blocks on a full pipe
+    and a test can read what it printed so far (`output_of`)."""
+    out = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by stop()
+    err = tempfile.TemporaryFile("w+")  # noqa: SIM115
+    process = subprocess.Popen(
         program(name, *args),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=out,
+        stderr=err,
         text=True,
         cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
+    _OUTPUT[process.pid] = (out, err)
+    _STARTED[process.pid] = process
+    return process
+
+
+_OUTPUT: dict[int, tuple[IO[str], IO[str]]] = {}
+_STARTED: dict[int, subprocess.Popen[str]] = {}
+
+
+def kill_leftovers() -> list[int]:
+    """SIGKILL and reap every program a test started and did not stop (after a failure)."""
+    leftovers = list(_STARTED.values())
+    for process in leftovers:
+        stop(process, signal.SIGKILL, timeout=10)
+    return [p.pid for p in leftovers]
+
+
+def output_of(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """What the program has printed so far: (stdout, stderr)."""
+    texts = []
+    for stream in _OUTPUT[process.pid]:
+        stream.flush()
+        stream.seek(0)
+        texts.append(stream.read())
+    return texts[0], texts[1]
+
+
+def wait_for_output(process: subprocess.Popen[str], text: str, timeout: float = 30) -> None:
+    """Wait until the program's stderr says `text` (e.g. that its workers are ready)."""
+    if not wait_until(lambda: text in output_of(process)[1] or process.poll() is not None, timeout):
+        raise AssertionError(f"{process.args} did not say {text!r} within {timeout}s")
+    assert text in output_of(process)[1], output_of(process)[1]
 
 
 def stop(
     process: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30
 ) -> tuple[int, str, str]:
     """Signal a program, wait for it (killing it if it hangs), return (code, out, err)."""
-    if process.poll() is None:
+    if sig and process.poll() is None:
         process.send_signal(sig)
     try:
-        out, err = process.communicate(timeout=timeout)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
-        out, err = process.communicate()
+        process.wait()
         raise AssertionError(
-            f"{process.args} did not exit within {timeout}s; stderr: {err}"
+            f"{process.args} did not exit within {timeout}s; stderr: {output_of(process)[1]}"
         ) from None
+    out, err = output_of(process)
+    _STARTED.pop(process.pid, None)
+    for stream in _OUTPUT.pop(process.pid):
+        stream.close()
     return process.returncode, out, err
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 90) -> tuple[int, str, str]:
+    """Wait for a program to exit by itself; return (code, out, err)."""
+    return stop(process, sig=0, timeout=timeout)
 
 
 def json_summary(completed: subprocess.CompletedProcess[str]) -> dict[str, Any]:

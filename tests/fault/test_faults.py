@@ -17,7 +17,15 @@ import pytest
 
 from common.rabbitmq import RabbitBackend
 from common.schemas import MAX_BODY_BYTES, TaskEnvelope
-from tests.helpers import json_summary, process_state, run, start, stop, wait_until
+from tests.helpers import (
+    finish,
+    json_summary,
+    process_state,
+    run,
+    start,
+    stop,
+    wait_until,
+)
 from tests.rabbit_node import RabbitNode
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
@@ -67,7 +75,7 @@ def test_sigkill_local_worker_mid_task_loses_nothing(tmp_path: Path) -> None:
         *HANDLERS,
     )
     victim = _kill_first_worker_mid_task(started)
-    code, out, err = _wait(producer)
+    code, out, err = finish(producer)
     assert code == 0, err
     summary = json.loads(out)
     _report("local worker SIGKILL", summary)
@@ -77,11 +85,6 @@ def test_sigkill_local_worker_mid_task_loses_nothing(tmp_path: Path) -> None:
     assert summary["recovered_from_dead_workers"] == 1  # a bare Queue would have lost it
     assert victim not in {w["pid"] for w in summary["workers"]}
     assert _gone(victim)
-
-
-def _wait(process, timeout: float = 90):  # type: ignore[no-untyped-def]
-    out, err = process.communicate(timeout=timeout)
-    return process.returncode, out, err
 
 
 def test_sigkill_rabbitmq_worker_mid_task_loses_nothing(
@@ -113,7 +116,7 @@ def test_sigkill_rabbitmq_worker_mid_task_loses_nothing(
             *HANDLERS,
         )
         victim = _kill_first_worker_mid_task(started)
-        code, out, err = _wait(producer)
+        code, out, err = finish(producer)
         assert code == 0, err
     finally:
         consumer_code, _, consumer_err = stop(consumer)
@@ -144,8 +147,7 @@ def test_sigkill_supervisor_takes_its_workers_and_loses_nothing(
         )
         assert wait_until(lambda: len(_started_pids(started)) == 2, 30)
         workers = _started_pids(started)
-        consumer.kill()  # SIGKILL: no chance to clean up
-        consumer.communicate(timeout=10)
+        stop(consumer, signal.SIGKILL)  # no chance to clean up
         assert wait_until(lambda: all(_gone(pid) for pid in workers), timeout=5), [
             (pid, process_state(pid)) for pid in workers
         ]
@@ -294,7 +296,7 @@ def test_broker_restart_while_5000_tasks_flow_loses_none(own_broker: RabbitNode)
         )
         time.sleep(2.0)  # tasks are flowing
         own_broker.restart(timeout=60)
-        code, out, err = _wait(producer, timeout=150)
+        code, out, err = finish(producer, timeout=150)
     finally:
         consumer_code, _, consumer_err = stop(consumer, timeout=30)
     assert code == 0, err

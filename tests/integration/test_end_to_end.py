@@ -11,7 +11,15 @@ from common.ledger import Ledger
 from common.rabbitmq import RabbitBackend
 from common.schemas import TaskEnvelope
 from producer.run import Progress, collect
-from tests.helpers import json_summary, process_state, run, start, stop, wait_until
+from tests.helpers import (
+    json_summary,
+    process_state,
+    run,
+    start,
+    stop,
+    wait_for_output,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,6 +49,7 @@ def test_local_job_processes_every_task_once() -> None:
 
 def test_consumer_and_producer_in_two_terminals(broker_url: str, queue_name: str) -> None:
     consumer = start("consumer", "--backend", "rabbitmq", "--workers", "2", "--queue", queue_name)
+    wait_for_output(consumer, "consuming")  # as a user waits for the consumer to be up
     try:
         produced = run(
             "producer",
