@@ -7,7 +7,9 @@ Both backends honour these rules, and `tests/contract/` runs one suite against b
 - `receive` returns a `Delivery` or `None` when nothing came within `timeout`, so a worker
   loop always gets a turn to check for shutdown.
 - A delivery is handed out again (``redelivered=True``) until it is acked: a worker that dies
-  before `ack` loses nothing. `ack` happens only after the handler has finished.
+  before `ack` loses nothing. `ack` happens only after the handler has finished. Acks and
+  results may be sent in batches, but no later than the worker's next `receive` that has to
+  wait, or `close`.
 - `retry_later`, `dead_letter` and `requeue` each settle the delivery; after them the delivery
   must not be acked. `retry_later` and `dead_letter` return once the new copy is stored.
 - Bodies are opaque bytes here; `common.schemas` turns them into tasks and results.

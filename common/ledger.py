@@ -36,21 +36,26 @@ class Ledger:
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
 
+    #: how many sent tasks have at least one result
+    answered: int = 0
+
     def record_sent(self, tasks: list[TaskEnvelope]) -> None:
         now = time.perf_counter()
         for task in tasks:
             self.sent[task.id] = now
+            self.answered += task.id in self.results
 
     def record_result(self, result: TaskResult) -> None:
         first = result.task_id not in self.results
         self.results.setdefault(result.task_id, []).append(result)
         if first and result.task_id in self.sent:
+            self.answered += 1
             self.latency[result.task_id] = time.perf_counter() - self.sent[result.task_id]
 
     @property
     def outstanding(self) -> int:
         """Sent tasks with no result yet."""
-        return sum(1 for task_id in self.sent if task_id not in self.results)
+        return len(self.sent) - self.answered
 
     def fate(self, task_id: str) -> Fate:
         results = self.results.get(task_id, [])

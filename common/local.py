@@ -3,10 +3,15 @@
 The parent process (the producer, which also supervises the workers) is the broker here: it
 puts encoded tasks on a shared task queue, and every worker sends its results, retries and
 dead letters back on one event queue. The parent keeps each task it sent until a result or a
-dead letter for it comes back, and each worker writes the key of the task it holds into its
+dead letter for it comes back, and each worker writes the keys of the tasks it holds into its
 own slot of shared memory: that pair is the in-flight registry. When a worker dies, the
-parent reads its slot and puts the held task back, which a bare `multiprocessing.Queue`
-cannot do (`lost_without_registry` counts what it would have lost).
+parent reads its slot and puts the held tasks back, which a bare `multiprocessing.Queue`
+cannot do (`recovered` counts what it would have lost).
+
+Tasks travel in small batches and events are sent in batches: a `Queue.put` costs a pickle,
+a lock and a pipe write, so one per task would cost more than the task. A big job is cut into
+batches of up to `batch_size`; a small one goes one task at a time, so no worker sits on
+tasks that an idle one could run (the same trade as RabbitMQ's prefetch).
 
 Known limit, as the Python docs warn: a worker killed while inside `Queue.get()` holds the
 queue's internal read lock forever; workers here are killed (in tests) while they run a task.
@@ -14,12 +19,12 @@ queue's internal read lock forever; workers here are killed (in tests) while the
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import heapq
 import multiprocessing
 import queue
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -40,7 +45,13 @@ from common.schemas import (
 #: forking a process with threads can copy a held lock into the child.
 MP_CONTEXT: BaseContext = multiprocessing.get_context("spawn")
 
-_KEY_BYTES = 80
+_KEY_BYTES = 80  # a task id (up to 64 characters), "/", an attempt number
+#: Events a worker collects before sending them in one put, and for how long at most (it
+#: also sends before it waits for more work).
+_EVENT_BATCH = 64
+_EVENT_DELAY = 0.005
+
+_Item = tuple[str, bytes, bool]  # key, body, redelivered
 
 
 def task_key(task_id: str, attempt: int) -> str:
@@ -64,28 +75,41 @@ class LocalBackend(Backend):
     name = "local"
 
     def __init__(
-        self, *, slots: int = 64, queue_name: str = "tasks", context: BaseContext = MP_CONTEXT
+        self,
+        *,
+        slots: int = 64,
+        queue_name: str = "tasks",
+        batch_size: int = 100,
+        context: BaseContext = MP_CONTEXT,
     ) -> None:
         self.queue_name = queue_name
+        self.batch_size = batch_size
         self._tasks: Any = context.Queue()
         self._events: Any = context.Queue()
+        #: Tasks on the task queue (it holds batches, and qsize() is missing on macOS).
+        self._queued: Any = context.Value(ctypes.c_long, 0, lock=True)
         #: The seed's mutex: handlers that share a resource (the ticket office) take it.
         self.lock: Any = context.Lock()
-        self._held_keys = [context.RawArray(ctypes.c_char, _KEY_BYTES) for _ in range(slots)]
+        self._held_keys = [
+            context.RawArray(ctypes.c_char, _KEY_BYTES * batch_size) for _ in range(slots)
+        ]
+        # Worker-only:
         self._slot: int | None = None
+        self._inbox: deque[_Item] = deque()
+        self._outbox: list[tuple[Any, ...]] = []
+        self._outbox_since = 0.0
         # Parent-only:
         self._unfinished: dict[str, bytes] = {}
         self._retries: list[tuple[float, str, bytes]] = []
         self._dead: list[DeadLetter] = []
-        self._results: list[TaskResult] = []
+        self._results: deque[TaskResult] = deque()
         self._raw_count = 0
         self.recovered = 0
-        self.lost_without_registry = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for parent_only in ("_unfinished", "_retries", "_dead", "_results"):
-            state[parent_only] = type(state[parent_only])()
+        for own in ("_unfinished", "_retries", "_dead", "_results", "_inbox", "_outbox"):
+            state[own] = type(state[own])()
         return state
 
     @property
@@ -94,88 +118,97 @@ class LocalBackend(Backend):
 
     # -- producer (parent) side ----------------------------------------------------------
     def publish(self, tasks: Sequence[TaskEnvelope]) -> None:
-        for task in tasks:
-            body = encode(task)
-            key = task_key(task.id, task.attempt)
-            self._unfinished[key] = body
-            self._tasks.put((key, body, False))
+        self._put([(task_key(t.id, t.attempt), encode(t), False) for t in tasks])
 
     def publish_raw(self, bodies: Sequence[bytes]) -> None:
+        items = []
         for body in bodies:
             self._raw_count += 1
-            key = f"raw/{self._raw_count}"
+            items.append((f"raw/{self._raw_count}", body, False))
+        self._put(items)
+
+    def _put(self, items: list[_Item]) -> None:
+        for key, body, _ in items:
             self._unfinished[key] = body
-            self._tasks.put((key, body, False))
+        # Up to batch_size at a time, but never so many that a worker holds tasks while
+        # another could run them: a quarter of an even share each.
+        size = max(1, min(self.batch_size, len(items) // (4 * self.slots)))
+        for start in range(0, len(items), size):
+            self._enqueue(items[start : start + size])
+
+    def _enqueue(self, batch: list[_Item]) -> None:
+        with self._queued.get_lock():
+            self._queued.value += len(batch)
+        self._tasks.put(batch)
 
     def receive_result(self, timeout: float) -> TaskResult | None:
         deadline = time.monotonic() + timeout
         while True:
             if self._results:
-                return self._results.pop(0)
+                return self._results.popleft()
             self._release_due_retries()
             wait = deadline - time.monotonic()
             if self._retries:
                 wait = min(wait, self._retries[0][0] - time.time())
             try:
-                event = self._events.get(timeout=max(wait, 0))
+                events = self._events.get(timeout=max(wait, 0))
             except queue.Empty:
                 if time.monotonic() >= deadline:
                     return None
                 continue
-            self._handle(event)
+            self._handle(events)
 
     def drain_events(self) -> None:
         """Take in every event already sent (before deciding a dead worker's task was lost)."""
         while True:
             try:
-                event = self._events.get(timeout=0.05)
+                events = self._events.get(timeout=0.05)
             except queue.Empty:
                 return
-            self._handle(event)
+            self._handle(events)
 
-    def recover(self, slot: int) -> bool:
-        """Put back the task the (dead) worker in `slot` held, if it never finished it."""
+    def recover(self, slot: int) -> int:
+        """Put back the tasks the (dead) worker in `slot` held and never finished."""
         self.drain_events()
-        key = self._held_keys[slot].value.decode()
+        keys = self._held_keys[slot].value.decode().split()
         self._held_keys[slot].value = b""
-        body = self._unfinished.get(key)
-        if body is None:
-            return False
-        self._tasks.put((key, body, True))
-        self.recovered += 1
-        self.lost_without_registry += 1
-        return True
+        back = [(key, self._unfinished[key], True) for key in keys if key in self._unfinished]
+        for item in back:
+            self._enqueue([item])
+        self.recovered += len(back)
+        return len(back)
 
     @property
     def unfinished(self) -> int:
         """Tasks sent and neither finished nor dead-lettered (queued, held or awaiting retry)."""
         return len(self._unfinished)
 
-    def _handle(self, event: tuple[Any, ...]) -> None:
-        kind, key = event[0], event[1]
-        if kind == "result":
-            self._unfinished.pop(key, None)
-            self._results.append(decode_result(event[2]))
-        elif kind == "ack":
-            self._unfinished.pop(key, None)
-        elif kind == "retry":
-            _, _, due, new_key, body = event
-            self._unfinished.pop(key, None)
-            self._unfinished[new_key] = body
-            heapq.heappush(self._retries, (due, new_key, body))
-        elif kind == "dead":
-            self._unfinished.pop(key, None)
-            self._dead.append(DeadLetter.model_validate_json(event[2]))
-            if event[3] is not None:
-                self._results.append(decode_result(event[3]))
-        elif kind == "requeue":
-            self._tasks.put((key, self._unfinished[key], True))
+    def _handle(self, events: list[tuple[Any, ...]]) -> None:
+        for event in events:
+            kind, key = event[0], event[1]
+            if kind == "result":
+                self._unfinished.pop(key, None)
+                self._results.append(decode_result(event[2]))
+            elif kind == "ack":
+                self._unfinished.pop(key, None)
+            elif kind == "retry":
+                _, _, due, new_key, body = event
+                self._unfinished.pop(key, None)
+                self._unfinished[new_key] = body
+                heapq.heappush(self._retries, (due, new_key, body))
+            elif kind == "dead":
+                self._unfinished.pop(key, None)
+                self._dead.append(DeadLetter.model_validate_json(event[2]))
+                if event[3] is not None:
+                    self._results.append(decode_result(event[3]))
+            elif kind == "requeue" and key in self._unfinished:
+                self._enqueue([(key, self._unfinished[key], True)])
 
     def _release_due_retries(self) -> None:
         now = time.time()
         while self._retries and self._retries[0][0] <= now:
             _, key, body = heapq.heappop(self._retries)
-            self._tasks.put((key, body, False))
+            self._enqueue([(key, body, False)])
 
     # -- worker side ---------------------------------------------------------------------
     def attach(self, slot: int) -> None:
@@ -185,42 +218,60 @@ class LocalBackend(Backend):
         self._slot = slot
 
     def receive(self, timeout: float) -> Delivery | None:
-        try:
-            key, body, redelivered = self._tasks.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if self._slot is not None:
-            self._held_keys[self._slot].value = key.encode()
+        if not self._inbox:
+            self._flush()  # about to wait: send what is done first
+            try:
+                batch = self._tasks.get(timeout=timeout)
+            except queue.Empty:
+                return None
+            if self._slot is not None:  # registered before any of them runs
+                self._held_keys[self._slot].value = " ".join(k for k, _, _ in batch).encode()
+            with self._queued.get_lock():
+                self._queued.value -= len(batch)
+            self._inbox.extend(batch)
+        key, body, redelivered = self._inbox.popleft()
         return Delivery(body=body, redelivered=redelivered, handle=_Held(key))
+
+    def _send(self, event: tuple[Any, ...]) -> None:
+        """Collect events; send them when there are enough, when the oldest has waited
+        long enough (so slow tasks report at once), or before the worker waits."""
+        now = time.monotonic()
+        if not self._outbox:
+            self._outbox_since = now
+        self._outbox.append(event)
+        if len(self._outbox) >= _EVENT_BATCH or now - self._outbox_since >= _EVENT_DELAY:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._outbox:
+            self._events.put(self._outbox)
+            self._outbox = []
 
     def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
         key = delivery.handle.key
-        if result is None:
-            self._events.put(("ack", key))
-        else:
-            self._events.put(("result", key, encode(result)))
+        self._send(("ack", key) if result is None else ("result", key, encode(result)))
 
     def retry_later(self, delivery: Delivery, task: TaskEnvelope, delay: float) -> None:
         due = time.time() + delay
-        self._events.put(
-            ("retry", delivery.handle.key, due, task_key(task.id, task.attempt), encode(task))
-        )
+        new_key = task_key(task.id, task.attempt)
+        self._send(("retry", delivery.handle.key, due, new_key, encode(task)))
+        self._flush()  # the contract: stored (with the parent) when this returns
 
     def dead_letter(
         self, delivery: Delivery, letter: DeadLetter, result: TaskResult | None = None
     ) -> None:
-        self._events.put(
+        self._send(
             ("dead", delivery.handle.key, encode(letter), encode(result) if result else None)
         )
+        self._flush()
 
     def requeue(self, delivery: Delivery) -> None:
-        self._events.put(("requeue", delivery.handle.key))
+        self._send(("requeue", delivery.handle.key))
+        self._flush()
 
     # -- both ----------------------------------------------------------------------------
     def pending(self) -> int:
-        with contextlib.suppress(NotImplementedError):  # qsize() is missing on macOS
-            return self._tasks.qsize()
-        return -1
+        return int(self._queued.value)
 
     def dead_letters(self) -> list[DeadLetter]:
         return list(self._dead)
@@ -231,6 +282,12 @@ class LocalBackend(Backend):
         return len(letters)
 
     def close(self) -> None:
+        """In a worker: give back the tasks it holds but never started, send what it has;
+        then flush both queues' feeder threads."""
+        while self._inbox:
+            key, _, _ = self._inbox.popleft()
+            self._outbox.append(("requeue", key))
+        self._flush()
         for q in (self._tasks, self._events):
             q.close()
             q.join_thread()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
@@ -31,10 +30,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def new_task_id() -> str:
+    """128 random bits in hex, like ``uuid4().hex`` at a third of the cost."""
+    return os.urandom(16).hex()
+
+
 class TaskEnvelope(_Strict):
     """One unit of work, as the producer sends it."""
 
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
+    id: str = Field(default_factory=new_task_id, min_length=1, max_length=64)
     kind: str = Field(min_length=1, max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)

@@ -256,7 +256,9 @@ class Worker:
         value: object = None,
         error: str | None = None,
     ) -> TaskResult:
-        return TaskResult(
+        # Every field comes from this code or a validated task: skip re-validating them
+        # (a handler's value that is not JSON is caught when the result is encoded).
+        return TaskResult.model_construct(
             task_id=task.id,
             kind=task.kind,
             status=status,

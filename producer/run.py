@@ -14,7 +14,7 @@ from typing import Any
 from common.backend import Backend
 from common.ledger import Ledger
 from common.local import LocalBackend
-from common.schemas import TaskEnvelope
+from common.schemas import TaskEnvelope, new_task_id, utcnow
 from common.settings import Settings
 from consumer.supervisor import WorkerPool, WorkerSpec
 from consumer.worker import StopFlag, WorkerOptions
@@ -33,8 +33,12 @@ class Job:
     max_attempts: int | None = None
 
     def tasks(self) -> Iterator[TaskEnvelope]:
+        # Validate the job once; each task is a copy with its own id and time.
+        template = TaskEnvelope(
+            kind=self.kind, payload=self.payload, max_attempts=self.max_attempts
+        )
         for _ in range(self.count):
-            yield TaskEnvelope(kind=self.kind, payload=self.payload, max_attempts=self.max_attempts)
+            yield template.model_copy(update={"id": new_task_id(), "created_at": utcnow()})
 
 
 class Progress:

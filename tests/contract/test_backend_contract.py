@@ -97,6 +97,7 @@ def test_ack_sends_the_result_back_to_the_producer(make_backend: MakeBackend) ->
     for _ in tasks:
         delivery = _receive(worker)
         worker.ack(delivery, _result_for(decode_task(delivery.body), delivery))
+    assert worker.receive(0.1) is None  # a worker that waits has sent what it finished
     results = _results(producer, len(tasks))
     assert sorted(r.task_id for r in results) == sorted(t.id for t in tasks)
     assert {r.value["seq"] for r in results} == set(range(5))
