@@ -48,6 +48,30 @@ def _report(name: str, summary: dict) -> None:  # type: ignore[type-arg]
     print(f"\n[{name}] sent={summary['sent']} ledger={json.dumps(summary['ledger'])}")
 
 
+@pytest.fixture
+def started(tmp_path: Path) -> Path:
+    """Where `hold` tasks leave a file as they start (see tests/fault_tasks.py)."""
+    folder = tmp_path / "started"
+    folder.mkdir()
+    return folder
+
+
+def _hold_job(started: Path, count: int, seconds: float) -> list[str]:
+    """Producer arguments for `count` tasks that each hold a worker for `seconds`."""
+    payload = json.dumps({"seconds": seconds, "started": str(started)})
+    return [
+        "--count",
+        str(count),
+        "--kind",
+        "hold",
+        "--payload",
+        payload,
+        "--json",
+        "--quiet",
+        *HANDLERS,
+    ]
+
+
 def _kill_first_worker_mid_task(started: Path, timeout: float = 30) -> int:
     assert wait_until(lambda: len(list(started.iterdir())) >= 1, timeout)
     victim = _started_pids(started)[0]
@@ -55,24 +79,14 @@ def _kill_first_worker_mid_task(started: Path, timeout: float = 30) -> int:
     return victim
 
 
-def test_sigkill_local_worker_mid_task_loses_nothing(tmp_path: Path) -> None:
-    started = tmp_path / "started"
-    started.mkdir()
+def test_sigkill_local_worker_mid_task_loses_nothing(started: Path) -> None:
     producer = start(
         "producer",
         "--backend",
         "local",
         "--workers",
         "2",
-        "--count",
-        "6",
-        "--json",
-        "--quiet",
-        "--kind",
-        "hold",
-        "--payload",
-        json.dumps({"seconds": 1.0, "started": str(started)}),
-        *HANDLERS,
+        *_hold_job(started, 6, 1.0),
     )
     victim = _kill_first_worker_mid_task(started)
     code, out, err = finish(producer)
@@ -88,10 +102,8 @@ def test_sigkill_local_worker_mid_task_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_sigkill_rabbitmq_worker_mid_task_loses_nothing(
-    broker_url: str, queue_name: str, tmp_path: Path
+    broker_url: str, queue_name: str, started: Path
 ) -> None:
-    started = tmp_path / "started"
-    started.mkdir()
     consumer = start(
         "consumer", "--queue", queue_name, "--workers", "2", "--prefetch", "1", *HANDLERS
     )
@@ -103,17 +115,9 @@ def test_sigkill_rabbitmq_worker_mid_task_loses_nothing(
             "--queue",
             queue_name,
             "--wait",
-            "--json",
-            "--quiet",
-            "--count",
-            "6",
-            "--kind",
-            "hold",
             "--timeout",
             "60",
-            "--payload",
-            json.dumps({"seconds": 1.0, "started": str(started)}),
-            *HANDLERS,
+            *_hold_job(started, 6, 1.0),
         )
         victim = _kill_first_worker_mid_task(started)
         code, out, err = finish(producer)
@@ -132,10 +136,8 @@ def test_sigkill_rabbitmq_worker_mid_task_loses_nothing(
 
 
 def test_sigkill_supervisor_takes_its_workers_and_loses_nothing(
-    broker_url: str, queue_name: str, tmp_path: Path
+    broker_url: str, queue_name: str, started: Path
 ) -> None:
-    started = tmp_path / "started"
-    started.mkdir()
     with RabbitBackend(broker_url, queue_name, want_results=True) as producer:
         tasks = [
             TaskEnvelope(kind="hold", payload={"seconds": 3.0, "started": str(started)})
@@ -310,24 +312,14 @@ def test_broker_restart_while_5000_tasks_flow_loses_none(own_broker: RabbitNode)
     assert consumer_code == 0
 
 
-def test_sigterm_to_local_producer_finishes_tasks_in_hand(tmp_path: Path) -> None:
-    started = tmp_path / "started"
-    started.mkdir()
+def test_sigterm_to_local_producer_finishes_tasks_in_hand(started: Path) -> None:
     producer = start(
         "producer",
         "--backend",
         "local",
         "--workers",
         "2",
-        "--count",
-        "20",
-        "--json",
-        "--quiet",
-        "--kind",
-        "hold",
-        "--payload",
-        json.dumps({"seconds": 0.8, "started": str(started)}),
-        *HANDLERS,
+        *_hold_job(started, 20, 0.8),
     )
     assert wait_until(lambda: len(list(started.iterdir())) >= 3, 30)  # mid-task
     code, out, err = stop(producer, signal.SIGTERM, timeout=30)
