@@ -34,6 +34,8 @@ class Delivery:
     redelivered: bool
     #: Whatever the backend needs to settle it (a delivery tag, a slot...).
     handle: Any = field(repr=False)
+    #: False when nobody listens for the result (no reply queue): the worker skips it.
+    wants_result: bool = True
 
 
 class Backend(ABC):

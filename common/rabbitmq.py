@@ -641,7 +641,12 @@ class RabbitBackend(Backend):
             tag, redelivered, props, body = link.inbox.get(timeout=timeout)
         except queue.Empty:
             return None
-        return Delivery(body=body, redelivered=redelivered, handle=_Tag(link, tag, props.reply_to))
+        return Delivery(
+            body=body,
+            redelivered=redelivered,
+            handle=_Tag(link, tag, props.reply_to),
+            wants_result=props.reply_to is not None,
+        )
 
     def _stale(self, delivery: Delivery) -> bool:
         """True when the delivery came on a connection that is gone: the broker hands it

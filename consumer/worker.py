@@ -162,6 +162,10 @@ class Worker:
             return
         if not self._release():
             return  # the watchdog already failed it for running too long
+        if not delivery.wants_result:
+            self.backend.ack(delivery)
+            self.processed += 1
+            return
         result = self._result(task, delivery, TaskStatus.DONE, started_at, value=value)
         try:
             self.backend.ack(delivery, result)
@@ -235,7 +239,7 @@ class Worker:
             body=delivery.body,
         )
         result = None
-        if task is not None:
+        if task is not None and delivery.wants_result:
             result = self._result(
                 task,
                 delivery,
