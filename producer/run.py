@@ -51,25 +51,7 @@ class Progress:
         pass
 
 
-def _batches(job: Job) -> Iterator[list[TaskEnvelope]]:
-    tasks = job.tasks()
-    if job.rate is None:
-        while batch := [t for _, t in zip(range(BATCH), tasks, strict=False)]:
-            yield batch
-        return
-    start = time.perf_counter()
-    sent = 0
-    while sent < job.count:
-        due = min(job.count, int((time.perf_counter() - start) * job.rate) + 1)
-        if due > sent:
-            batch = [next(tasks) for _ in range(due - sent)]
-            sent = due
-            yield batch
-        else:
-            time.sleep(min((sent + 1) / job.rate - (time.perf_counter() - start), 0.05))
-
-
-NEVER: StopFlag = threading.Event()
+NEVER: StopFlag = threading.Event()  # a stop flag nobody sets
 
 
 def send(
@@ -78,17 +60,31 @@ def send(
     ledger: Ledger,
     progress: Progress,
     *,
-    between: Callable[[], None] = lambda: None,
+    between: Callable[[float], object] = time.sleep,
     stop: StopFlag = NEVER,
 ) -> None:
-    """Publish the job's tasks (paced by `job.rate`), calling `between` after each batch."""
-    for batch in _batches(job):
-        if stop.is_set():
-            return
-        backend.publish(batch)
-        ledger.record_sent(batch)
-        progress.sent(len(batch))
-        between()
+    """Publish the job's tasks: in batches of `BATCH`, or paced at `job.rate` per second.
+
+    After each batch `between(seconds)` runs, where `seconds` is how long until the next
+    batch is due: it may wait that long, and should take results meanwhile, so that a
+    result is recorded when it arrives, not when the producer wakes up.
+    """
+    tasks = job.tasks()
+    start = time.perf_counter()
+    sent = 0
+    while sent < job.count and not stop.is_set():
+        if job.rate is None:
+            due = min(job.count, sent + BATCH)
+        else:  # task k (from 0) is due k / rate seconds after the start
+            due = min(job.count, int((time.perf_counter() - start) * job.rate) + 1)
+        if due > sent:
+            batch = [next(tasks) for _ in range(due - sent)]
+            backend.publish(batch)
+            ledger.record_sent(batch)
+            progress.sent(len(batch))
+            sent = due
+        wait = 0.0 if job.rate is None else sent / job.rate - (time.perf_counter() - start)
+        between(max(wait, 0.0) if sent < job.count else 0.0)
 
 
 def collect(
@@ -151,7 +147,7 @@ def run_local(
             backend,
             ledger,
             progress,
-            between=lambda: (_take_results(backend, ledger, progress, 0), pool.check()),
+            between=lambda wait: (_take_results(backend, ledger, progress, wait), pool.check()),
             stop=stop,
         )
         collect(
@@ -200,7 +196,7 @@ def run_rabbitmq(
             backend,
             ledger,
             progress,
-            between=lambda: _take_results(backend, ledger, progress, 0),
+            between=lambda wait: _take_results(backend, ledger, progress, wait),
             stop=stop,
         )
         collect(backend, ledger, progress, until=time.perf_counter() + timeout, stop=stop)
