@@ -576,6 +576,9 @@ class RabbitBackend(Backend):
 
     # -- producer side -------------------------------------------------------------------
     def publish(self, tasks: Sequence[TaskEnvelope], timeout: float = 60.0) -> None:
+        # Only the properties the broker or a client acts on: each one is encoded here,
+        # parsed by the broker and decoded by the worker, per message. The task's id and
+        # kind are in the body already.
         messages = [
             (
                 self.queue_name,
@@ -584,9 +587,7 @@ class RabbitBackend(Backend):
                     content_type="application/json",
                     delivery_mode=PERSISTENT,
                     message_id=task.id,
-                    correlation_id=task.id,
                     reply_to=self.reply_queue,
-                    type=task.kind,
                 ),
             )
             for task in tasks
@@ -697,9 +698,7 @@ class RabbitBackend(Backend):
             content_type="application/json",
             delivery_mode=PERSISTENT,
             message_id=task.id,
-            correlation_id=task.id,
             reply_to=delivery.handle.reply_to,
-            type=task.kind,
             expiration=str(max(int(delay * 1000), 0)),
         )
         self._publish_confirmed(link, (wait_queue, encode(task), props))
