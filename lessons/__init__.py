@@ -1,0 +1,21 @@
+"""The seed course, runnable: each topic of the classic `multiprocessing` lesson as a command
+that runs on the local backend and on RabbitMQ, and shows what happens.
+
+    python -m lessons                       # the list
+    python -m lessons mutex --backend rabbitmq --no-lock
+
+Each lesson module has `run(...)`, which returns a plain result (a dataclass the tests check),
+and `render(result)`, which prints it. See docs/lessons.md.
+"""
+
+#: command -> (original topic name, module)
+LESSONS = {
+    "process-objects": ("进程对象 (process objects)", "lessons.process_objects"),
+    "zombie-orphan": ("僵尸进程与孤儿进程 (zombie and orphan processes)", "lessons.zombie_orphan"),
+    "daemon": ("守护进程 (daemon processes)", "lessons.daemon"),
+    "mutex": ("互斥锁 (the mutex)", "lessons.mutex"),
+    "queues": ("队列 / 进程间通信 (queues and IPC)", "lessons.queues"),
+    "producer-consumer": ("生产者消费者模型 (producer-consumer)", "lessons.producer_consumer"),
+    "threads": ("线程 (threads)", "lessons.threads"),
+    "compare": ("both backends side by side", "lessons.compare"),
+}

@@ -1,0 +1,156 @@
+"""`python -m lessons <name>`: one command per lesson of the seed course."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from common.cli import run_app, setup_logging
+from lessons import LESSONS, show
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="The seed course's lessons, on the local backend and on RabbitMQ.",
+)
+
+
+class BackendName(StrEnum):
+    local = "local"
+    rabbitmq = "rabbitmq"
+
+
+BackendOption = Annotated[
+    BackendName, typer.Option(help="local: one process tree; rabbitmq: through the broker.")
+]
+UrlOption = Annotated[
+    str | None, typer.Option(help="Broker URL (default: env AMQP_URL, else guest on localhost).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def _done(module: Any, result: Any, as_json: bool) -> None:
+    if as_json:
+        show.as_json(result)
+    else:
+        module.render(result)
+
+
+def _help(name: str) -> str:
+    return LESSONS[name][0]
+
+
+@app.callback()
+def main() -> None:
+    setup_logging(False)
+
+
+@app.command("process-objects", help=_help("process-objects"))
+def process_objects(
+    backend: BackendOption = BackendName.local,
+    url: UrlOption = None,
+    tasks: Annotated[int, typer.Option(min=1, help="Tasks in the job.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    from lessons import process_objects as lesson
+
+    _done(lesson, lesson.run(backend.value, url, tasks), as_json)
+
+
+@app.command("zombie-orphan", help=_help("zombie-orphan"))
+def zombie_orphan(
+    backend: BackendOption = BackendName.local, url: UrlOption = None, as_json: JsonOption = False
+) -> None:
+    from lessons import zombie_orphan as lesson
+
+    _done(lesson, lesson.run(backend.value, url), as_json)
+
+
+@app.command("daemon", help=_help("daemon"))
+def daemon(
+    backend: BackendOption = BackendName.local, url: UrlOption = None, as_json: JsonOption = False
+) -> None:
+    from lessons import daemon as lesson
+
+    _done(lesson, lesson.run(backend.value, url), as_json)
+
+
+@app.command("mutex", help=_help("mutex"))
+def mutex(
+    backend: BackendOption = BackendName.local,
+    no_lock: Annotated[bool, typer.Option("--no-lock", help="The unsafe ticket office.")] = False,
+    tickets: Annotated[int, typer.Option(min=0)] = 50,
+    buyers: Annotated[int, typer.Option(min=1)] = 200,
+    consumers: Annotated[int, typer.Option(min=1, max=32, help="Worker processes.")] = 4,
+    delay: Annotated[float, typer.Option(min=0, help="Seconds between check and buy.")] = 0.01,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    from lessons import mutex as lesson
+
+    result = lesson.run(
+        backend.value,
+        not no_lock,
+        tickets=tickets,
+        buyers=buyers,
+        consumers=consumers,
+        delay=delay,
+        url=url,
+    )
+    _done(lesson, result, as_json)
+
+
+@app.command("queues", help=_help("queues"))
+def queues(
+    backend: BackendOption = BackendName.local,
+    url: UrlOption = None,
+    tasks: Annotated[int, typer.Option(min=1, help="Numbered tasks per run.")] = 200,
+    as_json: JsonOption = False,
+) -> None:
+    from lessons import queues as lesson
+
+    _done(lesson, lesson.run(backend.value, url, tasks), as_json)
+
+
+@app.command("producer-consumer", help=_help("producer-consumer"))
+def producer_consumer(
+    backend: BackendOption = BackendName.local, url: UrlOption = None, as_json: JsonOption = False
+) -> None:
+    from lessons import producer_consumer as lesson
+
+    _done(lesson, lesson.run(backend.value, url), as_json)
+
+
+@app.command("threads", help=_help("threads"))
+def threads(
+    backend: BackendOption = BackendName.local,
+    workers: Annotated[int, typer.Option(min=2, max=16, help="Processes / threads.")] = 2,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    from lessons import threads as lesson
+
+    _done(lesson, lesson.run(backend.value, workers, url), as_json)
+
+
+@app.command("compare", help="The same workload on both backends, one table side by side.")
+def compare(
+    url: UrlOption = None,
+    workers: Annotated[int, typer.Option(min=1, max=16)] = 2,
+    tasks: Annotated[int, typer.Option(min=10, help="Tasks in the throughput run.")] = 2000,
+    as_json: JsonOption = False,
+) -> None:
+    from lessons import compare as lesson
+
+    _done(lesson, lesson.run(url, workers=workers, tasks=tasks), as_json)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    run_app(app, "lessons", argv)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,252 @@
+"""Running a job on a pool of workers, on either backend, the way the lessons need it.
+
+`producer.run.run_local` and `run_rabbitmq` are the project's own one-call runs; the lessons
+use them where they fit. Here are the pieces they need besides: a pool they can look at
+(pids, deaths), a local pool whose workers can take the parent's `multiprocessing.Lock`, a
+RabbitMQ queue of their own that is deleted afterwards, and jobs whose tasks are numbered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.backend import Backend
+from common.errors import BrokerError, TaskshuttleError
+from common.ledger import Ledger
+from common.local import LocalBackend
+from common.schemas import TaskEnvelope, TaskResult, TaskStatus
+from common.settings import load_settings
+from consumer.supervisor import WorkerPool, WorkerSpec
+from consumer.worker import WorkerOptions
+from producer.run import Job, Progress, collect, send
+
+#: Imported by every worker the lessons start, so they know the lessons' task kinds.
+HANDLERS = ("lessons.tasks",)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lesson_queue(topic: str) -> str:
+    """A queue name of one run's own, so runs and tests never share a queue."""
+    return f"lesson.{topic}.{uuid.uuid4().hex[:8]}"
+
+
+def project_env(url: str | None = None) -> dict[str, str]:
+    """The environment for a program run as a subprocess: it must import this project, and
+    it gets the broker URL here rather than on its command line, where `ps` shows passwords."""
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
+    if url is not None:
+        env["AMQP_URL"] = url
+    return env
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+@dataclass(frozen=True)
+class NumberedJob(Job):
+    """A `Job` whose task number i carries ``"seq": i`` in its payload: the order it was sent
+    in. With `with_id`, the payload also carries the task's own id as ``"purchase"`` (a
+    handler sees only the payload, and the task id is what stays the same on redelivery)."""
+
+    with_id: bool = False
+
+    def tasks(self) -> Iterator[TaskEnvelope]:
+        for seq in range(self.count):
+            task_id = uuid.uuid4().hex
+            payload = {**self.payload, "seq": seq}
+            if self.with_id:
+                payload["purchase"] = task_id
+            yield TaskEnvelope(
+                id=task_id, kind=self.kind, payload=payload, max_attempts=self.max_attempts
+            )
+
+
+@dataclass(frozen=True)
+class TaskList(Job):
+    """A `Job` of tasks made beforehand (so that the same tasks can be sent again)."""
+
+    items: tuple[TaskEnvelope, ...] = ()
+
+    def tasks(self) -> Iterator[TaskEnvelope]:
+        yield from self.items
+
+
+def job_of(tasks: list[TaskEnvelope]) -> TaskList:
+    return TaskList(count=len(tasks), kind=tasks[0].kind if tasks else "echo", items=tuple(tasks))
+
+
+class LockSharingBackend(LocalBackend):
+    """A local backend whose `multiprocessing.Lock` reaches the handlers.
+
+    The lock crosses into each worker when the worker starts (spawn pickles the backend into
+    it); unpickling it in the worker hands the lock to `lessons.tasks`. A handler is only given
+    its payload, so this is how the seed's shared mutex gets to the ticket buyers.
+    """
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        from lessons import tasks
+
+        tasks.shared_lock = self.lock
+
+
+@contextlib.contextmanager
+def local_pool(
+    workers: int,
+    *,
+    options: WorkerOptions | None = None,
+    share_lock: bool = False,
+    daemon: bool = True,
+) -> Iterator[tuple[LocalBackend, WorkerPool]]:
+    """`workers` daemon children around one `multiprocessing.Queue` (as `run_local` starts)."""
+    backend_type = LockSharingBackend if share_lock else LocalBackend
+    backend = backend_type(slots=workers)
+    settings = load_settings(workers=workers)
+    spec = WorkerSpec(settings, options or WorkerOptions(), HANDLERS, local=backend)
+    pool = WorkerPool(spec, workers, on_death=backend.recover, daemon=daemon)
+    pool.start()
+    try:
+        if not pool.wait_ready():
+            raise TaskshuttleError("the local workers did not start")
+        yield backend, pool
+    finally:
+        pool.stop()
+        backend.close()
+
+
+@contextlib.contextmanager
+def broker_queue(url: str, topic: str, backend_type: type | None = None) -> Iterator[Any]:
+    """A fresh queue on the broker and a producer on it that collects results.
+
+    Connecting here first means a broker that is down is one clear error, before any worker
+    starts. Every queue the run made (work, dead letters, retries, replies) is deleted after.
+    """
+    from common.rabbitmq import RabbitBackend
+
+    backend_type = backend_type or RabbitBackend
+    name = lesson_queue(topic)
+    producer = backend_type(url, name, want_results=True)
+    try:
+        yield producer
+    finally:
+        producer.close()
+        # Delete through a second connection: deleting the reply queue under the producer's
+        # own consumer makes the broker cancel that consumer, and the producer's connection
+        # then closes by itself, racing with close() (a socket can be left open).
+        with contextlib.suppress(BrokerError):
+            cleaner = backend_type(url, name)
+            try:
+                cleaner.reply_queue = producer.reply_queue
+                cleaner.delete_queues()
+            finally:
+                cleaner.close()
+
+
+@contextlib.contextmanager
+def rabbit_pool(
+    url: str,
+    producer: Any,
+    workers: int,
+    *,
+    prefetch: int = 100,
+    options: WorkerOptions | None = None,
+) -> Iterator[WorkerPool]:
+    """`workers` consumer processes on the producer's queue, each with its own connection,
+    started as `consumer` starts them; they are all consuming when this yields."""
+    settings = load_settings(
+        amqp_url=url, queue=producer.queue_name, prefetch=prefetch, workers=workers
+    )
+    pool = WorkerPool(WorkerSpec(settings, options or WorkerOptions(), HANDLERS), workers)
+    pool.start()
+    try:
+        if not pool.wait_ready():
+            raise TaskshuttleError("the consumer processes did not start")
+        warm_up(producer, pool)
+        yield pool
+    finally:
+        pool.stop()
+
+
+def warm_up(producer: Backend, pool: WorkerPool, timeout: float = 30.0) -> None:
+    """Send a few short tasks until every worker has answered one.
+
+    A worker is "ready" before it has told the broker it consumes; a job sent in that moment
+    would all go to the workers that were quicker. After this, each one is consuming.
+    """
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while not set(pool.pids) <= seen:
+        if time.monotonic() > deadline:
+            raise TaskshuttleError("not every consumer process started consuming")
+        tasks = [TaskEnvelope(kind="sleep", payload={"seconds": 0.02}) for _ in range(pool.count)]
+        producer.publish(tasks)
+        waiting = {task.id for task in tasks}
+        while waiting and time.monotonic() < deadline:
+            result = producer.receive_result(0.5)
+            if result is not None and result.task_id in waiting:
+                waiting.discard(result.task_id)
+                seen.add(result.worker_pid)
+        pool.check()
+
+
+def run_job(
+    job: Job, backend: Backend, *, timeout: float = 120.0, tick: Callable[[], object] = lambda: None
+) -> Ledger:
+    """Send the job, collect every result (as `run_local` does, on a pool that is already up)."""
+    ledger = Ledger()
+
+    def between(wait: float = 0.0) -> None:
+        # Take the results that are already in (waiting up to `wait`), so each is recorded,
+        # and its latency measured, when it arrives.
+        result = backend.receive_result(wait)
+        while result is not None:
+            ledger.record_result(result)
+            result = backend.receive_result(0)
+        tick()
+
+    send(job, backend, ledger, Progress(), between=between)
+    collect(backend, ledger, Progress(), until=time.perf_counter() + timeout, tick=tick)
+    return ledger
+
+
+def first_results(ledger: Ledger) -> list[TaskResult]:
+    """Each task's first successful result, in the order they reached the producer."""
+    firsts = []
+    for results in ledger.results.values():
+        done = [r for r in results if r.status is TaskStatus.DONE]
+        if done:
+            firsts.append(done[0])
+    return firsts
+
+
+def seconds(ledger: Ledger) -> float:
+    return (ledger.finished or time.perf_counter()) - ledger.started
+
+
+def percentile_ms(values: list[float], pct: int) -> float | None:
+    """The pct-th percentile of seconds, in milliseconds."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0] * 1000, 2)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[pct - 1] * 1000, 2)
+
+
+def out_of_order(seqs: list[int]) -> int:
+    """How many numbers came after a higher one (0: the order was kept)."""
+    highest, late = -1, 0
+    for seq in seqs:
+        late += seq < highest
+        highest = max(highest, seq)
+    return late

@@ -1,0 +1,60 @@
+"""`python -m lessons ...`: one command per lesson, one line per error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lessons import LESSONS
+from lessons.runner import ROOT, project_env
+
+
+def _lessons(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lessons", *args],
+        cwd=ROOT,
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.timeout(30)
+def test_every_lesson_is_a_command() -> None:
+    done = _lessons("--help")
+    assert done.returncode == 0, done.stderr
+    for name, (topic, _module) in LESSONS.items():
+        assert name in done.stdout
+        assert topic.split(" ")[0] in done.stdout  # the seed's own name for it
+
+
+@pytest.mark.timeout(60)
+def test_a_lesson_runs_from_the_command_line() -> None:
+    done = _lessons("queues", "--tasks", "30", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["backend"] == "local"
+    assert [run["consumers"] for run in result["runs"]] == [1, 3]
+    assert result["runs"][0]["out_of_order"] == 0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("lesson", ["mutex", "compare"])
+def test_a_broker_that_is_down_is_one_line(lesson: str) -> None:
+    args = ["--backend", "rabbitmq"] if lesson == "mutex" else []
+    done = _lessons(lesson, *args, "--url", "amqp://guest:guest@127.0.0.1:1/%2F")
+    assert done.returncode == 1
+    assert done.stderr.startswith("lessons: error: cannot reach broker at")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_bad_option_is_one_line() -> None:
+    done = _lessons("mutex", "--backend", "nowhere")
+    assert done.returncode == 2
+    assert done.stderr.startswith("lessons: error:")
+    assert len(done.stderr.strip().splitlines()) == 1
