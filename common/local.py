@@ -1,10 +1,12 @@
 """The local backend: a `multiprocessing.Queue` inside one process tree.
 
 The parent process (the producer, which also supervises the workers) is the broker here: it
-puts encoded tasks on a shared task queue, and every worker sends its results, retries and
-dead letters back on one event queue. The parent keeps each task it sent until a result or a
-dead letter for it comes back, and each worker writes the keys of the tasks it holds into its
-own slot of shared memory: that pair is the in-flight registry. When a worker dies, the
+puts encoded tasks on a shared task queue, and each worker sends its results, retries and
+dead letters back on a pipe of its own. (Not one shared queue: a worker killed while writing
+to a shared queue would leave its write lock taken and silence every other worker.)
+The parent keeps each task it sent until a result or a dead letter for it comes back, and
+each worker writes the keys of the tasks it holds into its own slot of shared memory: that
+pair is the in-flight registry. When a worker dies, the
 parent reads its slot and puts the held tasks back, which a bare `multiprocessing.Queue`
 cannot do (`recovered` counts what it would have lost).
 
@@ -22,11 +24,14 @@ from __future__ import annotations
 import ctypes
 import heapq
 import multiprocessing
+import pickle
 import queue
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing import connection
+from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -77,15 +82,17 @@ class LocalBackend(Backend):
     def __init__(
         self,
         *,
-        slots: int = 64,
+        slots: int = 8,
         queue_name: str = "tasks",
         batch_size: int = 100,
         context: BaseContext = MP_CONTEXT,
     ) -> None:
         self.queue_name = queue_name
         self.batch_size = batch_size
+        self._context = context
         self._tasks: Any = context.Queue()
-        self._events: Any = context.Queue()
+        #: One (reader, writer) pipe per worker slot, for the worker's events.
+        self._channels = [context.Pipe(duplex=False) for _ in range(slots)]
         #: Tasks on the task queue (it holds batches, and qsize() is missing on macOS).
         self._queued: Any = context.Value(ctypes.c_long, 0, lock=True)
         #: The seed's mutex: handlers that share a resource (the ticket office) take it.
@@ -95,6 +102,7 @@ class LocalBackend(Backend):
         ]
         # Worker-only:
         self._slot: int | None = None
+        self._writer: Any = None
         self._inbox: deque[_Item] = deque()
         self._outbox: list[tuple[Any, ...]] = []
         self._outbox_since = 0.0
@@ -147,29 +155,37 @@ class LocalBackend(Backend):
             if self._results:
                 return self._results.popleft()
             self._release_due_retries()
-            wait = deadline - time.monotonic()
+            wait_for = deadline - time.monotonic()
             if self._retries:
-                wait = min(wait, self._retries[0][0] - time.time())
-            try:
-                events = self._events.get(timeout=max(wait, 0))
-            except queue.Empty:
-                if time.monotonic() >= deadline:
-                    return None
-                continue
-            self._handle(events)
+                wait_for = min(wait_for, self._retries[0][0] - time.time())
+            readers = [reader for reader, _ in self._channels]
+            for reader in connection.wait(readers, max(wait_for, 0)):
+                self._take_events(reader)  # type: ignore[arg-type]
+            if not self._results and time.monotonic() >= deadline:
+                return None
+
+    def _take_events(self, reader: Connection) -> None:
+        try:
+            events = reader.recv()
+        except (EOFError, OSError, pickle.UnpicklingError):
+            # Its worker died mid-write: the supervisor's `recover` resets the channel.
+            return
+        self._handle(events)
 
     def drain_events(self) -> None:
         """Take in every event already sent (before deciding a dead worker's task was lost)."""
-        while True:
-            try:
-                events = self._events.get(timeout=0.05)
-            except queue.Empty:
-                return
-            self._handle(events)
+        for reader, _ in self._channels:
+            while reader.poll(0):
+                self._take_events(reader)
 
     def recover(self, slot: int) -> int:
-        """Put back the tasks the (dead) worker in `slot` held and never finished."""
+        """Put back the tasks the (dead) worker in `slot` held and never finished, and give
+        the slot a fresh channel for its replacement."""
         self.drain_events()
+        reader, writer = self._channels[slot]
+        reader.close()
+        writer.close()
+        self._channels[slot] = self._context.Pipe(duplex=False)
         keys = self._held_keys[slot].value.decode().split()
         self._held_keys[slot].value = b""
         back = [(key, self._unfinished[key], True) for key in keys if key in self._unfinished]
@@ -216,6 +232,7 @@ class LocalBackend(Backend):
         if not 0 <= slot < len(self._held_keys):
             raise TaskshuttleError(f"slot {slot} out of range 0..{len(self._held_keys) - 1}")
         self._slot = slot
+        self._writer = self._channels[slot][1]
 
     def receive(self, timeout: float) -> Delivery | None:
         if not self._inbox:
@@ -244,7 +261,7 @@ class LocalBackend(Backend):
 
     def _flush(self) -> None:
         if self._outbox:
-            self._events.put(self._outbox)
+            (self._writer or self._channels[0][1]).send(self._outbox)
             self._outbox = []
 
     def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
@@ -282,12 +299,13 @@ class LocalBackend(Backend):
         return len(letters)
 
     def close(self) -> None:
-        """In a worker: give back the tasks it holds but never started, send what it has;
-        then flush both queues' feeder threads."""
+        """In a worker: give back the tasks it holds but never started, and send what it
+        has. In the parent: drop whatever is still queued (the workers are gone)."""
         while self._inbox:
             key, _, _ = self._inbox.popleft()
             self._outbox.append(("requeue", key))
         self._flush()
-        for q in (self._tasks, self._events):
-            q.close()
-            q.join_thread()
+        self._tasks.close()
+        # Without this, a parent stopped with tasks still queued would wait forever for
+        # the queue's feeder thread to write them into a pipe nobody reads any more.
+        self._tasks.cancel_join_thread()

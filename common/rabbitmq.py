@@ -18,6 +18,7 @@ Topology for a work queue ``Q``:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -324,10 +325,13 @@ class _Link:
             self._conn.close()
 
     def _close_io(self) -> None:
-        if self._conn is not None and self._conn.is_open:
+        if self._conn is None:
+            return
+        if self._conn.is_open:
             self._conn.close()
-        elif self._conn is not None:
+        elif self._conn.is_closed:
             self._conn.ioloop.stop()
+        # else it is closing already: its close callback stops the loop once the socket is shut
 
     def _fail_io(self, error: BrokerError) -> None:
         for future in list(self._waiting):
@@ -458,8 +462,11 @@ class RabbitBackend(Backend):
         connect_timeout: float = 10.0,
         reconnect_attempts: int | None = 0,
         max_reconnect_delay: float = 10.0,
+        queue_arguments: dict[str, Any] | None = None,
     ) -> None:
         self.queue_name = queue_name
+        #: Arguments the work queue is declared with (e.g. ``x-single-active-consumer``).
+        self.queue_arguments = queue_arguments
         self.dlq_name = f"{queue_name}.dlq"
         self.prefetch = prefetch
         self.want_results = want_results
@@ -485,7 +492,7 @@ class RabbitBackend(Backend):
         link = _Link(self._params, self.safe_url, self.queue_name)
         link.open(self._connect_timeout)
         try:
-            self._declare(link, self.queue_name)
+            self._declare(link, self.queue_name, self.queue_arguments)
             self._declare(link, self.dlq_name)
             if self.reply_queue:
                 self._declare(link, self.reply_queue, {"x-expires": REPLY_QUEUE_EXPIRES_MS})
@@ -493,6 +500,7 @@ class RabbitBackend(Backend):
                     lambda f: link.channel_io.basic_consume(
                         self.reply_queue,
                         link.on_message_io,
+                        consumer_tag=self.reply_queue,
                         callback=lambda _frame: f.set_result(None),
                     )
                 )
@@ -508,6 +516,13 @@ class RabbitBackend(Backend):
         count: int = link.call(functools.partial(_declare_io, link, name=name, arguments=arguments))
         link.declared.add(name)
         return count
+
+    def start_consuming(self) -> None:
+        """Register as a consumer now (workers do this before they say they are ready);
+        otherwise the first `receive` does it."""
+        if not self._consuming and not self.want_results:
+            self._consuming = True
+            self._start_consuming(self._link_now())
 
     def _start_consuming(self, link: _Link) -> None:
         def start(future: Future[Any]) -> None:
@@ -635,9 +650,7 @@ class RabbitBackend(Backend):
         link = self._live_link(wait=timeout)
         if link is None:
             return None
-        if not self._consuming and not self.want_results:
-            self._consuming = True
-            self._start_consuming(link)
+        self.start_consuming()
         try:
             tag, redelivered, props, body = link.inbox.get(timeout=timeout)
         except queue.Empty:
@@ -818,7 +831,23 @@ class RabbitBackend(Backend):
             link.close()
 
     def close(self) -> None:
-        self._link.close()
+        """Close the connection; a producer's reply queue is deleted first (its results
+        were taken), rather than left to expire."""
+        link = self._link
+        if self.reply_queue and link.alive:
+            reply_queue = self.reply_queue
+
+            def cancel_then_delete(future: Future[Any]) -> None:
+                link.channel_io.basic_cancel(
+                    reply_queue,
+                    callback=lambda _frame: link.channel_io.queue_delete(
+                        reply_queue, callback=lambda _frame: future.set_result(None)
+                    ),
+                )
+
+            with contextlib.suppress(BrokerError):
+                link.call(cancel_then_delete, timeout=5)
+        link.close()
 
 
 def _letter_from(props: BasicProperties, body: bytes, queue_name: str) -> DeadLetter:

@@ -108,12 +108,14 @@ def _worker_backend(spec: WorkerSpec, slot: int) -> Backend:
         return spec.local
     from common.rabbitmq import RabbitBackend
 
-    return RabbitBackend(
+    backend = RabbitBackend(
         spec.settings.amqp_url,
         spec.settings.queue,
         prefetch=spec.settings.prefetch,
         reconnect_attempts=None,  # a worker waits out a broker restart
     )
+    backend.start_consuming()  # "ready" means the broker already delivers to it
+    return backend
 
 
 class WorkerPool:

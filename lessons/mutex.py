@@ -73,10 +73,10 @@ def _consumers(backend: str, method: str, consumers: int, url: str) -> Iterator[
         with local_pool(consumers, share_lock=(method == "mp-lock")) as (local, pool):
             yield local, pool
     elif method == "single-active":
-        from lessons.single_active import SingleActiveConsumerBackend, single_active_pool
+        from lessons.single_active import SINGLE_ACTIVE, single_active_pool
 
         with (
-            broker_queue(url, "mutex", SingleActiveConsumerBackend) as producer,
+            broker_queue(url, "mutex", SINGLE_ACTIVE) as producer,
             single_active_pool(url, producer.queue_name, consumers),
         ):
             yield producer, None

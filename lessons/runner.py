@@ -126,7 +126,9 @@ def local_pool(
 
 
 @contextlib.contextmanager
-def broker_queue(url: str, topic: str, backend_type: type | None = None) -> Iterator[Any]:
+def broker_queue(
+    url: str, topic: str, queue_arguments: dict[str, Any] | None = None
+) -> Iterator[Any]:
     """A fresh queue on the broker and a producer on it that collects results.
 
     Connecting here first means a broker that is down is one clear error, before any worker
@@ -134,23 +136,17 @@ def broker_queue(url: str, topic: str, backend_type: type | None = None) -> Iter
     """
     from common.rabbitmq import RabbitBackend
 
-    backend_type = backend_type or RabbitBackend
     name = lesson_queue(topic)
-    producer = backend_type(url, name, want_results=True)
+    producer = RabbitBackend(url, name, want_results=True, queue_arguments=queue_arguments)
     try:
         yield producer
     finally:
-        producer.close()
-        # Delete through a second connection: deleting the reply queue under the producer's
-        # own consumer makes the broker cancel that consumer, and the producer's connection
-        # then closes by itself, racing with close() (a socket can be left open).
-        with contextlib.suppress(BrokerError):
-            cleaner = backend_type(url, name)
-            try:
-                cleaner.reply_queue = producer.reply_queue
-                cleaner.delete_queues()
-            finally:
-                cleaner.close()
+        producer.close()  # deletes its reply queue
+        with (
+            contextlib.suppress(BrokerError),
+            RabbitBackend(url, name, queue_arguments=queue_arguments) as cleaner,
+        ):
+            cleaner.delete_queues()
 
 
 @contextlib.contextmanager

@@ -4,9 +4,9 @@ Declared with ``x-single-active-consumer``, a queue keeps every other consumer w
 standby; if the active one goes away, the broker picks the next. Purchases are serialized by
 the broker itself, with no lock and no shared disk: it works across machines.
 
-The project's `RabbitBackend` declares its queue without arguments, and RabbitMQ refuses a
-second declaration whose arguments differ (PRECONDITION_FAILED). So this lesson declares
-the queue through a small subclass, and starts its consumers itself.
+Every client must declare the queue with the same arguments (RabbitMQ refuses a second
+declaration whose arguments differ, PRECONDITION_FAILED), so producer and consumers all pass
+`queue_arguments=SINGLE_ACTIVE`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,8 @@ from consumer.handlers import registry
 from consumer.worker import Worker, WorkerOptions
 from lessons import procs
 
-
-class SingleActiveConsumerBackend(RabbitBackend):
-    """A `RabbitBackend` whose work queue is declared with ``x-single-active-consumer``."""
-
-    def _declare(self, link: Any, name: str, arguments: dict[str, Any] | None = None) -> int:
-        if name == self.queue_name:
-            arguments = {**(arguments or {}), "x-single-active-consumer": True}
-        return RabbitBackend._declare(link, name, arguments)
+#: Declared on the work queue: the broker delivers to one consumer at a time.
+SINGLE_ACTIVE = {"x-single-active-consumer": True}
 
 
 class _Either:
@@ -52,7 +46,8 @@ def _consume(url: str, queue: str, stop: Any, ready: Any) -> None:
     signal.signal(signal.SIGTERM, lambda *_: flag.own.set())
     import lessons.tasks  # noqa: F401 - the lessons' task kinds
 
-    backend = SingleActiveConsumerBackend(url, queue, prefetch=1)
+    backend = RabbitBackend(url, queue, prefetch=1, queue_arguments=SINGLE_ACTIVE)
+    backend.start_consuming()
     ready.release()
     try:
         Worker(backend, registry, WorkerOptions(), flag, queue).run()

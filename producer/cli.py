@@ -82,6 +82,12 @@ def main(
         int | None,
         typer.Option(help="local: worker processes to start [env TASKSHUTTLE_WORKERS; default 2]."),
     ] = None,
+    prefetch: Annotated[
+        int | None,
+        typer.Option(
+            help="local: tasks a worker may hold at once [env TASKSHUTTLE_PREFETCH; 100]."
+        ),
+    ] = None,
     max_attempts: Annotated[
         int | None, typer.Option(help="Tries per task before it is dead-lettered [default 3].")
     ] = None,
@@ -120,6 +126,7 @@ def main(
         amqp_url=url,
         queue=queue,
         workers=workers,
+        prefetch=prefetch,
         max_attempts=max_attempts,
         retry_base_delay=retry_delay,
         task_timeout=task_timeout,

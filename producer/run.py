@@ -134,7 +134,10 @@ def run_local(
     process tree (the ledger calls it lost: that is the local model's limit).
     """
     progress = progress or Progress()
-    backend = LocalBackend(slots=settings.workers, queue_name=settings.queue)
+    # Prefetch means the same on both backends: tasks a worker may hold at once.
+    backend = LocalBackend(
+        slots=settings.workers, queue_name=settings.queue, batch_size=settings.prefetch
+    )
     spec = WorkerSpec(settings, options, handler_modules, local=backend)
     pool = WorkerPool(spec, settings.workers, on_death=backend.recover, daemon=daemon)
     ledger = Ledger()
