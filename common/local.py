@@ -194,11 +194,6 @@ class LocalBackend(Backend):
         self.recovered += len(back)
         return len(back)
 
-    @property
-    def unfinished(self) -> int:
-        """Tasks sent and neither finished nor dead-lettered (queued, held or awaiting retry)."""
-        return len(self._unfinished)
-
     def _handle(self, events: list[tuple[Any, ...]]) -> None:
         for event in events:
             kind, key = event[0], event[1]
