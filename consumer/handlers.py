@@ -15,6 +15,8 @@ JSON-serialisable value. Raising means the attempt failed: it is retried, then d
     def resize(payload: Resize) -> str:
         ...
 
+A second parameter receives a `TaskContext` (task id, attempt, redelivered flag).
+
 Then start the programs with ``--handlers mymodule`` so both sides know the kind.
 """
 
@@ -39,10 +41,24 @@ class PayloadError(TaskshuttleError):
 
 
 @dataclass(frozen=True)
+class TaskContext:
+    """What a handler may know about the task besides its payload: declare a second
+    parameter to receive it. The task id is the key for idempotent work (a redelivered or
+    retried task has the same id)."""
+
+    task_id: str
+    kind: str
+    attempt: int
+    max_attempts: int
+    redelivered: bool
+
+
+@dataclass(frozen=True)
 class Handler:
     kind: str
-    fn: Callable[[Any], Any]
+    fn: Callable[..., Any]
     payload_model: type[BaseModel] | None
+    wants_context: bool = False
 
     def check(self, payload: dict[str, Any]) -> Any:
         """The payload as the handler takes it, or `PayloadError` saying what is wrong."""
@@ -57,7 +73,9 @@ class Handler:
                 f"invalid payload for kind {self.kind!r}: {where}: {first['msg']}"
             ) from None
 
-    def __call__(self, payload: dict[str, Any]) -> Any:
+    def __call__(self, payload: dict[str, Any], context: TaskContext | None = None) -> Any:
+        if self.wants_context:
+            return self.fn(self.check(payload), context)
         return self.fn(self.check(payload))
 
 
@@ -76,7 +94,7 @@ class Registry:
             model = hints.get(params[0]) if params else None
             if not (isinstance(model, type) and issubclass(model, BaseModel)):
                 model = None
-            self._handlers[kind] = Handler(kind, fn, model)
+            self._handlers[kind] = Handler(kind, fn, model, wants_context=len(params) >= 2)
             return fn
 
         return register

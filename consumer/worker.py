@@ -32,7 +32,7 @@ from common.schemas import (
     utcnow,
 )
 from common.settings import Settings
-from consumer.handlers import PayloadError, Registry
+from consumer.handlers import PayloadError, Registry, TaskContext
 
 log = logging.getLogger("taskshuttle.worker")
 
@@ -151,7 +151,8 @@ class Worker:
         with self._in_hand_lock:
             self._in_hand = _InHand(delivery, task, started_at, time.monotonic())
         try:
-            value = handler(task.payload)
+            context = self._context(task, delivery) if handler.wants_context else None
+            value = handler(task.payload, context)
         except PayloadError as exc:
             if self._release():
                 self._dead_letter(delivery, "bad-payload", str(exc), task.attempt, task, started_at)
@@ -174,6 +175,15 @@ class Worker:
             self._dead_letter(delivery, "bad-result", error, task.attempt, task, started_at)
             return
         self.processed += 1
+
+    def _context(self, task: TaskEnvelope, delivery: Delivery) -> TaskContext:
+        return TaskContext(
+            task_id=task.id,
+            kind=task.kind,
+            attempt=task.attempt,
+            max_attempts=task.max_attempts or self.options.max_attempts,
+            redelivered=delivery.redelivered,
+        )
 
     def _release(self) -> bool:
         """The handler is done: take the task back from the watchdog. False if it had

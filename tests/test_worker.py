@@ -1,0 +1,81 @@
+"""The worker loop, in this process, on the local backend: what each outcome settles as."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from common.local import LocalBackend
+from common.schemas import TaskEnvelope, TaskStatus
+from consumer.handlers import Registry, TaskContext
+from consumer.worker import Worker, WorkerOptions
+
+pytestmark = pytest.mark.timeout(30)
+
+registry = Registry()
+seen: list[TaskContext] = []
+
+
+@registry.task("with-context")
+def with_context(payload: dict[str, object], context: TaskContext) -> str:
+    seen.append(context)
+    return context.task_id
+
+
+@registry.task("not-json")
+def not_json(payload: dict[str, object]) -> object:
+    return object()
+
+
+@pytest.fixture
+def backend() -> Iterator[LocalBackend]:
+    local = LocalBackend(slots=1)
+    local.attach(0)
+    yield local
+    local.close()
+
+
+def _run_once(backend: LocalBackend, task: TaskEnvelope) -> None:
+    backend.publish([task])
+    worker = Worker(backend, registry, WorkerOptions(max_attempts=2), threading.Event())
+    delivery = backend.receive(5)
+    assert delivery is not None
+    worker.process(delivery)
+    assert backend.receive(0.05) is None  # flushes what the worker sent
+
+
+def _result(backend: LocalBackend):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if (result := backend.receive_result(0.1)) is not None:
+            return result
+    raise AssertionError("no result")
+
+
+def test_a_handler_can_ask_for_the_task_context(backend: LocalBackend) -> None:
+    task = TaskEnvelope(kind="with-context", attempt=2)
+    _run_once(backend, task)
+    result = _result(backend)
+    assert (result.status, result.value) == (TaskStatus.DONE, task.id)
+    assert seen[-1] == TaskContext(
+        task_id=task.id, kind="with-context", attempt=2, max_attempts=2, redelivered=False
+    )
+
+
+def test_a_result_that_is_not_json_is_dead_lettered_not_retried(backend: LocalBackend) -> None:
+    _run_once(backend, TaskEnvelope(kind="not-json"))
+    result = _result(backend)
+    assert result.status == TaskStatus.FAILED
+    assert [d.reason for d in backend.dead_letters()] == ["bad-result"]
+
+
+def test_an_unknown_kind_is_dead_lettered_with_a_failed_result(backend: LocalBackend) -> None:
+    _run_once(backend, TaskEnvelope(kind="nobody-handles-this"))
+    result = _result(backend)
+    assert result.status == TaskStatus.FAILED
+    assert "unknown-kind" in (result.error or "")
+    [letter] = backend.dead_letters()
+    assert letter.reason == "unknown-kind" and "nobody-handles-this" in letter.error
