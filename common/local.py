@@ -21,6 +21,8 @@ queue's internal read lock forever; workers here are killed (in tests) while the
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import ctypes
 import heapq
 import multiprocessing
@@ -91,8 +93,12 @@ class LocalBackend(Backend):
         self.batch_size = batch_size
         self._context = context
         self._tasks: Any = context.Queue()
-        #: One (reader, writer) pipe per worker slot, for the worker's events.
-        self._channels = [context.Pipe(duplex=False) for _ in range(slots)]
+        # One pipe per worker slot for the worker's events. The parent lets go of a slot's
+        # writer once its worker has it, so that a worker dying mid-write leaves a reader at
+        # end-of-file, never one waiting forever for the rest of a message.
+        pipes = [context.Pipe(duplex=False) for _ in range(slots)]
+        self._readers: list[Connection | None] = [reader for reader, _ in pipes]
+        self._writers: list[Connection | None] = [writer for _, writer in pipes]
         #: Tasks on the task queue (it holds batches, and qsize() is missing on macOS).
         self._queued: Any = context.Value(ctypes.c_long, 0, lock=True)
         #: The seed's mutex: handlers that share a resource (the ticket office) take it.
@@ -158,34 +164,57 @@ class LocalBackend(Backend):
             wait_for = deadline - time.monotonic()
             if self._retries:
                 wait_for = min(wait_for, self._retries[0][0] - time.time())
-            readers = [reader for reader, _ in self._channels]
+            readers = [reader for reader in self._readers if reader is not None]
             for reader in connection.wait(readers, max(wait_for, 0)):
-                self._take_events(reader)  # type: ignore[arg-type]
+                self._take_events(self._readers.index(reader))  # type: ignore[arg-type]
             if not self._results and time.monotonic() >= deadline:
                 return None
 
-    def _take_events(self, reader: Connection) -> None:
+    def _take_events(self, slot: int) -> bool:
+        """Handle one message from the slot's pipe; False once the pipe is finished (its
+        worker is gone, perhaps in the middle of a write)."""
+        reader = self._readers[slot]
+        assert reader is not None
         try:
             events = reader.recv()
         except (EOFError, OSError, pickle.UnpicklingError):
-            # Its worker died mid-write: the supervisor's `recover` resets the channel.
-            return
+            reader.close()
+            self._readers[slot] = None
+            return False
         self._handle(events)
+        return True
 
     def drain_events(self) -> None:
         """Take in every event already sent (before deciding a dead worker's task was lost)."""
-        for reader, _ in self._channels:
-            while reader.poll(0):
-                self._take_events(reader)
+        for slot, reader in enumerate(self._readers):
+            while reader is not None and reader.poll(0) and self._take_events(slot):
+                pass
+
+    def for_worker(self, slot: int) -> LocalBackend:
+        """What the worker process in `slot` is given: the shared queue, lock and registry,
+        and the writing end of its own pipe only."""
+        view = copy.copy(self)  # through __getstate__: none of the parent's own state
+        view._readers, view._writers = [], []
+        view._slot = slot
+        view._writer = self._writers[slot]
+        return view
+
+    def handed_over(self, slot: int) -> None:
+        """The worker in `slot` has started with its writer: the parent closes its copy."""
+        writer = self._writers[slot]
+        if writer is not None:
+            writer.close()
+            self._writers[slot] = None
 
     def recover(self, slot: int) -> int:
         """Put back the tasks the (dead) worker in `slot` held and never finished, and give
-        the slot a fresh channel for its replacement."""
+        the slot a fresh pipe for its replacement."""
+        self.handed_over(slot)  # no writer left: a half-written message reads as end-of-file
         self.drain_events()
-        reader, writer = self._channels[slot]
-        reader.close()
-        writer.close()
-        self._channels[slot] = self._context.Pipe(duplex=False)
+        reader = self._readers[slot]
+        if reader is not None:
+            reader.close()
+        self._readers[slot], self._writers[slot] = self._context.Pipe(duplex=False)
         keys = self._held_keys[slot].value.decode().split()
         self._held_keys[slot].value = b""
         back = [(key, self._unfinished[key], True) for key in keys if key in self._unfinished]
@@ -227,7 +256,8 @@ class LocalBackend(Backend):
         if not 0 <= slot < len(self._held_keys):
             raise TaskshuttleError(f"slot {slot} out of range 0..{len(self._held_keys) - 1}")
         self._slot = slot
-        self._writer = self._channels[slot][1]
+        if self._writer is None:  # the parent's own copy, when one process plays both roles
+            self._writer = self._writers[slot]
 
     def receive(self, timeout: float) -> Delivery | None:
         if not self._inbox:
@@ -256,7 +286,10 @@ class LocalBackend(Backend):
 
     def _flush(self) -> None:
         if self._outbox:
-            (self._writer or self._channels[0][1]).send(self._outbox)
+            with contextlib.suppress(BrokenPipeError):
+                # The parent closed its end: nobody collects these any more, but a
+                # non-daemon worker may still be finishing the queue's tasks.
+                (self._writer or self._writers[0]).send(self._outbox)
             self._outbox = []
 
     def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
@@ -304,3 +337,6 @@ class LocalBackend(Backend):
         # Without this, a parent stopped with tasks still queued would wait forever for
         # the queue's feeder thread to write them into a pipe nobody reads any more.
         self._tasks.cancel_join_thread()
+        for end in (*self._readers, *self._writers):
+            if end is not None:
+                end.close()

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -152,13 +152,17 @@ class WorkerPool:
             self._start(slot)
 
     def _start(self, slot: int) -> None:
+        local = self.spec.local
+        spec = self.spec if local is None else replace(self.spec, local=local.for_worker(slot))
         process = MP_CONTEXT.Process(
             target=worker_main,
-            args=(self.spec, slot, os.getpid(), self.stop_event, self._ready),
+            args=(spec, slot, os.getpid(), self.stop_event, self._ready),
             name=f"worker-{slot}",
             daemon=self.daemon,
         )
         process.start()
+        if local is not None:
+            local.handed_over(slot)
         self.workers[slot] = process
 
     def wait_ready(self, timeout: float = 30.0) -> bool:

@@ -62,15 +62,6 @@ class Threads:
     repeat: int = 1  # runs of each configuration; the fastest is shown
 
 
-def worker_view(backend: LocalBackend, slot: int) -> LocalBackend:
-    """What a spawned worker gets by unpickling the backend (the same queues, its own
-    buffers and slot), made inside this process for one worker thread."""
-    view = LocalBackend.__new__(LocalBackend)
-    view.__dict__.update(backend.__getstate__())
-    view.attach(slot)
-    return view
-
-
 @contextlib.contextmanager
 def local_threads(n: int) -> Iterator[LocalBackend]:
     """N threads of this process, each running the project's `Worker` loop on the local
@@ -79,7 +70,7 @@ def local_threads(n: int) -> Iterator[LocalBackend]:
 
     parent = LocalBackend(slots=n)
     stop = threading.Event()
-    workers = [Worker(worker_view(parent, i), registry, WorkerOptions(), stop) for i in range(n)]
+    workers = [Worker(parent.for_worker(i), registry, WorkerOptions(), stop) for i in range(n)]
     threads = [
         threading.Thread(target=w.run, name=f"worker-{i}", daemon=True)
         for i, w in enumerate(workers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 
@@ -71,3 +72,26 @@ def test_stop_reaps_every_worker() -> None:
     pool.stop()
     backend.close()
     assert all(process_state(pid) is None for pid in pids)
+
+
+def test_a_worker_dead_in_the_middle_of_a_write_does_not_stall_the_parent() -> None:
+    from common.schemas import TaskEnvelope
+
+    backend = LocalBackend(slots=1)
+    try:
+        backend.publish([TaskEnvelope(kind="echo")])
+        backend.attach(0)  # this process plays the worker of slot 0
+        assert backend.receive(5) is not None  # it holds the task
+        # ... and dies after writing a message header that promises 1,000 bytes, and 10.
+        writer = backend._writers[0]
+        assert writer is not None
+        os.write(writer.fileno(), (1000).to_bytes(4, "big") + b"x" * 10)
+        recovered: list[int] = []
+        recovering = threading.Thread(target=lambda: recovered.append(backend.recover(0)))
+        recovering.daemon = True  # a blocked read cannot be interrupted: do not wait on it
+        recovering.start()
+        recovering.join(5)
+        assert recovered == [1]  # no wait for the rest of the message: the task goes back
+        assert backend.receive(5) is not None
+    finally:
+        backend.close()
