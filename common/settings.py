@@ -9,6 +9,7 @@ Nothing is read at import time: `Settings()` reads the environment when it is bu
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,6 +17,14 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import ConfigError
+
+
+class BackendName(StrEnum):
+    """Where the tasks travel: inside one process tree, or through RabbitMQ."""
+
+    local = "local"
+    rabbitmq = "rabbitmq"
+
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 LOG_FORMAT = "%(asctime)s %(processName)s %(levelname)s %(message)s"

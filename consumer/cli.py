@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import fail, run_app, setup_logging
-from common.settings import Settings, load_settings
+from common.factory import Role, open_backend
+from common.settings import BackendName, Settings, load_settings
 from consumer.handlers import import_handlers
 from consumer.supervisor import ThreadWorkers, WorkerPool, WorkerSpec
 from consumer.worker import WorkerOptions
@@ -30,11 +31,6 @@ LOCAL_MESSAGE = (
     "cannot reach it; run `producer --backend local --workers N`, which starts N workers "
     "itself, or use --backend rabbitmq"
 )
-
-
-class BackendName(StrEnum):
-    local = "local"
-    rabbitmq = "rabbitmq"
 
 
 class PoolKind(StrEnum):
@@ -111,9 +107,7 @@ def main(
 
 def _check_broker(settings: Settings) -> None:
     """Fail fast, in the supervisor, on a bad URL, password or queue, before any worker."""
-    from common.rabbitmq import RabbitBackend
-
-    RabbitBackend(settings.amqp_url, settings.queue).close()
+    open_backend(settings, Role.ADMIN).close()
 
 
 def supervise(
@@ -156,10 +150,7 @@ def _rabbit(ctx: typer.Context):  # type: ignore[no-untyped-def]
     backend, queue, url = ctx.obj
     if backend is BackendName.local:
         fail("consumer", "dead letters of the local backend are shown by `producer` itself")
-    from common.rabbitmq import RabbitBackend
-
-    settings = load_settings(amqp_url=url, queue=queue)
-    return RabbitBackend(settings.amqp_url, settings.queue)
+    return open_backend(load_settings(amqp_url=url, queue=queue), Role.ADMIN)
 
 
 @dlq_app.command("list")

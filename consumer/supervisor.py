@@ -106,16 +106,9 @@ def _worker_backend(spec: WorkerSpec, slot: int) -> Backend:
     if spec.local is not None:
         spec.local.attach(slot)
         return spec.local
-    from common.rabbitmq import RabbitBackend
+    from common.factory import Role, open_backend
 
-    backend = RabbitBackend(
-        spec.settings.amqp_url,
-        spec.settings.queue,
-        prefetch=spec.settings.prefetch,
-        reconnect_attempts=None,  # a worker waits out a broker restart
-    )
-    backend.start_consuming()  # "ready" means the broker already delivers to it
-    return backend
+    return open_backend(spec.settings, Role.WORKER)
 
 
 class WorkerPool:

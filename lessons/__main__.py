@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
 from common.cli import run_app, setup_logging
+from common.settings import BackendName
 from lessons import LESSONS, show
 
 app = typer.Typer(
@@ -16,11 +16,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="The seed course's lessons, on the local backend and on RabbitMQ.",
 )
-
-
-class BackendName(StrEnum):
-    local = "local"
-    rabbitmq = "rabbitmq"
 
 
 BackendOption = Annotated[

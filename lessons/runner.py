@@ -21,6 +21,7 @@ from typing import Any
 
 from common.backend import Backend
 from common.errors import BrokerError, TaskshuttleError
+from common.factory import Role, open_backend
 from common.ledger import Ledger
 from common.local import LocalBackend
 from common.schemas import TaskEnvelope, TaskResult, TaskStatus
@@ -134,19 +135,17 @@ def broker_queue(
     Connecting here first means a broker that is down is one clear error, before any worker
     starts. Every queue the run made (work, dead letters, retries, replies) is deleted after.
     """
-    from common.rabbitmq import RabbitBackend
-
-    name = lesson_queue(topic)
-    producer = RabbitBackend(url, name, want_results=True, queue_arguments=queue_arguments)
+    settings = load_settings(amqp_url=url, queue=lesson_queue(topic))
+    producer = open_backend(settings, Role.PRODUCER, results=True, queue_arguments=queue_arguments)
     try:
         yield producer
     finally:
         producer.close()  # deletes its reply queue
         with (
             contextlib.suppress(BrokerError),
-            RabbitBackend(url, name, queue_arguments=queue_arguments) as cleaner,
+            open_backend(settings, Role.ADMIN, queue_arguments=queue_arguments) as cleaner,
         ):
-            cleaner.delete_queues()
+            cleaner.delete_queues()  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

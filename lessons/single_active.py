@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from common.errors import TaskshuttleError
+from common.factory import Role, open_backend
 from common.local import MP_CONTEXT
-from common.rabbitmq import RabbitBackend
+from common.settings import load_settings
 from consumer.handlers import registry
 from consumer.worker import Worker, WorkerOptions
 from lessons import procs
@@ -46,8 +47,8 @@ def _consume(url: str, queue: str, stop: Any, ready: Any) -> None:
     signal.signal(signal.SIGTERM, lambda *_: flag.own.set())
     import lessons.tasks  # noqa: F401 - the lessons' task kinds
 
-    backend = RabbitBackend(url, queue, prefetch=1, queue_arguments=SINGLE_ACTIVE)
-    backend.start_consuming()
+    settings = load_settings(amqp_url=url, queue=queue, prefetch=1)
+    backend = open_backend(settings, Role.WORKER, queue_arguments=SINGLE_ACTIVE)
     ready.release()
     try:
         Worker(backend, registry, WorkerOptions(), flag, queue).run()

@@ -5,24 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-from enum import StrEnum
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from common.cli import fail, parse_json_object, print_summary, run_app, setup_logging, stderr
-from common.settings import load_settings
+from common.settings import BackendName, load_settings
 from consumer.handlers import import_handlers, registry
 from consumer.worker import WorkerOptions
 from producer import run
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-class BackendName(StrEnum):
-    local = "local"
-    rabbitmq = "rabbitmq"
 
 
 class _Bar(run.Progress):

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.backend import Backend
+from common.factory import Role, open_backend
 from common.ledger import Ledger
 from common.local import LocalBackend
 from common.schemas import TaskEnvelope, new_task_id, utcnow
-from common.settings import Settings
+from common.settings import BackendName, Settings
 from consumer.supervisor import WorkerPool, WorkerSpec
 from consumer.worker import StopFlag, WorkerOptions
 
@@ -135,9 +136,8 @@ def run_local(
     """
     progress = progress or Progress()
     # Prefetch means the same on both backends: tasks a worker may hold at once.
-    backend = LocalBackend(
-        slots=settings.workers, queue_name=settings.queue, batch_size=settings.prefetch
-    )
+    backend = open_backend(settings, Role.PRODUCER, backend=BackendName.local)
+    assert isinstance(backend, LocalBackend)
     spec = WorkerSpec(settings, options, handler_modules, local=backend)
     pool = WorkerPool(spec, settings.workers, on_death=backend.recover, daemon=daemon)
     ledger = Ledger()
@@ -176,20 +176,12 @@ def run_rabbitmq(
     wait: bool,
     timeout: float,
     progress: Progress | None = None,
-    reconnect_attempts: int | None = 10,
     stop: StopFlag = NEVER,
 ) -> Ledger:
     """Publish with confirms; with `wait`, collect the results on a reply queue."""
-    from common.rabbitmq import RabbitBackend  # only this path needs pika
-
     progress = progress or Progress()
     ledger = Ledger()
-    with RabbitBackend(
-        settings.amqp_url,
-        settings.queue,
-        want_results=wait,
-        reconnect_attempts=reconnect_attempts,
-    ) as backend:
+    with open_backend(settings, Role.PRODUCER, results=wait) as backend:
         if not wait:
             send(job, backend, ledger, progress, stop=stop)
             ledger.finished = time.perf_counter()
