@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,6 @@ def own_broker(tmp_path: Path) -> Iterator[RabbitNode]:
         if IN_CI:
             pytest.fail(f"CI=true and {reason}")
         pytest.skip(reason)
-    with RabbitNode(free_port(), "ts-restart", tmp_path) as node:
+    with RabbitNode(free_port(), f"ts-restart-{os.getpid()}", tmp_path) as node:
         node.start(timeout=60)
         yield node
