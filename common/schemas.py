@@ -19,7 +19,8 @@ from common.errors import BadMessage
 #: Bodies larger than this are refused before any parsing (dead-lettered as ``too-large``).
 MAX_BODY_BYTES = 1_000_000
 
-_HOSTNAME = socket.gethostname()
+#: This machine's name, as tasks and results report it.
+HOSTNAME = socket.gethostname()
 
 
 def utcnow() -> datetime:
@@ -46,7 +47,7 @@ class TaskEnvelope(_Strict):
     attempt: Annotated[int, Field(ge=1)] = 1
     #: None means "use the consumer's default".
     max_attempts: Annotated[int, Field(ge=1)] | None = None
-    producer_host: str = Field(default=_HOSTNAME)
+    producer_host: str = Field(default=HOSTNAME)
     producer_pid: int = Field(default_factory=os.getpid)
 
 

@@ -11,9 +11,7 @@ import logging
 import multiprocessing
 import os
 import random
-import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,8 +20,10 @@ from typing import Protocol
 from pydantic_core import PydanticSerializationError
 
 from common.backend import Backend, Delivery
+from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import BadMessage
 from common.schemas import (
+    HOSTNAME,
     DeadLetter,
     TaskEnvelope,
     TaskResult,
@@ -35,8 +35,6 @@ from common.settings import Settings
 from consumer.handlers import PayloadError, Registry, TaskContext
 
 log = logging.getLogger("taskshuttle.worker")
-
-_HOSTNAME = socket.gethostname()
 
 
 class StopFlag(Protocol):
@@ -100,6 +98,7 @@ class Worker:
         stop: StopFlag,
         queue_name: str = "tasks",
         on_timeout: Callable[[Backend], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.backend = backend
         self.registry = registry
@@ -114,6 +113,7 @@ class Worker:
         self._in_hand: _InHand | None = None
         self._in_hand_lock = threading.Lock()
         self.on_timeout = on_timeout or _exit_for_timeout
+        self.clock = clock
 
     def run(self) -> int:
         """Take tasks until stopped (or, in burst mode, until the queue stays empty)."""
@@ -125,8 +125,9 @@ class Worker:
             if delivery is None:
                 if self.options.burst_idle is None:
                     continue
-                now = time.monotonic()
-                idle_since = idle_since or now
+                now = self.clock.monotonic()
+                if idle_since is None:
+                    idle_since = now
                 if now - idle_since >= self.options.burst_idle and self.backend.pending() == 0:
                     break
                 continue
@@ -149,7 +150,7 @@ class Worker:
 
         started_at = utcnow()
         with self._in_hand_lock:
-            self._in_hand = _InHand(delivery, task, started_at, time.monotonic())
+            self._in_hand = _InHand(delivery, task, started_at, self.clock.monotonic())
         try:
             context = self._context(task, delivery) if handler.wants_context else None
             value = handler(task.payload, context)
@@ -196,10 +197,10 @@ class Worker:
     def _watchdog(self) -> None:
         limit = self.options.task_timeout or 0
         while not self.stop.is_set():
-            time.sleep(min(0.1, limit / 4))
+            self.clock.sleep(min(0.1, limit / 4))
             with self._in_hand_lock:
                 in_hand = self._in_hand
-                if in_hand is None or time.monotonic() - in_hand.started < limit:
+                if in_hand is None or self.clock.monotonic() - in_hand.started < limit:
                     continue
                 self._in_hand = None
             log.warning("task %s ran over its %gs limit; stopping it", in_hand.task.id, limit)
@@ -280,7 +281,7 @@ class Worker:
             redelivered=delivery.redelivered,
             worker_pid=os.getpid(),
             worker_ppid=os.getppid(),
-            worker_host=_HOSTNAME,
+            worker_host=HOSTNAME,
             worker_name=self._name,
             started_at=started_at,
             finished_at=utcnow(),
