@@ -1,0 +1,15 @@
+"""The RabbitMQ backend: pika, a durable queue, persistent messages, confirms, late acks.
+
+This package is the only code that imports pika. Its modules follow the thread line:
+
+- `backend`: `RabbitBackend`, the backend contract and reconnecting; the caller's thread.
+- `link`: one connection and its channel, run by a private I/O thread; the only code that
+  touches a channel (its docstring states which methods are safe from which thread).
+- `confirms`: publisher-confirm bookkeeping, no connection (fed by the I/O thread).
+- `topology`: queue names, queue arguments, message properties, dead-letter headers.
+- `errors`: pika's exceptions, as this project's.
+"""
+
+from common.rabbitmq.backend import RabbitBackend
+
+__all__ = ["RabbitBackend"]

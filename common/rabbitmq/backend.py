@@ -1,0 +1,373 @@
+"""`RabbitBackend`: the backend contract on RabbitMQ, over a `Link` it re-opens when lost.
+
+Runs in the caller's thread and never touches a channel: every broker operation is a named
+method of `Link`, which hands it to the link's I/O thread. What is said on the wire (names,
+properties, headers) comes from `topology`.
+
+A backend plays one of two roles on its connection, chosen when it is built:
+
+- **consumer** (default): it consumes the work queue (`start_consuming`, `receive`, and the
+  settling methods), and may publish tasks without asking for results;
+- **results** (``want_results=True``): its tasks carry a reply queue of its own, which it
+  consumes instead, for `receive_result`. Such a backend cannot consume the work queue:
+  `start_consuming` and `receive` raise rather than hand out its results as tasks.
+
+Both can publish, count, list and replay dead letters, and delete the queues.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pika
+
+from common.backend import Backend, Delivery
+from common.clock import SYSTEM_CLOCK, Clock
+from common.errors import BrokerError, BrokerUnreachable, ConnectionLost
+from common.rabbitmq import topology
+from common.rabbitmq.link import Link
+from common.rabbitmq.topology import Message, QueueNames
+from common.schemas import DeadLetter, TaskEnvelope, TaskResult, as_first_attempt, decode_result
+from common.settings import redact_url
+
+log = logging.getLogger("taskshuttle.rabbitmq")
+
+_T = TypeVar("_T")
+
+
+class Reconnect:
+    """When a lost connection is opened again: at once, then after a pause that doubles from
+    `FIRST_DELAY` up to `max_delay`; a success starts the schedule over.
+
+    Only a lost connection or an absent broker is retried, never a wrong password or a
+    queue mismatch. After `attempts` failures in a row (None: no limit) the last error
+    reaches the caller.
+    """
+
+    FIRST_DELAY = 0.2
+
+    def __init__(self, attempts: int | None, max_delay: float, clock: Clock) -> None:
+        self.attempts = attempts
+        self.max_delay = max_delay
+        self.clock = clock
+        #: Attempts since the last success (the one under way included).
+        self.attempt = 0
+        self._delay = self.FIRST_DELAY
+        self._retry_at = 0.0
+
+    def retries(self, error: BrokerError) -> bool:
+        return isinstance(error, ConnectionLost | BrokerUnreachable) and self.attempts != 0
+
+    def run(self, connect: Callable[[], _T], error: BrokerError, wait: float | None) -> _T | None:
+        """`connect()`'s result, tried as the schedule allows, after `error` broke the link.
+
+        Without `wait`: keeps trying until `attempts` are spent, then raises.
+        With `wait`: tries for at most `wait` seconds and returns None if still down, so a
+        worker loop gets its turn to notice a shutdown while the broker is away.
+        """
+        if not self.retries(error):
+            raise error
+        deadline = None if wait is None else self.clock.monotonic() + wait
+        while True:
+            now = self.clock.monotonic()
+            if deadline is not None and self._retry_at > deadline:
+                self.clock.sleep(max(deadline - now, 0))
+                return None
+            if self._retry_at > now:
+                self.clock.sleep(self._retry_at - now)
+            self.attempt += 1
+            log.warning("connection lost (%s); reconnecting, attempt %d", error, self.attempt)
+            try:
+                connected = connect()
+            except (ConnectionLost, BrokerUnreachable) as exc:
+                error = exc
+                if self.attempts is not None and self.attempt >= self.attempts:
+                    raise
+                self._retry_at = self.clock.monotonic() + self._delay
+                self._delay = min(self._delay * 2, self.max_delay)
+                continue
+            self.attempt = 0
+            self._delay = self.FIRST_DELAY
+            return connected
+
+
+@dataclass(frozen=True, slots=True)
+class _Handle:
+    """What settles a delivery: the link it came on, its tag, where its result goes."""
+
+    link: Link
+    tag: int
+    reply_to: str | None
+
+
+class RabbitBackend(Backend):
+    """A task queue on RabbitMQ. Connects (and declares its queues) when built.
+
+    `reconnect_attempts`: how many times a lost connection is re-established before the
+    error reaches the caller (None: forever). A wrong password is never retried.
+    `clock`: what reconnect backoff reads and sleeps on.
+    """
+
+    name = "rabbitmq"
+
+    def __init__(
+        self,
+        url: str,
+        queue_name: str = "tasks",
+        *,
+        prefetch: int = 100,
+        want_results: bool = False,
+        connect_timeout: float = 10.0,
+        reconnect_attempts: int | None = 0,
+        max_reconnect_delay: float = 10.0,
+        queue_arguments: dict[str, Any] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.names = QueueNames(queue_name)
+        self.queue_name = queue_name
+        self.dlq_name = self.names.dlq
+        #: Arguments the work queue is declared with (e.g. ``x-single-active-consumer``).
+        self.queue_arguments = queue_arguments
+        self.prefetch = prefetch
+        self.want_results = want_results
+        self.reconnects = 0
+        #: Messages published again after a dropped connection (each may be a duplicate).
+        self.republished = 0
+        self.safe_url = redact_url(url)
+        self._params = pika.URLParameters(url)
+        self._params.connection_attempts = 1
+        self._params.socket_timeout = connect_timeout
+        self._connect_timeout = connect_timeout
+        self._reconnect = Reconnect(reconnect_attempts, max_reconnect_delay, clock)
+        self._consuming = False
+        self.reply_queue = self.names.new_replies() if want_results else None
+        self._link = self._connect()
+
+    # -- connection ----------------------------------------------------------------------
+    def _connect(self) -> Link:
+        """A new link with this backend's queues declared and its consumer registered."""
+        link = Link(self._params, self.safe_url, self.queue_name)
+        link.open(self._connect_timeout)
+        try:
+            link.declare(self.queue_name, self.queue_arguments)
+            link.declare(self.dlq_name)
+            if self.reply_queue:
+                link.declare(self.reply_queue, topology.reply_queue_arguments())
+                link.consume(self.reply_queue, tag=self.reply_queue)
+            if self._consuming:
+                link.consume(self.queue_name, prefetch=self.prefetch)
+        except BaseException:
+            link.close()
+            raise
+        return link
+
+    def _live_link(self, wait: float | None = None) -> Link | None:
+        """The current link, re-established if it was lost (see `Reconnect.run`)."""
+        link = self._link
+        if link.alive:
+            return link
+        error = link.close_error or ConnectionLost("connection closed")
+        relinked = self._reconnect.run(self._connect, error, wait)
+        if relinked is None:
+            return None
+        self._link = relinked
+        self.reconnects += 1
+        log.warning("reconnected to %s", self.safe_url)
+        return relinked
+
+    def _link_now(self) -> Link:
+        link = self._live_link()
+        assert link is not None  # without `wait`, it raises rather than give up
+        return link
+
+    @contextlib.contextmanager
+    def _side_link(self) -> Iterator[Link]:
+        """A short-lived second connection, so admin work never touches the work channel
+        (closing it gives back whatever it got and did not ack, in order)."""
+        link = Link(self._params, self.safe_url, f"{self.queue_name}-admin")
+        link.open(self._connect_timeout)
+        try:
+            yield link
+        finally:
+            link.close()
+
+    # -- producer side -------------------------------------------------------------------
+    def publish(self, tasks: Sequence[TaskEnvelope], timeout: float = 60.0) -> None:
+        queue_name, reply_to = self.queue_name, self.reply_queue
+        messages = [topology.task_message(queue_name, task, reply_to) for task in tasks]
+        self._publish_with_retry(messages, timeout)
+
+    def publish_raw(self, bodies: Sequence[bytes], timeout: float = 60.0) -> None:
+        messages = [topology.raw_message(self.queue_name, body) for body in bodies]
+        self._publish_with_retry(messages, timeout)
+
+    def _publish_with_retry(self, messages: Sequence[Message], timeout: float) -> None:
+        """Publish; if the connection drops, reconnect and publish again what was unconfirmed.
+
+        A message in flight when the connection dropped may already be stored: publishing it
+        again can make a duplicate, which consumers see (same task id) and the ledger counts.
+        """
+        remaining = list(messages)
+        while remaining:
+            link = self._link_now()
+            remaining = link.publish_many(remaining, timeout)
+            if remaining:
+                log.warning("connection lost with %d messages unconfirmed", len(remaining))
+                if self._reconnect.attempts == 0:
+                    raise link.close_error or ConnectionLost("connection lost while publishing")
+                self.republished += len(remaining)
+
+    def receive_result(self, timeout: float) -> TaskResult | None:
+        if not self.want_results:
+            raise BrokerError("this backend was built without want_results=True")
+        link = self._live_link(wait=timeout)
+        delivery = None if link is None else self._take(link, timeout)
+        if delivery is None:
+            return None
+        self.ack(delivery)
+        return decode_result(delivery.body)
+
+    # -- worker side ---------------------------------------------------------------------
+    def start_consuming(self) -> None:
+        """Register as the work queue's consumer now (workers do this before they say they
+        are ready); otherwise the first `receive` does it."""
+        self._refuse_if_results()
+        if not self._consuming:
+            self._consuming = True
+            self._link_now().consume(self.queue_name, prefetch=self.prefetch)
+
+    def _refuse_if_results(self) -> None:
+        if self.want_results:
+            raise BrokerError(
+                "this backend was built with want_results=True: it consumes its reply "
+                "queue, not the work queue; build another for a worker"
+            )
+
+    def receive(self, timeout: float) -> Delivery | None:
+        self._refuse_if_results()
+        link = self._live_link(wait=timeout)
+        if link is None:
+            return None
+        if not self._consuming:
+            self.start_consuming()
+        return self._take(link, timeout)
+
+    @staticmethod
+    def _take(link: Link, timeout: float) -> Delivery | None:
+        """The next message `link`'s consumer received, within `timeout` seconds."""
+        try:
+            tag, redelivered, props, body = link.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        return Delivery(
+            body=body,
+            redelivered=redelivered,
+            handle=_Handle(link, tag, props.reply_to),
+            wants_result=props.reply_to is not None,
+        )
+
+    def _live_handle(self, delivery: Delivery) -> _Handle | None:
+        """The delivery's handle; None when it came on a connection that is gone: the broker
+        hands it out again, so settling it (or publishing its retry) would make a duplicate."""
+        handle: _Handle = delivery.handle
+        if handle.link is not self._link or not handle.link.alive:
+            return None
+        return handle
+
+    def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
+        handle = self._live_handle(delivery)
+        if handle is None:
+            return
+        try:  # not contextlib.suppress: this runs once per delivery
+            if result is not None and handle.reply_to:
+                handle.link.publish_later(topology.result_message(handle.reply_to, result))
+            handle.link.ack(handle.tag)
+        except ConnectionLost:
+            return  # the delivery goes back to the queue by itself
+
+    def requeue(self, delivery: Delivery) -> None:
+        handle = self._live_handle(delivery)
+        if handle is None:
+            return
+        try:
+            handle.link.nack(handle.tag)
+        except ConnectionLost:
+            return
+
+    def retry_later(self, delivery: Delivery, task: TaskEnvelope, delay: float) -> None:
+        handle = self._live_handle(delivery)
+        if handle is None:
+            return
+        link = self._link_now()
+        wait_queue = self.names.wait(task.attempt)
+        link.declare_once(wait_queue, topology.wait_queue_arguments(self.queue_name))
+        self._publish_confirmed(
+            link, topology.retry_message(wait_queue, task, handle.reply_to, delay)
+        )
+        self.ack(delivery)
+
+    def dead_letter(
+        self, delivery: Delivery, letter: DeadLetter, result: TaskResult | None = None
+    ) -> None:
+        if self._live_handle(delivery) is None:
+            return
+        link = self._link_now()
+        self._publish_confirmed(link, topology.dead_letter_message(self.dlq_name, letter))
+        self.ack(delivery, result)
+
+    @staticmethod
+    def _publish_confirmed(link: Link, message: Message) -> None:
+        """One message, waiting for its confirm (retries and dead letters)."""
+        if link.publish_many([message], timeout=30):
+            raise link.close_error or ConnectionLost("connection lost while publishing")
+
+    # -- both ----------------------------------------------------------------------------
+    def pending(self) -> int:
+        return self._link_now().queue_length(self.queue_name)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        with self._side_link() as link:
+            return [
+                topology.letter_from(props, body, self.queue_name)
+                for _tag, _redelivered, props, body in iter(lambda: link.get(self.dlq_name), None)
+            ]
+
+    def replay_dead_letters(self) -> int:
+        """Move every dead letter back to the work queue, as a fresh first attempt."""
+        moved = 0
+        with self._side_link() as link:
+            for tag, _redelivered, _props, body in list(
+                iter(lambda: link.get(self.dlq_name), None)
+            ):
+                replay = topology.raw_message(self.queue_name, as_first_attempt(body))
+                self._publish_confirmed(link, replay)
+                link.ack(tag)
+                moved += 1
+        return moved
+
+    def delete_queues(self, max_attempts: int = 10) -> None:
+        """Delete this queue and its companions (tests, clean-ups).
+
+        On a connection of its own: deleting a queue cancels its consumers, and the work
+        link would take that for a lost queue.
+        """
+        names = self.names.with_companions(max_attempts)
+        if self.reply_queue:
+            names.append(self.reply_queue)
+        with self._side_link() as link:
+            for name in names:
+                link.delete(name)
+
+    def close(self) -> None:
+        """Close the connection; a producer's reply queue is deleted first (its results
+        were taken), rather than left to expire."""
+        link = self._link
+        if self.reply_queue and link.alive:
+            with contextlib.suppress(BrokerError):
+                link.cancel(self.reply_queue, then_delete=self.reply_queue, timeout=5)
+        link.close()

@@ -1,0 +1,131 @@
+"""pika's exceptions, as ours: each class `translate` handles, built as pika builds it."""
+
+from __future__ import annotations
+
+import socket
+
+import pika.exceptions as px
+import pytest
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectionWorkflowFailed,
+    AMQPConnectorAMQPHandshakeError,
+    AMQPConnectorSocketConnectError,
+)
+
+from common.errors import (
+    AuthenticationFailed,
+    BrokerError,
+    BrokerUnreachable,
+    ConnectionLost,
+    QueueMismatch,
+)
+from common.rabbitmq.errors import translate
+
+pytestmark = pytest.mark.timeout(10)
+
+URL = "amqp://guest:***@broker:5672/%2F"
+
+
+def _workflow_failed(inner: BaseException) -> px.AMQPConnectionError:
+    """How a `SelectConnection` reports a failed open: three wrappers deep."""
+    return px.AMQPConnectionError(AMQPConnectionWorkflowFailed([inner]))
+
+
+def test_pika_authentication_errors_are_connection_errors() -> None:
+    # The trap: a check for "broker unreachable" that catches the parent class would take a
+    # wrong password for a broker that is down.
+    assert issubclass(px.AuthenticationError, px.AMQPConnectionError)
+    assert issubclass(px.ProbableAuthenticationError, px.AMQPConnectionError)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        px.AuthenticationError("PLAIN"),
+        px.ProbableAuthenticationError(
+            "ConnectionClosedByBroker: (403) 'ACCESS_REFUSED - Login was refused'"
+        ),
+        _workflow_failed(AMQPConnectorAMQPHandshakeError(px.AuthenticationError("PLAIN"))),
+        AMQPConnectionWorkflowFailed([px.ProbableAuthenticationError("refused at login")]),
+        px.AMQPConnectionError(px.AuthenticationError("PLAIN")),
+    ],
+    ids=["authentication", "probable", "in-handshake", "in-workflow", "wrapped"],
+)
+def test_refused_credentials_are_authentication_failed_never_unreachable(
+    exc: BaseException,
+) -> None:
+    error = translate(exc, URL)
+    assert type(error) is AuthenticationFailed
+    assert str(error) == f"broker at {URL} refused the credentials"
+
+
+def test_refused_virtual_host_is_authentication_failed() -> None:
+    exc = px.ProbableAccessDeniedError("ConnectionClosedByBroker: (530) 'NOT_ALLOWED'")
+    error = translate(exc, URL)
+    assert type(error) is AuthenticationFailed
+    assert "refused access to the virtual host" in str(error)
+
+
+def test_refused_connection_is_unreachable_with_the_socket_reason() -> None:
+    refused = ConnectionRefusedError(111, "Connection refused")
+    error = translate(_workflow_failed(AMQPConnectorSocketConnectError(refused)), URL)
+    assert type(error) is BrokerUnreachable
+    assert str(error) == f"cannot reach broker at {URL}: [Errno 111] Connection refused"
+
+
+def test_unknown_host_is_unreachable_with_the_resolver_reason() -> None:
+    unknown = socket.gaierror(-2, "Name or service not known")
+    error = translate(AMQPConnectionWorkflowFailed([unknown]), URL)
+    assert type(error) is BrokerUnreachable
+    assert str(error).endswith("Name or service not known")
+
+
+def test_a_bare_connection_error_is_unreachable_with_its_text() -> None:
+    error = translate(px.AMQPConnectionError("no route"), URL)
+    assert type(error) is BrokerUnreachable
+    assert str(error) == f"cannot reach broker at {URL}: no route"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        px.ConnectionClosedByBroker(320, "CONNECTION_FORCED - broker forced connection closure"),
+        px.StreamLostError("Transport indicated EOF"),
+    ],
+    ids=["closed-by-broker", "stream-lost"],
+)
+def test_a_dropped_connection_is_connection_lost(exc: BaseException) -> None:
+    error = translate(exc, URL)
+    assert type(error) is ConnectionLost
+    assert str(error).startswith(f"connection to {URL} lost: ")
+
+
+def test_inequivalent_queue_arguments_are_a_queue_mismatch() -> None:
+    text = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q'"
+    error = translate(px.ChannelClosedByBroker(406, text), URL)
+    assert type(error) is QueueMismatch
+    assert "x-queue-type" in str(error) and "--queue" in str(error)
+
+
+def test_a_channel_refused_access_is_authentication_failed() -> None:
+    text = "ACCESS_REFUSED - access to queue 'q' refused"
+    error = translate(px.ChannelClosedByBroker(403, text), URL)
+    assert type(error) is AuthenticationFailed
+    assert str(error) == f"access refused: {text}"
+
+
+def test_another_channel_closure_is_a_broker_error() -> None:
+    error = translate(px.ChannelClosedByBroker(404, "NOT_FOUND - no queue 'q'"), URL)
+    assert type(error) is BrokerError
+    assert str(error) == "broker closed the channel: 404 NOT_FOUND - no queue 'q'"
+
+
+def test_anything_else_is_a_broker_error_that_names_the_class() -> None:
+    error = translate(px.ChannelWrongStateError("Channel is closed."), URL)
+    assert type(error) is BrokerError
+    assert str(error) == f"broker error at {URL}: ChannelWrongStateError: Channel is closed."
+
+
+def test_our_own_errors_pass_through_unchanged() -> None:
+    ours = ConnectionLost("gone")
+    assert translate(ours, URL) is ours
