@@ -16,29 +16,25 @@ from typing import Any
 
 import pika
 
-from bench.measure import (
-    IDLE_EXIT,
-    CaseConfig,
-    CaseError,
+from bench.broker import (
     Gate,
     QueueSampler,
-    Stamps,
     connect,
-    cpu_sampler,
     declare,
     gated_drain,
-    latency_figures,
-    per_second,
     publish_raw,
-    raw_body,
-    rss_figures,
-    stamp_window,
     wait_ready_count,
 )
+from bench.config import CaseConfig, CaseError, raw_body
+from bench.figures import latency_figures, per_second, stamped_figures, stamps_rss
+from bench.procs import cpu_sampler
+from bench.stamps import Stamps
 
 CTX = multiprocessing.get_context("spawn")
 #: Seconds for started consumers to reach their first (blocked) get before a gate opens.
 GATE_SETTLE = 0.3
+#: Seconds a consumer of the raw baselines waits with nothing to do before it exits.
+IDLE_EXIT = 0.5
 
 
 # -- shared plumbing -------------------------------------------------------------------------
@@ -73,15 +69,6 @@ def _reap(procs: list[Any]) -> None:
             proc.join(5)
 
 
-def _rss(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    return rss_figures({r["pid"]: r["vmhwm_kib"] for r in reports if r.get("vmhwm_kib")})
-
-
-def _check_count(got: int, expected: int) -> None:
-    if got != expected:
-        raise CaseError(f"consumers handled {got} messages, expected {expected}")
-
-
 # -- multiprocessing.Queue -------------------------------------------------------------------
 def _mp_consumer(tasks: Any, results: Any, ready: Any, stats: Any, echo: bool) -> None:
     stamps = Stamps()
@@ -94,6 +81,14 @@ def _mp_consumer(tasks: Any, results: Any, ready: Any, stats: Any, echo: bool) -
         if echo:
             results.put(item[0])
     stats.put(stamps.as_dict())
+
+
+def _put_all(tasks: Any, body: bytes, cfg: CaseConfig) -> None:
+    """N bodies, then one sentinel per consumer."""
+    for _ in range(cfg.n):
+        tasks.put(body)
+    for _ in range(cfg.workers):
+        tasks.put(None)
 
 
 def _mp_setup() -> tuple[Any, Any, Any, Any]:
@@ -111,22 +106,12 @@ def mp_e2e(cfg: CaseConfig) -> dict[str, Any]:
         cpu = cpu_sampler(cfg, lambda: [p.pid for p in procs])
         body = raw_body(cfg.body_size)
         start = time.perf_counter()
-        for _ in range(cfg.n):
-            tasks.put(body)
-        for _ in range(cfg.workers):
-            tasks.put(None)
+        _put_all(tasks, body, cfg)
         reports = _collect(stats, cfg.workers, deadline)
         cpu.stop()
     finally:
         _reap(procs)
-    _, last, count = stamp_window(reports)
-    _check_count(count, cfg.n)
-    return {
-        "e2e": per_second(cfg.n, last - start),
-        "rss": _rss(reports),
-        "cpu": cpu.usage(start, last, cfg.n),
-        "details": {"per_worker": [r["count"] for r in reports]},
-    }
+    return stamped_figures("e2e", cfg.n, reports, start, cpu)
 
 
 def mp_drain(cfg: CaseConfig) -> dict[str, Any]:
@@ -134,11 +119,7 @@ def mp_drain(cfg: CaseConfig) -> dict[str, Any]:
     at once to the last get."""
     deadline = cfg.deadline()
     tasks, results, ready, stats = _mp_setup()
-    body = raw_body(cfg.body_size)
-    for _ in range(cfg.n):
-        tasks.put(body)
-    for _ in range(cfg.workers):
-        tasks.put(None)
+    _put_all(tasks, raw_body(cfg.body_size), cfg)
     # The queue's reader lock (a private attribute of multiprocessing.Queue) holds every
     # consumer back until all have started, so none gets a head start.
     gate = tasks._rlock
@@ -154,14 +135,7 @@ def mp_drain(cfg: CaseConfig) -> dict[str, Any]:
         cpu.stop()
     finally:
         _reap(procs)
-    _, last, count = stamp_window(reports)
-    _check_count(count, cfg.n)
-    return {
-        "drain": per_second(cfg.n, last - start),
-        "rss": _rss(reports),
-        "cpu": cpu.usage(start, last, cfg.n),
-        "details": {"per_worker": [r["count"] for r in reports]},
-    }
+    return stamped_figures("drain", cfg.n, reports, start, cpu)
 
 
 def mp_latency(cfg: CaseConfig) -> dict[str, Any]:
@@ -201,7 +175,7 @@ def mp_latency(cfg: CaseConfig) -> dict[str, Any]:
     finally:
         _reap(procs)
     figures = latency_figures(latencies, i, elapsed, from_publish=latencies)
-    return {"latency": figures, "rss": _rss(reports)}
+    return {"latency": figures, "rss": stamps_rss(reports)}
 
 
 # -- pika ------------------------------------------------------------------------------------
@@ -262,16 +236,10 @@ def pika_publish_drain(cfg: CaseConfig) -> dict[str, Any]:
         cpu.stop()
         stop.set()
         _reap(procs)
-    _, last, handled = stamp_window(reports)
-    _check_count(handled, cfg.n)
-    return {
-        "publish": publish_rate,
-        "drain": per_second(cfg.n, last - window_start),
-        "rss": _rss(reports),
-        "cpu": cpu.usage(window_start, last, cfg.n),
-        "cpu_publish": publish_cpu.usage(start, end, cfg.n),
-        "details": {"per_worker": [r["count"] for r in reports]},
-    }
+    figures = stamped_figures("drain", cfg.n, reports, window_start, cpu)
+    figures["publish"] = publish_rate
+    figures["cpu_publish"] = publish_cpu.usage(start, end, cfg.n)
+    return figures
 
 
 def pika_e2e(cfg: CaseConfig) -> dict[str, Any]:
@@ -289,17 +257,9 @@ def pika_e2e(cfg: CaseConfig) -> dict[str, Any]:
     finally:
         stop.set()
         _reap(procs)
-    _, last, handled = stamp_window(reports)
-    _check_count(handled, cfg.n)
-    return {
-        "e2e": per_second(cfg.n, last - start),
-        "rss": _rss(reports),
-        "cpu": cpu.usage(start, last, cfg.n),
-        "details": {
-            "publish_during_e2e": per_second(count, end - start),
-            "per_worker": [r["count"] for r in reports],
-        },
-    }
+    figures = stamped_figures("e2e", cfg.n, reports, start, cpu)
+    figures["details"]["publish_during_e2e"] = per_second(count, end - start)
+    return figures
 
 
 def pika_latency(cfg: CaseConfig) -> dict[str, Any]:
@@ -352,4 +312,4 @@ def pika_latency(cfg: CaseConfig) -> dict[str, Any]:
     # As the ledger counts it: from the confirm (never below zero) to the reply.
     latencies = [max(at - sent[seq], 0.0) for seq, at in replied.items()]
     whole = [at - before[seq] for seq, at in replied.items()]
-    return {"latency": latency_figures(latencies, i, elapsed, whole), "rss": _rss(reports)}
+    return {"latency": latency_figures(latencies, i, elapsed, whole), "rss": stamps_rss(reports)}

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import baselines, systems
-from bench.measure import CaseConfig, CaseError, delete_prefixed
+from bench import baselines, external, systems
+from bench.broker import delete_prefixed
+from bench.config import CaseConfig, CaseError
 
 Case = Callable[[CaseConfig], dict[str, Any]]
 
@@ -35,10 +36,10 @@ CASES: dict[tuple[str, str], Case] = {
     ("rabbitmq", "e2e"): systems.rabbit_e2e,
     ("rabbitmq", "e2e-noresults"): systems.rabbit_e2e_noresults,
     ("rabbitmq", "latency"): systems.rabbit_latency,
-    ("celery", "publish+drain"): systems.external_publish_drain,
-    ("celery", "e2e"): systems.external_e2e,
-    ("dramatiq", "publish+drain"): systems.external_publish_drain,
-    ("dramatiq", "e2e"): systems.external_e2e,
+    ("celery", "publish+drain"): external.external_publish_drain,
+    ("celery", "e2e"): external.external_e2e,
+    ("dramatiq", "publish+drain"): external.external_publish_drain,
+    ("dramatiq", "e2e"): external.external_e2e,
 }
 
 #: Systems whose cases talk to the broker (the others need none).

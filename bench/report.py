@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 #: (key, label, unit, higher is better)
@@ -149,62 +147,75 @@ def _judge(kind: str, bound: float, value: float | None, ratio: float | None) ->
     return None if value is None else value < bound
 
 
+def _row(system: str, entry: dict[str, Any], base: dict[str, Any], measure: tuple[Any, ...]) -> Row:
+    """One system's figure for one measure, beside its baseline's and judged on its target."""
+    key, label, unit, _higher = measure
+    figures = entry["measures"]
+    base_name = baseline_of(system)
+    value = figures.get(key)
+    base_value = base.get("e2e" if key == "e2e_noresults" else key) if base_name else None
+    ratio = round(value / base_value, 3) if value and base_value else None
+    if (system, key) in NO_RATIO:
+        ratio = None
+    row = Row(system, label, value, unit, base_name, base_value, ratio)
+    if value is None:
+        row.note = _why_missing(entry, _CASES_FOR[key])
+    elif key == "rss_mib":
+        row.note = figures.get("rss_method", "")
+    elif key.startswith("latency"):
+        row.note = LATENCY_NOTES.get((system, key), "")
+        if key == "latency_p50_ms":
+            rate = figures["latency"]["achieved_rate"]
+            row.note = "; ".join(filter(None, [f"sent at {rate:g}/s", row.note]))
+    target = TARGETS.get((system, key))
+    if target:
+        kind, bound, text = target
+        row.target = text
+        row.passed = _judge(kind, bound, value, ratio)
+    return row
+
+
+def _versus_rows(systems: dict[str, Any]) -> list[Row]:
+    """rabbitmq's drain against Dramatiq's and Celery's in the same run."""
+    drain = systems["rabbitmq"]["measures"].get("drain")
+    rows = []
+    for other, bound in DRAIN_VERSUS:
+        other_drain = systems.get(other, {}).get("measures", {}).get("drain")
+        ratio = round(drain / other_drain, 3) if drain and other_drain else None
+        note = "" if other in systems else f"{other} not in this run"
+        if other in systems and other_drain is None:
+            note = _why_missing(systems[other], ("publish+drain",))
+        rows.append(
+            Row(
+                "rabbitmq",
+                f"drain vs {other}",
+                drain,
+                "msg/s",
+                other,
+                other_drain,
+                ratio,
+                f">= {bound:g}x {other}",
+                None if ratio is None else ratio >= bound,
+                note,
+            )
+        )
+    return rows
+
+
 def build_rows(systems: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     for system, entry in systems.items():
-        figures = entry["measures"]
         base_name = baseline_of(system)
         base = systems.get(base_name, {}).get("measures", {}) if base_name else {}
-        for key, label, unit, _higher in MEASURES:
-            if (system, key) in NOT_APPLICABLE:
+        for measure in MEASURES:
+            key, label, unit, _higher = measure
+            if (system, key) not in NOT_APPLICABLE:
+                rows.append(_row(system, entry, base, measure))
+            elif NOT_APPLICABLE[(system, key)]:
                 why = NOT_APPLICABLE[(system, key)]
-                if why:
-                    rows.append(Row(system, label, None, unit, note=f"n/a: {why}"))
-                continue
-            value = figures.get(key)
-            base_key = "e2e" if key == "e2e_noresults" else key
-            base_value = base.get(base_key) if base_name else None
-            ratio = round(value / base_value, 3) if value and base_value else None
-            if (system, key) in NO_RATIO:
-                ratio = None
-            row = Row(system, label, value, unit, base_name, base_value, ratio)
-            if value is None:
-                row.note = _why_missing(entry, _CASES_FOR[key])
-            if key == "rss_mib" and value is not None:
-                row.note = figures.get("rss_method", "")
-            if key.startswith("latency") and value is not None:
-                row.note = LATENCY_NOTES.get((system, key), "")
-                if key == "latency_p50_ms":
-                    rate = figures["latency"]["achieved_rate"]
-                    row.note = "; ".join(filter(None, [f"sent at {rate:g}/s", row.note]))
-            target = TARGETS.get((system, key))
-            if target:
-                kind, bound, text = target
-                row.target = text
-                row.passed = _judge(kind, bound, value, ratio)
-            rows.append(row)
+                rows.append(Row(system, label, None, unit, note=f"n/a: {why}"))
         if system == "rabbitmq":
-            drain = figures.get("drain")
-            for other, bound in DRAIN_VERSUS:
-                other_drain = systems.get(other, {}).get("measures", {}).get("drain")
-                ratio = round(drain / other_drain, 3) if drain and other_drain else None
-                note = "" if other in systems else f"{other} not in this run"
-                if other in systems and other_drain is None:
-                    note = _why_missing(systems[other], ("publish+drain",))
-                rows.append(
-                    Row(
-                        system,
-                        f"drain vs {other}",
-                        drain,
-                        "msg/s",
-                        other,
-                        other_drain,
-                        ratio,
-                        f">= {bound:g}x {other}",
-                        None if ratio is None else ratio >= bound,
-                        note,
-                    )
-                )
+            rows += _versus_rows(systems)
     return rows
 
 
@@ -244,6 +255,26 @@ def scaling_figures(
     return out
 
 
+def _cpu_rows(
+    systems: dict[str, Any], scaling: dict[str, dict[int, dict[str, Any]]], workers: int
+) -> list[dict[str, Any]]:
+    """One row per timed window: every case at `workers`, then the other scaling runs."""
+    rows = []
+    for system, entry in systems.items():
+        for name, case in entry.get("cases", {}).items():
+            if _ok(case) and case.get("cpu_publish"):
+                rows.append({"system": system, "case": "publish", **case["cpu_publish"]})
+            if _ok(case) and case.get("cpu"):
+                label = "drain" if name == "publish+drain" else name
+                rows.append({"system": system, "case": label, **case["cpu"]})
+    for system, by_workers in scaling.items():
+        for w, case in sorted(by_workers.items()):
+            if w != workers and _ok(case) and case.get("cpu"):
+                label = f"{SCALED_FIGURE[system]} W={w}"
+                rows.append({"system": system, "case": label, **case["cpu"]})
+    return rows
+
+
 def build_report(
     meta: dict[str, Any],
     results: dict[str, dict[str, Any]],
@@ -256,19 +287,6 @@ def build_report(
     rows = build_rows(systems)
     cpus = meta["machine"]["cpus"] or 1
     scaled = scaling_figures(scaling, cpus)
-    cpu_rows = []
-    for system, entry in systems.items():
-        for name, case in entry.get("cases", {}).items():
-            if _ok(case) and case.get("cpu_publish"):
-                cpu_rows.append({"system": system, "case": "publish", **case["cpu_publish"]})
-            if _ok(case) and case.get("cpu"):
-                label = "drain" if name == "publish+drain" else name
-                cpu_rows.append({"system": system, "case": label, **case["cpu"]})
-    for system, by_workers in scaling.items():
-        for w, case in sorted(by_workers.items()):
-            if w != workers and _ok(case) and case.get("cpu"):
-                label = f"{SCALED_FIGURE[system]} W={w}"
-                cpu_rows.append({"system": system, "case": label, **case["cpu"]})
     targets = [row.__dict__ for row in rows if row.target]
     for system in ("rabbitmq", "local"):
         if system in scaled:
@@ -287,162 +305,6 @@ def build_report(
         "systems": systems,
         "rows": [row.__dict__ for row in rows],
         "targets": targets,
-        "cpu": cpu_rows,
+        "cpu": _cpu_rows(systems, scaling, workers),
         "scaling": scaled,
     }
-
-
-# -- printing --------------------------------------------------------------------------------
-def _fmt(value: Any, unit: str) -> str:
-    if value is None:
-        return "-"
-    if unit == "msg/s":
-        return f"{value:,.0f}/s"
-    if unit == "ms":
-        return f"{value:.2f} ms"
-    return f"{value:.1f} {unit}"
-
-
-def _verdict(passed: bool | None) -> str:
-    return {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[yellow]-[/]"}[passed]
-
-
-def print_report(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=None if os.isatty(1) else 190)
-    meta = report["meta"]
-    options = meta["options"]
-    table = Table(
-        title=(
-            f"taskshuttle bench {meta['run_id']}: N={options['n']}, W={options['workers']}, "
-            f"prefetch {options['prefetch']}, {options['body_size']} B bodies, "
-            f"latency at {options['rate']:g}/s"
-        )
-    )
-    for column in ("system", "measure", "value", "baseline", "ratio", "target", "result"):
-        table.add_column(column, justify="right" if column in ("value", "ratio") else "left")
-    table.add_column("note", overflow="fold")
-    previous = None
-    for row in report["rows"]:
-        if previous is not None and row["system"] != previous:
-            table.add_section()
-        previous = row["system"]
-        baseline = (
-            f"{row['baseline']} {_fmt(row['baseline_value'], row['unit'])}"
-            if row["baseline"]
-            else ""
-        )
-        ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else ""
-        table.add_row(
-            row["system"],
-            row["measure"],
-            _fmt(row["value"], row["unit"]),
-            baseline,
-            ratio,
-            row["target"] or "",
-            _verdict(row["passed"]) if row["target"] else "",
-            row["note"],
-        )
-    console.print(table)
-
-    if report["cpu"]:
-        cpu = Table(title="CPU over each timed window (cores busy; CPU microseconds per message)")
-        for column in ("system", "case", "window", "broker", "workers", "producer", "other"):
-            cpu.add_column(column, justify="left" if column in ("system", "case") else "right")
-        cpu.add_column("machine", justify="right")
-        cpu.add_column("us/msg broker / workers / producer", justify="right")
-        for row in report["cpu"]:
-            cores = [row.get(k, {}).get("cores") for k in ("broker", "workers", "producer")]
-            per_msg = [row.get(k, {}).get("us_per_msg") for k in ("broker", "workers", "producer")]
-            cpu.add_row(
-                row["system"],
-                row["case"],
-                f"{row.get('window_s', 0):.2f} s",
-                *(f"{c:.2f}" if c is not None else "-" for c in cores),
-                f"{row.get('other_cores', 0):.2f}",
-                f"{row.get('machine_cores', 0):.2f}",
-                " / ".join(f"{p:.0f}" if p is not None else "-" for p in per_msg),
-            )
-        console.print(cpu)
-
-    if report["scaling"]:
-        counts = sorted({int(w) for s in report["scaling"].values() for w in s["rates"]})
-        scale = Table(title="Throughput against worker processes")
-        scale.add_column("system")
-        scale.add_column("figure")
-        for w in counts:
-            scale.add_column(f"W={w}", justify="right")
-        scale.add_column("grows until cores full")
-        for system, figure in report["scaling"].items():
-            cells = []
-            for w in counts:
-                rate = figure["rates"].get(str(w))
-                status = figure["status"].get(str(w))
-                cells.append(_fmt(rate, "msg/s") if rate else (status or ""))
-            baseline = system in BASELINES
-            verdict = _verdict(figure["grows_until_cores_full"])
-            scale.add_row(
-                system, figure["figure"], *cells, f"{verdict}{' (baseline)' if baseline else ''}"
-            )
-        console.print(scale)
-
-    machine = meta["machine"]
-    console.print(
-        f"{machine['cpus']} CPUs; load average {machine['loadavg_before']} before, "
-        f"{machine['loadavg_after']} after; RabbitMQ {meta['versions'].get('rabbitmq')}; "
-        f"{meta['seconds']} s"
-    )
-
-
-# -- chart -----------------------------------------------------------------------------------
-def write_chart(report: dict[str, Any], path: Path) -> str:
-    """A PNG of throughput per system (and against workers); says why when it cannot."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "skipped: matplotlib is not installed (pip install -e '.[bench]')"
-
-    systems = [s for s, e in report["systems"].items() if e.get("measures")]
-    keys = [("publish", "publish"), ("drain", "drain"), ("e2e", "end to end")]
-    fig, (bars, lines) = plt.subplots(1, 2, figsize=(13, 5))
-    width = 0.8 / max(len(systems), 1)
-    for i, system in enumerate(systems):
-        figures = report["systems"][system]["measures"]
-        xs = [k + (i - (len(systems) - 1) / 2) * width for k in range(len(keys))]
-        values = [figures.get(key) or 0 for key, _ in keys]
-        drawn = bars.bar(xs, values, width, label=system)
-        bars.bar_label(drawn, labels=[f"{v / 1000:.1f}k" if v else "" for v in values], fontsize=7)
-    bars.set_xticks(range(len(keys)), [label for _, label in keys])
-    bars.set_yscale("log")
-    bars.set_ylabel("messages per second (log scale)")
-    options = report["meta"]["options"]
-    bars.set_title(f"Throughput, N={options['n']}, W={options['workers']}")
-    if systems:
-        bars.legend(fontsize=8)
-    for system, figure in report["scaling"].items():
-        points = sorted((int(w), r) for w, r in figure["rates"].items() if r)
-        if points:
-            lines.plot(
-                [w for w, _ in points],
-                [r for _, r in points],
-                marker="o",
-                label=f"{system} {figure['figure']}",
-            )
-    counts = sorted({int(w) for f in report["scaling"].values() for w in f["rates"]})
-    if counts:
-        lines.set_xticks(counts)
-    lines.set_xlabel("worker processes")
-    lines.set_ylabel("messages per second")
-    lines.set_yscale("log")
-    lines.set_title(f"Against workers ({report['meta']['machine']['cpus']} CPUs)")
-    if lines.get_lines():
-        lines.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)

@@ -9,10 +9,8 @@ out, 2 on bad arguments. Performance targets never change the exit status.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -21,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,18 +27,16 @@ from urllib.parse import urlsplit
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.broker import Management, connect, delete_prefixed
 from bench.case import BROKER_SYSTEMS
-from bench.measure import (
-    CaseConfig,
-    Management,
-    connect,
-    delete_prefixed,
-    listening_pid,
-)
-from bench.report import build_report, print_report, write_chart
+from bench.chart import write_chart
+from bench.config import CaseConfig
+from bench.options import Options, missing, parse_args
+from bench.procs import broker_pid
+from bench.report import build_report
+from bench.tables import print_report
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_SYSTEMS = ("raw-mp", "raw-pika", "local", "rabbitmq", "celery", "dramatiq")
 #: Which cases each system runs (publish+drain: the timed publish is the drain's pre-fill).
 PLAN: dict[str, tuple[str, ...]] = {
     "raw-mp": ("e2e", "drain", "latency"),
@@ -59,99 +55,6 @@ SCALING_CASE = {
 }
 #: The figure a repeated case is ranked by (its median run is kept).
 PRIMARY = {"publish+drain": "drain", "drain": "drain", "e2e": "e2e", "e2e-noresults": "e2e"}
-OPTIONAL = {"celery": ("celery",), "dramatiq": ("dramatiq", "pika")}
-
-
-@dataclass(frozen=True)
-class Options:
-    n: int
-    workers: int
-    prefetch: int
-    body_size: int
-    rate: float
-    latency_seconds: float
-    systems: tuple[str, ...]
-    scaling: tuple[int, ...]
-    out: Path
-    repeat: int
-    case_timeout: float
-    amqp_url: str
-    quick: bool
-
-
-def _csv_ints(text: str) -> tuple[int, ...]:
-    return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
-
-
-def parse_args(argv: list[str] | None) -> Options:
-    parser = argparse.ArgumentParser(
-        prog="python bench/run.py",
-        description="taskshuttle beside raw multiprocessing, raw pika, Celery and Dramatiq.",
-    )
-    parser.add_argument("--n", type=int, help="messages per throughput case (20000; quick 2000)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
-    parser.add_argument("--prefetch", type=int, default=100, help="prefetch per worker (100)")
-    parser.add_argument("--body-size", type=int, default=200, help="message body bytes (200)")
-    parser.add_argument("--rate", type=float, default=1000.0, help="latency offered rate (1000)")
-    parser.add_argument(
-        "--latency-seconds", type=float, help="seconds of paced sending per latency case (3)"
-    )
-    parser.add_argument(
-        "--systems",
-        help=f"comma-separated, from {','.join(ALL_SYSTEMS)} (default: all installed)",
-    )
-    parser.add_argument(
-        "--scaling", help="worker counts for the scaling cases (1,2,4; quick: --workers only)"
-    )
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per case; median kept (1)")
-    parser.add_argument("--case-timeout", type=float, help="seconds per case (120; quick 45)")
-    parser.add_argument(
-        "--amqp-url",
-        default=os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F"),
-    )
-    parser.add_argument("--quick", action="store_true", help="small N: a smoke run")
-    args = parser.parse_args(argv)
-
-    if args.systems:
-        systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
-        unknown = [s for s in systems if s not in ALL_SYSTEMS]
-        if unknown:
-            parser.error(f"unknown system(s) {', '.join(unknown)}; known: {', '.join(ALL_SYSTEMS)}")
-    else:
-        systems = tuple(s for s in ALL_SYSTEMS if _missing(s) is None)
-    n = args.n or (2000 if args.quick else 20000)
-    if args.scaling is not None:
-        scaling = _csv_ints(args.scaling)
-    else:
-        scaling = (args.workers,) if args.quick else (1, 2, 4)
-    if min((n, args.workers, args.prefetch, args.repeat, *scaling), default=1) < 1:
-        parser.error("--n, --workers, --prefetch, --repeat and --scaling must be positive")
-    if args.rate <= 0 or args.body_size < 0:
-        parser.error("--rate must be positive and --body-size not negative")
-    return Options(
-        n=n,
-        workers=args.workers,
-        prefetch=args.prefetch,
-        body_size=args.body_size,
-        rate=args.rate,
-        latency_seconds=args.latency_seconds or (0.5 if args.quick else 3.0),
-        systems=systems,
-        scaling=scaling,
-        out=args.out,
-        repeat=args.repeat,
-        case_timeout=args.case_timeout or (45.0 if args.quick else 120.0),
-        amqp_url=args.amqp_url,
-        quick=args.quick,
-    )
-
-
-def _missing(system: str) -> str | None:
-    """Why an optional system cannot run here, or None."""
-    for module in OPTIONAL.get(system, ()):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed (pip install -e '.[bench]')"
-    return None
 
 
 def _version(package: str) -> str | None:
@@ -244,77 +147,90 @@ def _say(cfg: CaseConfig, result: dict[str, Any]) -> None:
     print(f"  {cfg.system:9} {cfg.measure:14} W={cfg.workers:<2} {text} ({took}s)", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
-    run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
-    opts.out.mkdir(parents=True, exist_ok=True)
-    logs = opts.out / "logs"
-    logs.mkdir(exist_ok=True)
-    for old in logs.glob("*"):
-        old.unlink()
-    started = time.time()
-    load_before = os.getloadavg()
+def _find_broker(opts: Options) -> tuple[str | None, int | None]:
+    """(why the broker cannot be used or None, its OS process or None)."""
+    if not any(s in BROKER_SYSTEMS for s in opts.systems):
+        return None, None
+    error = None
+    try:
+        connect(opts.amqp_url).close()
+    except Exception as exc:
+        error = f"no broker at {urlsplit(opts.amqp_url).netloc.split('@')[-1]}: {exc!r}"
+    return error, broker_pid(urlsplit(opts.amqp_url).port or 5672)
 
-    broker_error = None
-    broker_pid = None
-    if any(s in BROKER_SYSTEMS for s in opts.systems):
-        try:
-            connect(opts.amqp_url).close()
-        except Exception as exc:
-            broker_error = f"no broker at {urlsplit(opts.amqp_url).netloc.split('@')[-1]}: {exc!r}"
-        broker_pid = listening_pid(urlsplit(opts.amqp_url).port or 5672)
 
-    latency_count = max(1, int(opts.rate * opts.latency_seconds))
-    print(
-        f"taskshuttle bench {run_id}: N={opts.n} W={opts.workers} prefetch={opts.prefetch} "
-        f"body={opts.body_size}B rate={opts.rate:g}/s systems={','.join(opts.systems)} "
-        f"scaling={','.join(map(str, opts.scaling))}",
-        flush=True,
-    )
-    results: dict[str, dict[str, Any]] = {}
-    scaling: dict[str, dict[int, dict[str, Any]]] = {}
-    for system in opts.systems:
-        skip = _missing(system) or (broker_error if system in BROKER_SYSTEMS else None)
-        if skip:
-            status = "skipped" if _missing(system) else "error"
-            results[system] = {"status": status, "reason": skip, "cases": {}}
-            print(f"  {system:9} {status}: {skip}", flush=True)
-            continue
+@dataclass
+class Run:
+    """One invocation: its options, where its logs go, and what it found so far."""
+
+    opts: Options
+    run_id: str
+    logs: Path
+    broker_pid: int | None
+    latency_count: int
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scaling: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+
+    def config(self, system: str, measure: str, workers: int) -> CaseConfig:
+        opts = self.opts
+        slug = measure.replace("+", "-")
+        return CaseConfig(
+            system=system,
+            measure=measure,
+            n=opts.n,
+            workers=workers,
+            prefetch=opts.prefetch,
+            body_size=opts.body_size,
+            rate=opts.rate,
+            latency_count=self.latency_count,
+            amqp_url=opts.amqp_url,
+            queue=f"bench.{self.run_id}.{system}.{slug}.w{workers}",
+            time_limit=max(opts.case_timeout - 10, opts.case_timeout * 0.8),
+            broker_pid=self.broker_pid,
+        )
+
+    def system(self, system: str) -> None:
+        """Every case of `system`, the scaling case at each worker count."""
+        opts = self.opts
         cases: dict[str, dict[str, Any]] = {}
         worker_counts = [opts.workers]
         if system in SCALING_CASE:
             worker_counts += [w for w in opts.scaling if w != opts.workers]
         for measure in PLAN[system]:
-            counts = worker_counts if SCALING_CASE.get(system) == measure else [opts.workers]
-            for workers in counts:
-                slug = measure.replace("+", "-")
-                cfg = CaseConfig(
-                    system=system,
-                    measure=measure,
-                    n=opts.n,
-                    workers=workers,
-                    prefetch=opts.prefetch,
-                    body_size=opts.body_size,
-                    rate=opts.rate,
-                    latency_count=latency_count,
-                    amqp_url=opts.amqp_url,
-                    queue=f"bench.{run_id}.{system}.{slug}.w{workers}",
-                    time_limit=max(opts.case_timeout - 10, opts.case_timeout * 0.8),
-                    broker_pid=broker_pid,
-                )
-                result = run_repeated(cfg, opts, logs, _say)
+            scaled = SCALING_CASE.get(system) == measure
+            for workers in worker_counts if scaled else [opts.workers]:
+                cfg = self.config(system, measure, workers)
+                result = run_repeated(cfg, opts, self.logs, _say)
                 if workers == opts.workers:
                     cases[measure] = result
-                if SCALING_CASE.get(system) == measure:
-                    scaling.setdefault(system, {})[workers] = result
+                if scaled:
+                    self.scaling.setdefault(system, {})[workers] = result
         statuses = {r.get("status") for r in cases.values()}
-        results[system] = {
+        self.results[system] = {
             "status": "ok" if statuses == {"ok"} else "failed",
             "cases": cases,
         }
 
-    meta = {
-        "run_id": run_id,
+    def failures(self) -> list[str]:
+        failed = [
+            f"{system} {measure}: {case.get('status')}"
+            for system, entry in self.results.items()
+            if entry["status"] != "skipped"
+            for measure, case in (entry.get("cases") or {"-": entry}).items()
+            if case.get("status") != "ok"
+        ]
+        return failed + [
+            f"{system} scaling W={w}: {case.get('status')}"
+            for system, by_w in self.scaling.items()
+            for w, case in by_w.items()
+            if case.get("status") != "ok" and w != self.opts.workers
+        ]
+
+
+def _meta(run: Run, started: float, load_before: tuple[float, ...]) -> dict[str, Any]:
+    opts = run.opts
+    return {
+        "run_id": run.run_id,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
         "options": {
@@ -323,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             "prefetch": opts.prefetch,
             "body_size": opts.body_size,
             "rate": opts.rate,
-            "latency_messages": latency_count,
+            "latency_messages": run.latency_count,
             "systems": list(opts.systems),
             "scaling": list(opts.scaling),
             "repeat": opts.repeat,
@@ -338,31 +254,56 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
         "versions": {
-            "rabbitmq": Management(opts.amqp_url).version() if broker_pid else None,
+            "rabbitmq": Management(opts.amqp_url).version() if run.broker_pid else None,
             **{p: _version(p) for p in ("pika", "pydantic", "celery", "dramatiq", "taskshuttle")},
         },
     }
-    report = build_report(meta, results, scaling, opts.workers)
+
+
+def _fresh_logs(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    for old in logs.glob("*"):
+        old.unlink()
+    return logs
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    started = time.time()
+    load_before = os.getloadavg()
+    broker_error, pid = _find_broker(opts)
+    run = Run(
+        opts=opts,
+        run_id=time.strftime("%H%M%S") + uuid.uuid4().hex[:4],
+        logs=_fresh_logs(opts.out),
+        broker_pid=pid,
+        latency_count=max(1, int(opts.rate * opts.latency_seconds)),
+    )
+    print(
+        f"taskshuttle bench {run.run_id}: N={opts.n} W={opts.workers} prefetch={opts.prefetch} "
+        f"body={opts.body_size}B rate={opts.rate:g}/s systems={','.join(opts.systems)} "
+        f"scaling={','.join(map(str, opts.scaling))}",
+        flush=True,
+    )
+    for system in opts.systems:
+        skip = missing(system) or (broker_error if system in BROKER_SYSTEMS else None)
+        if skip:
+            status = "skipped" if missing(system) else "error"
+            run.results[system] = {"status": status, "reason": skip, "cases": {}}
+            print(f"  {system:9} {status}: {skip}", flush=True)
+            continue
+        run.system(system)
+
+    report = build_report(_meta(run, started, load_before), run.results, run.scaling, opts.workers)
     out_json = opts.out / "latest.json"
     out_json.write_text(json.dumps(report, indent=2, default=str))
     print_report(report)
     chart = write_chart(report, opts.out / "throughput.png")
     print(f"JSON: {out_json}")
     print(f"chart: {chart}")
-
-    failed = [
-        f"{system} {measure}: {case.get('status')}"
-        for system, entry in results.items()
-        if entry["status"] != "skipped"
-        for measure, case in (entry.get("cases") or {"-": entry}).items()
-        if case.get("status") != "ok"
-    ]
-    failed += [
-        f"{system} scaling W={w}: {case.get('status')}"
-        for system, by_w in scaling.items()
-        for w, case in by_w.items()
-        if case.get("status") != "ok" and w != opts.workers
-    ]
+    failed = run.failures()
     if failed:
         print("not every case ran: " + "; ".join(failed))
         return 1

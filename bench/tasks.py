@@ -11,7 +11,7 @@ import multiprocessing.util
 import os
 from typing import Any
 
-from bench.measure import STAMPS_ENV, Stamps
+from bench.stamps import STAMPS_ENV, Stamps
 from consumer.handlers import registry
 
 stamps = Stamps()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -92,8 +93,8 @@ class Ledger:
             "seconds": round(elapsed, 3),
             "throughput_per_s": round(len(self.results) / elapsed, 1),
             "latency_ms": {
-                "p50": _ms(_percentile(latencies, 50)),
-                "p95": _ms(_percentile(latencies, 95)),
+                "p50": _ms(percentile(latencies, 50)),
+                "p95": _ms(percentile(latencies, 95)),
                 "max": _ms(latencies[-1] if latencies else None),
             },
             "workers": [
@@ -104,7 +105,10 @@ class Ledger:
         }
 
 
-def _percentile(values: list[float], pct: float) -> float | None:
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """The `pct`-th percentile (1 to 99) by the inclusive method; None for no values.
+
+    The ledger, the lessons and the bench all use this one, so their p50 and p99 agree."""
     if not values:
         return None
     if len(values) == 1:

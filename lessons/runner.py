@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import statistics
 import sys
 import time
 import uuid
@@ -22,7 +21,7 @@ from typing import Any
 from common.backend import Backend
 from common.errors import BrokerError, TaskshuttleError
 from common.factory import Role, open_backend
-from common.ledger import Ledger
+from common.ledger import Ledger, percentile
 from common.local import LocalBackend
 from common.schemas import TaskEnvelope, TaskResult, TaskStatus
 from common.settings import load_settings
@@ -231,11 +230,8 @@ def seconds(ledger: Ledger) -> float:
 
 def percentile_ms(values: list[float], pct: int) -> float | None:
     """The pct-th percentile of seconds, in milliseconds."""
-    if not values:
-        return None
-    if len(values) == 1:
-        return round(values[0] * 1000, 2)
-    return round(statistics.quantiles(values, n=100, method="inclusive")[pct - 1] * 1000, 2)
+    value = percentile(values, pct)
+    return None if value is None else round(value * 1000, 2)
 
 
 def out_of_order(seqs: list[int]) -> int:
