@@ -1,52 +1,35 @@
-"""The local backend: a `multiprocessing.Queue` inside one process tree.
-
-Two types, one for each side. `LocalBroker` lives in the parent process (the producer, which
-also supervises the workers): it is the broker here. It puts encoded tasks on a shared task
-queue, keeps each task it sent until a result or a dead letter for it comes back, schedules
-retries and keeps dead letters. `LocalWorkerEnd` is what one worker process holds: the shared
-task queue, the writing end of a pipe of its own, and its slot of the in-flight registry;
-nothing of the parent's.
-
-A worker sends its events (`Result`, `Acked`, `Retry`, `Dead`, `Requeue`) back on its own
-pipe. (Not one shared queue: a worker killed while writing to a shared queue would leave its
-write lock taken and silence every other worker.) Each worker also writes the keys of the
-tasks it holds into its own slot of shared memory: with the tasks the parent keeps, that is
-the in-flight registry. `LocalBroker.slots` does the handshake with the workers in one place:
-it hands each worker its end, closes the parent's copy of the pipe's writer once the worker
-has it (so a worker that dies mid-write leaves the parent reading end-of-file, never waiting
-for the rest of a message), and when a worker dies reads its slot and puts the held tasks
-back, which a bare `multiprocessing.Queue` cannot do (`recovered` counts what it would have
-lost).
-
-Tasks travel in small batches and events are sent in batches: a `Queue.put` costs a pickle,
-a lock and a pipe write, so one per task would cost more than the task. A big job is cut into
-batches of up to `batch_size`; a small one goes one task at a time, so no worker sits on
-tasks that an idle one could run (the same trade as RabbitMQ's prefetch).
-
-Known limit, as the Python docs warn: a worker killed while inside `Queue.get()` holds the
-queue's internal read lock forever; workers here are killed (in tests) while they run a task.
-"""
+"""The parent's side of the local backend: `LocalBroker`, and `Slots`, its handshake with
+each worker process."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import heapq
-import multiprocessing
 import pickle
-import queue
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from multiprocessing import connection
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-from common.backend import Delivery, ProducerBackend, WorkerBackend
+from common.backend import ProducerBackend
 from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import TaskshuttleError
+from common.local.end import LocalWorkerEnd
+from common.local.wire import (
+    KEY_BYTES,
+    MP_CONTEXT,
+    Acked,
+    Dead,
+    Event,
+    Item,
+    Requeue,
+    Result,
+    Retry,
+    task_key,
+)
 from common.schemas import (
     DeadLetter,
     TaskEnvelope,
@@ -55,90 +38,6 @@ from common.schemas import (
     decode_result,
     encode,
 )
-
-if TYPE_CHECKING:
-    from common.settings import Settings
-
-#: spawn, not fork: the parent runs threads (the queue's feeder, rich's progress bar), and
-#: forking a process with threads can copy a held lock into the child.
-MP_CONTEXT: BaseContext = multiprocessing.get_context("spawn")
-
-_KEY_BYTES = 80  # a task id (up to 64 characters), "/", an attempt number
-#: Events a worker collects before sending them in one put, and for how long at most (it
-#: also sends before it waits for more work).
-_EVENT_BATCH = 64
-_EVENT_DELAY = 0.005
-
-#: A task on the task queue: key, body, redelivered. A bare tuple, since every task is
-#: pickled once on its way, and a tuple pickles many times faster than a record.
-_Item = tuple[str, bytes, bool]
-
-
-def task_key(task_id: str, attempt: int) -> str:
-    """One attempt of one task: a retry is a new attempt, so a new key."""
-    return f"{task_id}/{attempt}"
-
-
-# -- events: what a worker tells the broker, in batches, on its own pipe -------------------
-# Each one pickles as its class and its fields (`__reduce__`): the default for a frozen
-# record with slots goes through its state one attribute at a time, several times slower,
-# and every task sends one event.
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """The task is done and its producer wants the result (an encoded `TaskResult`)."""
-
-    key: str
-    result: bytes
-
-    def __reduce__(self) -> tuple[type[Result], tuple[str, bytes]]:
-        return Result, (self.key, self.result)
-
-
-@dataclass(frozen=True, slots=True)
-class Acked:
-    """The task is done; nobody asked for its result."""
-
-    key: str
-
-    def __reduce__(self) -> tuple[type[Acked], tuple[str]]:
-        return Acked, (self.key,)
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """The attempt failed: its next attempt (`body`, under `new_key`) is due `delay` seconds
-    after the broker hears of it. The broker's clock keeps the time, not the worker's."""
-
-    key: str
-    new_key: str
-    body: bytes
-    delay: float
-
-
-@dataclass(frozen=True, slots=True)
-class Dead:
-    """A dead letter (an encoded `DeadLetter`), and the failed result if one is wanted."""
-
-    key: str
-    letter: bytes
-    result: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class Requeue:
-    """Handed back unfinished: to be handed out again, marked as redelivered."""
-
-    key: str
-
-
-Event = Result | Acked | Retry | Dead | Requeue
-
-
-@dataclass(frozen=True, slots=True)
-class _Held:
-    key: str
 
 
 class LocalBroker(ProducerBackend):
@@ -193,7 +92,7 @@ class LocalBroker(ProducerBackend):
             items.append((f"raw/{self._raw_count}", body, False))
         self._put(items)
 
-    def _put(self, items: list[_Item]) -> None:
+    def _put(self, items: list[Item]) -> None:
         for key, body, _ in items:
             self._unfinished[key] = body
         # Up to batch_size at a time, but never so many that a worker holds tasks while
@@ -202,7 +101,7 @@ class LocalBroker(ProducerBackend):
         for start in range(0, len(items), size):
             self._enqueue(items[start : start + size])
 
-    def _enqueue(self, batch: list[_Item]) -> None:
+    def _enqueue(self, batch: list[Item]) -> None:
         with self._queued.get_lock():
             self._queued.value += len(batch)
         self._tasks.put(batch)
@@ -288,10 +187,6 @@ class LocalBroker(ProducerBackend):
         self.slots.close()
 
 
-#: The broker's earlier name, which the bench still imports.
-LocalBackend = LocalBroker
-
-
 class Slots:
     """The broker's side of each worker slot, and the whole handshake with its worker.
 
@@ -311,7 +206,7 @@ class Slots:
         self._readers: list[Connection | None] = [reader for reader, _ in pipes]
         self._writers: list[Connection | None] = [writer for _, writer in pipes]
         self._held_keys = [
-            context.RawArray(ctypes.c_char, _KEY_BYTES * batch_size) for _ in range(count)
+            context.RawArray(ctypes.c_char, KEY_BYTES * batch_size) for _ in range(count)
         ]
 
     def __len__(self) -> int:
@@ -372,96 +267,3 @@ class Slots:
         for end in (*self._readers, *self._writers):
             if end is not None:
                 end.close()
-
-
-class LocalWorkerEnd(WorkerBackend):
-    """One worker's end of the local queue, from `LocalBroker.slots.worker_end(slot)`.
-
-    It crosses into the worker process as that process starts (spawn pickles it), and holds
-    only what the worker needs: the shared task queue and its counter, the slot's piece of the
-    in-flight registry, and the writing end of the slot's own event pipe.
-    """
-
-    name = "local"
-
-    def __init__(
-        self, tasks: Any, queued: Any, held_keys: Any, writer: Connection, slot: int
-    ) -> None:
-        self.slot = slot
-        self._tasks = tasks
-        self._queued = queued
-        self._held_keys = held_keys
-        self._writer = writer
-        self._inbox: deque[_Item] = deque()
-        self._outbox: list[Event] = []
-        self._outbox_since = 0.0
-
-    def connect(self, settings: Settings) -> LocalWorkerEnd:
-        """How a worker gets its backend (`consumer.supervisor.WorkerSpec.backend`): this end
-        was made for it by the parent and came with it, so there is nothing to open."""
-        return self
-
-    def receive(self, timeout: float) -> Delivery | None:
-        if not self._inbox:
-            self._flush()  # about to wait: send what is done first
-            try:
-                batch = self._tasks.get(timeout=timeout)
-            except queue.Empty:
-                return None
-            # Registered before any of them runs.
-            self._held_keys.value = " ".join(key for key, _, _ in batch).encode()
-            with self._queued.get_lock():
-                self._queued.value -= len(batch)
-            self._inbox.extend(batch)
-        key, body, redelivered = self._inbox.popleft()
-        return Delivery(body=body, redelivered=redelivered, handle=_Held(key))
-
-    def _send(self, event: Event) -> None:
-        """Collect events; send them when there are enough, when the oldest has waited
-        long enough (so slow tasks report at once), or before the worker waits."""
-        now = time.monotonic()
-        if not self._outbox:
-            self._outbox_since = now
-        self._outbox.append(event)
-        if len(self._outbox) >= _EVENT_BATCH or now - self._outbox_since >= _EVENT_DELAY:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._outbox:
-            with contextlib.suppress(BrokenPipeError):
-                # The parent closed its end: nobody collects these any more, but a
-                # non-daemon worker may still be finishing the queue's tasks.
-                self._writer.send(self._outbox)
-            self._outbox = []
-
-    def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
-        key = delivery.handle.key
-        self._send(Acked(key) if result is None else Result(key, encode(result)))
-
-    def retry_later(self, delivery: Delivery, task: TaskEnvelope, delay: float) -> None:
-        new_key = task_key(task.id, task.attempt)
-        self._send(Retry(delivery.handle.key, new_key, encode(task), delay))
-        self._flush()  # the contract: stored (with the parent) when this returns
-
-    def dead_letter(
-        self, delivery: Delivery, letter: DeadLetter, result: TaskResult | None = None
-    ) -> None:
-        encoded = encode(result) if result is not None else None
-        self._send(Dead(delivery.handle.key, encode(letter), encoded))
-        self._flush()
-
-    def requeue(self, delivery: Delivery) -> None:
-        self._send(Requeue(delivery.handle.key))
-        self._flush()
-
-    def pending(self) -> int:
-        return int(self._queued.value)
-
-    def close(self) -> None:
-        """Give back the tasks taken but never started, and send what is not sent yet. The
-        task queue is the parent's: a worker's copy goes with its process."""
-        while self._inbox:
-            key, _, _ = self._inbox.popleft()
-            self._outbox.append(Requeue(key))
-        self._flush()
-        self._writer.close()
