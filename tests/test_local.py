@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from common.clock import ManualClock
-from common.local import LocalBroker, Retry
+from common.local import Acked, Dead, Event, LocalBroker, Requeue, Result, Retry
 from common.schemas import TaskEnvelope, decode_task
 
 pytestmark = pytest.mark.timeout(30)
@@ -41,13 +41,24 @@ def test_a_retry_is_released_when_the_broker_clock_passes_its_due_time() -> None
         broker.close()
 
 
-def test_a_worker_end_pickles_without_the_broker() -> None:
+def test_the_broker_does_not_pickle_a_worker_takes_its_end() -> None:
     broker = LocalBroker(slots=2)
     try:
         with pytest.raises(TypeError, match="stays in its own process"):
             pickle.dumps(broker)
-        # Events are small records that pickle as their fields.
-        event = Retry("a/1", "a/2", b"{}", 1.5)
-        assert pickle.loads(pickle.dumps(event)) == event
     finally:
         broker.close()
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Result("a/1", b"{}"),
+        Acked("a/1"),
+        Retry("a/1", "a/2", b"{}", 1.5),
+        Dead("a/1", b"{}", None),
+        Requeue("a/1"),
+    ],
+)
+def test_events_travel_as_the_records_they_are(event: Event) -> None:
+    assert pickle.loads(pickle.dumps([event])) == [event]
