@@ -87,9 +87,8 @@ def _pool(cfg: CaseConfig, burst_idle: float | None, local: Any = None) -> Any:
     from consumer.supervisor import WorkerPool, WorkerSpec
     from consumer.worker import WorkerOptions
 
-    spec = WorkerSpec(_settings(cfg), WorkerOptions(burst_idle=burst_idle), HANDLERS, local=local)
-    on_death = local.recover if local is not None else None
-    pool = WorkerPool(spec, cfg.workers, on_death=on_death)
+    spec = WorkerSpec(_settings(cfg), WorkerOptions(burst_idle=burst_idle), HANDLERS)
+    pool = WorkerPool(spec, cfg.workers, slots=local.slots if local is not None else None)
     pool.start()
     return pool
 

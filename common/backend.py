@@ -1,6 +1,7 @@
 """The backend contract: what a producer and a worker need from a queue.
 
-Both backends honour these rules, and `tests/contract/` runs one suite against both:
+`ProducerBackend` is the producer's side, `WorkerBackend` a worker's, `Backend` both in one
+object. Both backends honour these rules, and `tests/contract/` runs one suite against both:
 
 - `publish` returns only when every task is safely stored (on RabbitMQ: confirmed by the
   broker); otherwise it raises, and no task of the failed call counts as sent.
@@ -20,7 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult
 
@@ -38,12 +39,28 @@ class Delivery:
     wants_result: bool = True
 
 
-class Backend(ABC):
-    """One task queue, seen from a producer and from a worker."""
+class _Side(ABC):
+    """What both sides of a queue have: a name, a count of waiting tasks, a close."""
 
     name: ClassVar[str]
 
-    # -- producer side -------------------------------------------------------------------
+    @abstractmethod
+    def pending(self) -> int:
+        """Tasks waiting in the queue (not counting the ones handed out)."""
+
+    def close(self) -> None:  # noqa: B027 - closing is optional for in-memory backends
+        """Release connections; safe to call twice."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class ProducerBackend(_Side):
+    """One task queue, seen from the producer: sending tasks, taking results, dead letters."""
+
     @abstractmethod
     def publish(self, tasks: Sequence[TaskEnvelope]) -> None:
         """Store every task, or raise `PublishFailed` / `BrokerError`."""
@@ -59,7 +76,18 @@ class Backend(ABC):
         Only results of tasks published by this backend object with results requested.
         """
 
-    # -- worker side ---------------------------------------------------------------------
+    @abstractmethod
+    def dead_letters(self) -> list[DeadLetter]:
+        """The dead letters kept so far (without removing them)."""
+
+    @abstractmethod
+    def replay_dead_letters(self) -> int:
+        """Move every dead letter back to the work queue as a first attempt; how many moved."""
+
+
+class WorkerBackend(_Side):
+    """One task queue, seen from a worker: taking deliveries and settling each one."""
+
     @abstractmethod
     def receive(self, timeout: float) -> Delivery | None:
         """The next delivery, or None when none came within `timeout` seconds."""
@@ -82,24 +110,8 @@ class Backend(ABC):
     def requeue(self, delivery: Delivery) -> None:
         """Give an unfinished delivery back, to be handed out again."""
 
-    # -- both ----------------------------------------------------------------------------
-    @abstractmethod
-    def pending(self) -> int:
-        """Tasks waiting in the queue (not counting the ones handed out)."""
 
-    @abstractmethod
-    def dead_letters(self) -> list[DeadLetter]:
-        """The dead letters kept so far (without removing them)."""
-
-    @abstractmethod
-    def replay_dead_letters(self) -> int:
-        """Move every dead letter back to the work queue as a first attempt; how many moved."""
-
-    def close(self) -> None:  # noqa: B027 - closing is optional for in-memory backends
-        """Release connections; safe to call twice."""
-
-    def __enter__(self) -> Backend:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+class Backend(ProducerBackend, WorkerBackend):
+    """Both sides in one object: a client of a broker that any process can connect to
+    (RabbitMQ). The local backend splits them: its broker is the producer's process, and
+    each worker holds an end of its own."""

@@ -24,6 +24,7 @@ from common.settings import BackendName, Settings
 
 if TYPE_CHECKING:
     from common.backend import Backend
+    from common.local import LocalBroker
 
 
 class Role(StrEnum):
@@ -47,11 +48,11 @@ def open_backend(
     backend: BackendName = BackendName.rabbitmq,
     results: bool = False,
     queue_arguments: dict[str, Any] | None = None,
-) -> Backend:
+) -> Backend | LocalBroker:
     """A connected backend for `role`; close it (or use it as a context manager) when done.
 
-    The local backend exists only as the parent of its workers (the producer role): its
-    workers get their end of it from `WorkerPool`, never from here.
+    The local backend exists only as the parent of its workers (the producer role, a
+    `LocalBroker`): its workers get their end of it from `WorkerPool`, never from here.
     """
     if backend is BackendName.local:
         if role is not Role.PRODUCER:
@@ -59,9 +60,9 @@ def open_backend(
                 f"the local backend has no separate {role.value}: its queue lives inside "
                 "the producer's process tree"
             )
-        from common.local import LocalBackend
+        from common.local import LocalBroker
 
-        return LocalBackend(
+        return LocalBroker(
             slots=settings.workers, queue_name=settings.queue, batch_size=settings.prefetch
         )
     from common.rabbitmq import RabbitBackend  # only this path needs pika

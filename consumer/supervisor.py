@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Protocol
 
-from common.backend import Backend
+from common.backend import WorkerBackend
 from common.errors import ConfigError, TaskshuttleError
-from common.local import MP_CONTEXT, LocalBackend
+from common.local import MP_CONTEXT
 from common.settings import LOG_FORMAT, Settings
 from consumer.handlers import import_handlers, registry
 from consumer.worker import EXIT_TASK_TIMEOUT, Worker, WorkerOptions
@@ -41,6 +41,42 @@ class CrashLoop(TaskshuttleError):
     """Workers keep dying: the restart budget is spent."""
 
 
+class WorkerBackendSource(Protocol):
+    """How a worker gets its backend. It crosses into the worker process (pickled), and
+    `connect` runs there."""
+
+    def connect(self, settings: Settings) -> WorkerBackend: ...
+
+
+@dataclass(frozen=True)
+class OwnConnection:
+    """Each worker opens a connection of its own, through the one factory (RabbitMQ)."""
+
+    def connect(self, settings: Settings) -> WorkerBackend:
+        from common.factory import Role, open_backend
+
+        backend = open_backend(settings, Role.WORKER)
+        assert isinstance(backend, WorkerBackend)  # only the producer role can be local
+        return backend
+
+
+class SlotHooks(Protocol):
+    """A backend that lives in the supervisor's own process (the local one: `LocalBroker.slots`)
+    follows its workers slot by slot."""
+
+    def worker_end(self, slot: int) -> WorkerBackendSource:
+        """What the worker about to start in `slot` takes with it."""
+        ...
+
+    def on_started(self, slot: int) -> object:
+        """The worker in `slot` has started with its end."""
+        ...
+
+    def on_death(self, slot: int) -> object:
+        """The worker in `slot` died unexpectedly; its replacement starts next."""
+        ...
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """Everything a worker process needs, picklable (it crosses a process start)."""
@@ -48,8 +84,12 @@ class WorkerSpec:
     settings: Settings
     options: WorkerOptions
     handler_modules: tuple[str, ...] = ()
-    #: Set for the local backend (the queue lives in the parent); None means RabbitMQ.
-    local: LocalBackend | None = field(default=None, repr=False)
+    #: How the worker gets its backend. A pool with `slots` gives each worker its own end.
+    backend: WorkerBackendSource = field(default=OwnConnection(), repr=False)
+    #: Runs first in each worker process, with `init_args` (a lesson hands its handlers a
+    #: shared `multiprocessing.Lock` this way, as `multiprocessing.Pool`'s initializer does).
+    initializer: Callable[..., object] | None = None
+    init_args: tuple[Any, ...] = ()
     #: The workers log at the level their parent was set to.
     log_level: int = field(default_factory=lambda: logging.getLogger().getEffectiveLevel())
 
@@ -91,8 +131,10 @@ def worker_main(spec: WorkerSpec, slot: int, parent_pid: int, stop_all: Any, rea
     logging.basicConfig(level=spec.log_level, format=LOG_FORMAT)
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
+        if spec.initializer is not None:
+            spec.initializer(*spec.init_args)
         import_handlers(list(spec.handler_modules))
-        backend = _worker_backend(spec, slot)
+        backend = spec.backend.connect(spec.settings)
         worker = Worker(backend, registry, spec.options, _Either(), spec.settings.queue)
         ready.release()
         worker.run()
@@ -102,20 +144,12 @@ def worker_main(spec: WorkerSpec, slot: int, parent_pid: int, stop_all: Any, rea
         sys.exit(3)
 
 
-def _worker_backend(spec: WorkerSpec, slot: int) -> Backend:
-    if spec.local is not None:
-        spec.local.attach(slot)
-        return spec.local
-    from common.factory import Role, open_backend
-
-    return open_backend(spec.settings, Role.WORKER)
-
-
 class WorkerPool:
     """N worker processes, kept at N: dead ones are reaped and replaced.
 
-    `on_death(slot)` runs after a worker died unexpectedly, before its replacement starts
-    (the local backend uses it to put the dead worker's task back).
+    With `slots` (the local backend's `LocalBroker.slots`), each worker takes its own end of
+    a queue that lives in this process, and a dead worker's tasks are put back before its
+    replacement starts. Without, every worker connects on its own (`spec.backend`).
     """
 
     def __init__(
@@ -123,14 +157,14 @@ class WorkerPool:
         spec: WorkerSpec,
         count: int,
         *,
-        on_death: Callable[[int], object] | None = None,
+        slots: SlotHooks | None = None,
         restart_budget: int = 5,
         budget_window: float = 60.0,
         daemon: bool = True,
     ) -> None:
         self.spec = spec
         self.count = count
-        self.on_death = on_death
+        self.slots = slots
         self.restart_budget = restart_budget
         self.budget_window = budget_window
         self.daemon = daemon
@@ -145,8 +179,9 @@ class WorkerPool:
             self._start(slot)
 
     def _start(self, slot: int) -> None:
-        local = self.spec.local
-        spec = self.spec if local is None else replace(self.spec, local=local.for_worker(slot))
+        spec = self.spec
+        if self.slots is not None:
+            spec = replace(spec, backend=self.slots.worker_end(slot))
         process = MP_CONTEXT.Process(
             target=worker_main,
             args=(spec, slot, os.getpid(), self.stop_event, self._ready),
@@ -154,8 +189,8 @@ class WorkerPool:
             daemon=self.daemon,
         )
         process.start()
-        if local is not None:
-            local.handed_over(slot)
+        if self.slots is not None:
+            self.slots.on_started(slot)
         self.workers[slot] = process
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
@@ -196,8 +231,8 @@ class WorkerPool:
                     process.exitcode,
                 )
             self.deaths.append((process.pid or 0, process.exitcode))
-            if self.on_death is not None:
-                self.on_death(slot)
+            if self.slots is not None:
+                self.slots.on_death(slot)
             # A task over its time limit ends its worker on purpose: not a crash.
             self._replace(slot, counts=not timed_out)
 
@@ -236,15 +271,14 @@ class WorkerPool:
 
 
 class ThreadWorkers:
-    """N worker threads in this one process, each with its own connection (``--pool thread``).
+    """N worker threads in this one process, each with its own connection (``--pool thread``):
+    each thread calls `spec.backend.connect`, which opens a new one every time.
 
     Threads share one interpreter and so one GIL: sleep-bound tasks scale with threads,
     CPU-bound ones do not. A thread cannot be killed, so no task timeout here.
     """
 
     def __init__(self, spec: WorkerSpec, count: int) -> None:
-        if spec.local is not None:
-            raise TaskshuttleError("the thread pool runs against RabbitMQ only")
         if spec.options.task_timeout:
             raise ConfigError("--task-timeout needs --pool process: a thread cannot be stopped")
         self.spec = spec
@@ -262,7 +296,7 @@ class ThreadWorkers:
 
     def _run(self, slot: int) -> None:
         try:
-            backend = _worker_backend(self.spec, slot)
+            backend = self.spec.backend.connect(self.spec.settings)
         except TaskshuttleError as exc:
             self.errors.append(exc)
             self._ready.release()

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.local import LocalBackend
+from common.local import LocalBroker
 from common.schemas import TaskEnvelope
 from common.settings import load_settings
 from consumer.supervisor import WorkerPool, WorkerSpec
@@ -27,11 +27,11 @@ from lessons.runner import HANDLERS, broker_queue, project_env, python, rabbit_p
 def emperor(daemon: bool, workers: int, count: int, seconds: float, tally: str) -> None:
     """Run as a program of its own: start the workers, hand them work, and end main()
     without stopping them. What happens next is up to `daemon`."""
-    backend = LocalBackend(slots=workers)
+    backend = LocalBroker(slots=workers)
     # burst_idle: a worker left to itself exits once the queue stays empty.
     options = WorkerOptions(burst_idle=0.5)
-    spec = WorkerSpec(load_settings(workers=workers), options, HANDLERS, local=backend)
-    pool = WorkerPool(spec, workers, on_death=backend.recover, daemon=daemon)
+    spec = WorkerSpec(load_settings(workers=workers), options, HANDLERS)
+    pool = WorkerPool(spec, workers, slots=backend.slots, daemon=daemon)
     pool.start()
     pool.wait_ready()
     payload = {"file": tally, "seconds": seconds}

@@ -14,15 +14,15 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from common.backend import Backend
+from common.backend import ProducerBackend
 from common.errors import BrokerError, TaskshuttleError
 from common.factory import Role, open_backend
 from common.ledger import Ledger, percentile
-from common.local import LocalBackend
+from common.local import MP_CONTEXT, LocalBroker
 from common.schemas import TaskEnvelope, TaskResult, TaskStatus
 from common.settings import load_settings
 from consumer.supervisor import WorkerPool, WorkerSpec
@@ -86,21 +86,6 @@ def job_of(tasks: list[TaskEnvelope]) -> TaskList:
     return TaskList(count=len(tasks), kind=tasks[0].kind if tasks else "echo", items=tuple(tasks))
 
 
-class LockSharingBackend(LocalBackend):
-    """A local backend whose `multiprocessing.Lock` reaches the handlers.
-
-    The lock crosses into each worker when the worker starts (spawn pickles the backend into
-    it); unpickling it in the worker hands the lock to `lessons.tasks`. A handler is only given
-    its payload, so this is how the seed's shared mutex gets to the ticket buyers.
-    """
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        from lessons import tasks
-
-        tasks.shared_lock = self.lock
-
-
 @contextlib.contextmanager
 def local_pool(
     workers: int,
@@ -108,21 +93,28 @@ def local_pool(
     options: WorkerOptions | None = None,
     share_lock: bool = False,
     daemon: bool = True,
-) -> Iterator[tuple[LocalBackend, WorkerPool]]:
-    """`workers` daemon children around one `multiprocessing.Queue` (as `run_local` starts)."""
-    backend_type = LockSharingBackend if share_lock else LocalBackend
-    backend = backend_type(slots=workers)
-    settings = load_settings(workers=workers)
-    spec = WorkerSpec(settings, options or WorkerOptions(), HANDLERS, local=backend)
-    pool = WorkerPool(spec, workers, on_death=backend.recover, daemon=daemon)
+) -> Iterator[tuple[LocalBroker, WorkerPool]]:
+    """`workers` daemon children around one `multiprocessing.Queue` (as `run_local` starts).
+
+    With `share_lock`, one `multiprocessing.Lock` made here reaches every worker as it starts
+    (the spawned process is handed it, as the seed hands its Lock to each `Process`), and
+    `lessons.tasks.share_lock` gives it to the handlers, which only ever see a payload.
+    """
+    broker = LocalBroker(slots=workers)
+    spec = WorkerSpec(load_settings(workers=workers), options or WorkerOptions(), HANDLERS)
+    if share_lock:
+        from lessons.tasks import share_lock as give_to_handlers
+
+        spec = replace(spec, initializer=give_to_handlers, init_args=(MP_CONTEXT.Lock(),))
+    pool = WorkerPool(spec, workers, slots=broker.slots, daemon=daemon)
     pool.start()
     try:
         if not pool.wait_ready():
             raise TaskshuttleError("the local workers did not start")
-        yield backend, pool
+        yield broker, pool
     finally:
         pool.stop()
-        backend.close()
+        broker.close()
 
 
 @contextlib.contextmanager
@@ -172,7 +164,7 @@ def rabbit_pool(
         pool.stop()
 
 
-def warm_up(producer: Backend, pool: WorkerPool, timeout: float = 30.0) -> None:
+def warm_up(producer: ProducerBackend, pool: WorkerPool, timeout: float = 30.0) -> None:
     """Send a few short tasks until every worker has answered one.
 
     A worker is "ready" before it has told the broker it consumes; a job sent in that moment
@@ -195,7 +187,11 @@ def warm_up(producer: Backend, pool: WorkerPool, timeout: float = 30.0) -> None:
 
 
 def run_job(
-    job: Job, backend: Backend, *, timeout: float = 120.0, tick: Callable[[], object] = lambda: None
+    job: Job,
+    backend: ProducerBackend,
+    *,
+    timeout: float = 120.0,
+    tick: Callable[[], object] = lambda: None,
 ) -> Ledger:
     """Send the job, collect every result (as `run_local` does, on a pool that is already up)."""
     ledger = Ledger()

@@ -7,19 +7,26 @@ import hashlib
 import os
 import threading
 import time
+from multiprocessing.synchronize import Lock as MpLock
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from consumer.handlers import registry
 from lessons.ticket_office import Guard, buy
 
-#: The `multiprocessing.Lock` handed down by the parent (set by `runner.LockSharingBackend`
-#: when a local worker starts). None in a process that has no parent to get it from.
-shared_lock: Any = None
-_own_lock: Any = None
+#: The `multiprocessing.Lock` handed down by the parent (set by `share_lock` when a local
+#: worker starts). None in a process that has no parent to get it from.
+shared_lock: MpLock | None = None
+_own_lock: MpLock | None = None
 _own_lock_guard = threading.Lock()
+
+
+def share_lock(lock: MpLock) -> None:
+    """A worker's initializer (`WorkerSpec.initializer`, see `runner.local_pool`): keep the
+    parent's Lock for the ticket buyers, who are only given their payload."""
+    global shared_lock
+    shared_lock = lock
 
 
 class _Payload(BaseModel):
@@ -74,7 +81,7 @@ def ticket(payload: TicketPayload) -> dict:
     )
 
 
-def _lock() -> Any:
+def _lock() -> MpLock:
     """The parent's Lock if this worker was given one; otherwise a Lock of this process
     alone, which is what the seed's code becomes on a consumer nobody handed a Lock to."""
     global _own_lock

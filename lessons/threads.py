@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import TaskshuttleError
-from common.local import LocalBackend
+from common.local import LocalBroker
 from common.schemas import TaskEnvelope
 from common.settings import load_settings
 from consumer.handlers import registry
@@ -63,14 +63,17 @@ class Threads:
 
 
 @contextlib.contextmanager
-def local_threads(n: int) -> Iterator[LocalBackend]:
+def local_threads(n: int) -> Iterator[LocalBroker]:
     """N threads of this process, each running the project's `Worker` loop on the local
     backend. (`consumer --pool thread` runs on RabbitMQ only; this is the local twin.)"""
     import lessons.tasks  # noqa: F401 - the lesson's task kinds, in this process
 
-    parent = LocalBackend(slots=n)
+    parent = LocalBroker(slots=n)
     stop = threading.Event()
-    workers = [Worker(parent.for_worker(i), registry, WorkerOptions(), stop) for i in range(n)]
+    # Each thread takes the end of its slot. The writers stay open on the parent's side too:
+    # here it is one and the same object, in one process.
+    ends = [parent.slots.worker_end(i) for i in range(n)]
+    workers = [Worker(end, registry, WorkerOptions(), stop) for end in ends]
     threads = [
         threading.Thread(target=w.run, name=f"worker-{i}", daemon=True)
         for i, w in enumerate(workers)

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.backend import Backend
+from common.backend import ProducerBackend
 from common.factory import Role, open_backend
 from common.ledger import Ledger
-from common.local import LocalBackend
+from common.local import LocalBroker
 from common.schemas import TaskEnvelope, new_task_id, utcnow
 from common.settings import BackendName, Settings
 from consumer.supervisor import WorkerPool, WorkerSpec
@@ -57,7 +57,7 @@ NEVER: StopFlag = threading.Event()  # a stop flag nobody sets
 
 def send(
     job: Job,
-    backend: Backend,
+    backend: ProducerBackend,
     ledger: Ledger,
     progress: Progress,
     *,
@@ -89,7 +89,7 @@ def send(
 
 
 def collect(
-    backend: Backend,
+    backend: ProducerBackend,
     ledger: Ledger,
     progress: Progress,
     *,
@@ -105,7 +105,9 @@ def collect(
     ledger.finished = time.perf_counter()
 
 
-def _take_results(backend: Backend, ledger: Ledger, progress: Progress, timeout: float) -> None:
+def _take_results(
+    backend: ProducerBackend, ledger: Ledger, progress: Progress, timeout: float
+) -> None:
     result = backend.receive_result(max(timeout, 0))
     taken = 0
     while result is not None:
@@ -126,7 +128,7 @@ def run_local(
     progress: Progress | None = None,
     daemon: bool = True,
     stop: StopFlag = NEVER,
-) -> tuple[Ledger, LocalBackend]:
+) -> tuple[Ledger, LocalBroker]:
     """The whole producer-consumer model in one process tree: this process feeds a
     `multiprocessing.Queue`, `settings.workers` daemon children consume it.
 
@@ -137,9 +139,9 @@ def run_local(
     progress = progress or Progress()
     # Prefetch means the same on both backends: tasks a worker may hold at once.
     backend = open_backend(settings, Role.PRODUCER, backend=BackendName.local)
-    assert isinstance(backend, LocalBackend)
-    spec = WorkerSpec(settings, options, handler_modules, local=backend)
-    pool = WorkerPool(spec, settings.workers, on_death=backend.recover, daemon=daemon)
+    assert isinstance(backend, LocalBroker)
+    spec = WorkerSpec(settings, options, handler_modules)
+    pool = WorkerPool(spec, settings.workers, slots=backend.slots, daemon=daemon)
     ledger = Ledger()
     pool.start()
     try:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from common.backend import Backend
+from common.backend import ProducerBackend
 from common.settings import DEFAULT_AMQP_URL
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -65,16 +65,19 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_backend(backend_name: str, queue_name: str) -> Iterator[Callable[..., Backend]]:
-    """Build only the backend this test asked for (local tests never need the broker)."""
-    built: list[Backend] = []
+def make_backend(backend_name: str, queue_name: str) -> Iterator[Callable[..., ProducerBackend]]:
+    """Build only the backend this test asked for (local tests never need the broker).
 
-    def make(**kwargs: object) -> Backend:
-        backend: Backend
+    Local: the broker, the producer's side; `broker.slots.worker_end(slot)` is a worker's.
+    RabbitMQ: one object with both sides."""
+    built: list[ProducerBackend] = []
+
+    def make(**kwargs: object) -> ProducerBackend:
+        backend: ProducerBackend
         if backend_name == "local":
-            from common.local import LocalBackend
+            from common.local import LocalBroker
 
-            backend = LocalBackend(queue_name=queue_name, **kwargs)  # type: ignore[arg-type]
+            backend = LocalBroker(queue_name=queue_name, **kwargs)  # type: ignore[arg-type]
         else:
             from common.rabbitmq import RabbitBackend
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from common.local import LocalBackend
+from common.local import LocalBroker
 from common.settings import load_settings
 from consumer.supervisor import CrashLoop, WorkerPool, WorkerSpec
 from consumer.worker import WorkerOptions, backoff_delay
@@ -17,10 +17,10 @@ from tests.helpers import children_of, process_state, wait_until
 pytestmark = pytest.mark.timeout(60)
 
 
-def _local_pool(count: int, **kwargs: object) -> tuple[WorkerPool, LocalBackend]:
-    backend = LocalBackend(slots=count)
-    spec = WorkerSpec(load_settings(workers=count), WorkerOptions(), local=backend)
-    return WorkerPool(spec, count, on_death=backend.recover, **kwargs), backend  # type: ignore[arg-type]
+def _local_pool(count: int, **kwargs: object) -> tuple[WorkerPool, LocalBroker]:
+    backend = LocalBroker(slots=count)
+    spec = WorkerSpec(load_settings(workers=count), WorkerOptions())
+    return WorkerPool(spec, count, slots=backend.slots, **kwargs), backend  # type: ignore[arg-type]
 
 
 def test_backoff_doubles_with_jitter_and_is_capped() -> None:
@@ -77,21 +77,20 @@ def test_stop_reaps_every_worker() -> None:
 def test_a_worker_dead_in_the_middle_of_a_write_does_not_stall_the_parent() -> None:
     from common.schemas import TaskEnvelope
 
-    backend = LocalBackend(slots=1)
+    backend = LocalBroker(slots=1)
     try:
         backend.publish([TaskEnvelope(kind="echo")])
-        backend.attach(0)  # this process plays the worker of slot 0
-        assert backend.receive(5) is not None  # it holds the task
+        worker = backend.slots.worker_end(0)  # this process plays the worker of slot 0
+        assert worker.receive(5) is not None  # it holds the task
         # ... and dies after writing a message header that promises 1,000 bytes, and 10.
-        writer = backend._writers[0]
-        assert writer is not None
+        writer = worker._writer
         os.write(writer.fileno(), (1000).to_bytes(4, "big") + b"x" * 10)
         recovered: list[int] = []
-        recovering = threading.Thread(target=lambda: recovered.append(backend.recover(0)))
+        recovering = threading.Thread(target=lambda: recovered.append(backend.slots.on_death(0)))
         recovering.daemon = True  # a blocked read cannot be interrupted: do not wait on it
         recovering.start()
         recovering.join(5)
         assert recovered == [1]  # no wait for the rest of the message: the task goes back
-        assert backend.receive(5) is not None
+        assert backend.slots.worker_end(0).receive(5) is not None
     finally:
         backend.close()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from common.local import LocalBackend
+from common.local import LocalBroker, LocalWorkerEnd
 from common.schemas import TaskEnvelope, TaskStatus
 from consumer.handlers import Registry, TaskContext
 from consumer.worker import Worker, WorkerOptions
@@ -30,32 +30,39 @@ def not_json(payload: dict[str, object]) -> object:
     return object()
 
 
+Local = tuple[LocalBroker, LocalWorkerEnd]
+
+
 @pytest.fixture
-def backend() -> Iterator[LocalBackend]:
-    local = LocalBackend(slots=1)
-    local.attach(0)
-    yield local
-    local.close()
+def backend() -> Iterator[Local]:
+    """The broker, and the end of slot 0: this process plays both."""
+    broker = LocalBroker(slots=1)
+    end = broker.slots.worker_end(0)
+    yield broker, end
+    end.close()
+    broker.close()
 
 
-def _run_once(backend: LocalBackend, task: TaskEnvelope) -> None:
-    backend.publish([task])
-    worker = Worker(backend, registry, WorkerOptions(max_attempts=2), threading.Event())
-    delivery = backend.receive(5)
+def _run_once(backend: Local, task: TaskEnvelope) -> None:
+    broker, end = backend
+    broker.publish([task])
+    worker = Worker(end, registry, WorkerOptions(max_attempts=2), threading.Event())
+    delivery = end.receive(5)
     assert delivery is not None
     worker.process(delivery)
-    assert backend.receive(0.05) is None  # flushes what the worker sent
+    assert end.receive(0.05) is None  # flushes what the worker sent
 
 
-def _result(backend: LocalBackend):  # type: ignore[no-untyped-def]
+def _result(backend: Local):  # type: ignore[no-untyped-def]
+    broker, _ = backend
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if (result := backend.receive_result(0.1)) is not None:
+        if (result := broker.receive_result(0.1)) is not None:
             return result
     raise AssertionError("no result")
 
 
-def test_a_handler_can_ask_for_the_task_context(backend: LocalBackend) -> None:
+def test_a_handler_can_ask_for_the_task_context(backend: Local) -> None:
     task = TaskEnvelope(kind="with-context", attempt=2)
     _run_once(backend, task)
     result = _result(backend)
@@ -65,17 +72,17 @@ def test_a_handler_can_ask_for_the_task_context(backend: LocalBackend) -> None:
     )
 
 
-def test_a_result_that_is_not_json_is_dead_lettered_not_retried(backend: LocalBackend) -> None:
+def test_a_result_that_is_not_json_is_dead_lettered_not_retried(backend: Local) -> None:
     _run_once(backend, TaskEnvelope(kind="not-json"))
     result = _result(backend)
     assert result.status == TaskStatus.FAILED
-    assert [d.reason for d in backend.dead_letters()] == ["bad-result"]
+    assert [d.reason for d in backend[0].dead_letters()] == ["bad-result"]
 
 
-def test_an_unknown_kind_is_dead_lettered_with_a_failed_result(backend: LocalBackend) -> None:
+def test_an_unknown_kind_is_dead_lettered_with_a_failed_result(backend: Local) -> None:
     _run_once(backend, TaskEnvelope(kind="nobody-handles-this"))
     result = _result(backend)
     assert result.status == TaskStatus.FAILED
     assert "unknown-kind" in (result.error or "")
-    [letter] = backend.dead_letters()
+    [letter] = backend[0].dead_letters()
     assert letter.reason == "unknown-kind" and "nobody-handles-this" in letter.error

@@ -1,7 +1,8 @@
 """One suite, both backends: the rules in `common/backend.py`, checked on each.
 
 The `make_backend` fixture builds only the backend the test asked for, so the local half
-runs with no broker at all. Local tests play the worker in this same process (slot 0).
+runs with no broker at all. Local tests play the worker in this same process: the broker
+is the producer, and the end of slot 0 the worker.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from common.backend import Backend, Delivery
-from common.local import LocalBackend
+from common.backend import Delivery, ProducerBackend, WorkerBackend
+from common.local import LocalBroker
 from common.schemas import (
     DeadLetter,
     TaskEnvelope,
@@ -24,19 +25,23 @@ from common.schemas import (
 
 pytestmark = pytest.mark.timeout(60)
 
-MakeBackend = Callable[..., Backend]
+MakeBackend = Callable[..., ProducerBackend]
 
 
-def _producer_and_worker(make_backend: MakeBackend) -> tuple[Backend, Backend]:
+def _producer_and_worker(make_backend: MakeBackend) -> tuple[ProducerBackend, WorkerBackend]:
     """Two views of one queue: a producer that wants results, and a worker."""
     first = make_backend()
-    if isinstance(first, LocalBackend):
-        first.attach(0)
-        return first, first  # one object plays both roles in one process
-    return make_backend(want_results=True), first
+    if isinstance(first, LocalBroker):
+        return first, first.slots.worker_end(0)  # this process plays the worker of slot 0
+    return make_backend(want_results=True), _worker_side(first)
 
 
-def _receive(backend: Backend, timeout: float = 10.0) -> Delivery:
+def _worker_side(backend: ProducerBackend) -> WorkerBackend:
+    assert isinstance(backend, WorkerBackend)  # RabbitMQ: one object has both sides
+    return backend
+
+
+def _receive(backend: WorkerBackend, timeout: float = 10.0) -> Delivery:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         delivery = backend.receive(0.2)
@@ -64,7 +69,7 @@ def _result_for(task: TaskEnvelope, delivery: Delivery) -> TaskResult:
     )
 
 
-def _results(backend: Backend, n: int, timeout: float = 10.0) -> list[TaskResult]:
+def _results(backend: ProducerBackend, n: int, timeout: float = 10.0) -> list[TaskResult]:
     got: list[TaskResult] = []
     deadline = time.monotonic() + timeout
     while len(got) < n and time.monotonic() < deadline:
@@ -84,9 +89,9 @@ def test_published_tasks_arrive_intact_in_order(make_backend: MakeBackend) -> No
 
 
 def test_receive_returns_none_when_idle(make_backend: MakeBackend) -> None:
-    backend = make_backend()
+    _producer, worker = _producer_and_worker(make_backend)
     started = time.monotonic()
-    assert backend.receive(0.3) is None
+    assert worker.receive(0.3) is None
     assert time.monotonic() - started < 5
 
 
@@ -110,8 +115,8 @@ def test_requeued_delivery_comes_back_marked_redelivered(make_backend: MakeBacke
     first = _receive(worker)
     assert not first.redelivered
     worker.requeue(first)
-    if isinstance(worker, LocalBackend):
-        worker.drain_events()  # the parent is the broker here: let it act on the requeue
+    if isinstance(producer, LocalBroker):
+        producer.drain_events()  # the parent is the broker here: let it act on the requeue
     again = _receive(worker)
     assert again.redelivered
     assert decode_task(again.body) == task
@@ -126,12 +131,13 @@ def test_unacked_delivery_of_a_dead_worker_is_handed_out_again(
     producer.publish([task])
     held = _receive(worker)
     assert decode_task(held.body) == task
-    if isinstance(worker, LocalBackend):
-        assert worker.recover(0)  # what the supervisor does when the worker in slot 0 dies
-        survivor: Backend = worker
+    survivor: WorkerBackend
+    if isinstance(producer, LocalBroker):
+        assert producer.slots.on_death(0)  # what the supervisor does when slot 0's worker dies
+        survivor = producer.slots.worker_end(0)  # and the end its replacement takes
     else:
         worker.close()  # the connection goes away with the task unacked
-        survivor = make_backend()
+        survivor = _worker_side(make_backend())
     again = _receive(survivor)
     assert again.redelivered
     assert decode_task(again.body).id == task.id
@@ -146,7 +152,7 @@ def test_retry_later_comes_back_after_its_delay_as_the_next_attempt(
     delivery = _receive(worker)
     sent_at = time.monotonic()
     worker.retry_later(delivery, task.model_copy(update={"attempt": 2}), delay=0.5)
-    if isinstance(producer, LocalBackend):
+    if isinstance(producer, LocalBroker):
         producer.receive_result(0.8)  # the parent releases due retries while it listens
     again = decode_task(_receive(worker, timeout=10).body)
     assert time.monotonic() - sent_at >= 0.45
@@ -169,7 +175,7 @@ def test_dead_letter_keeps_the_body_and_the_reason(make_backend: MakeBackend) ->
         body=delivery.body,
     )
     worker.dead_letter(delivery, letter)
-    if isinstance(producer, LocalBackend):
+    if isinstance(producer, LocalBroker):
         producer.drain_events()
     letters = producer.dead_letters()
     assert [(d.reason, d.body) for d in letters] == [("not-json", b"\xff not json at all")]
@@ -192,7 +198,7 @@ def test_replayed_dead_letters_return_as_first_attempts(make_backend: MakeBacken
         body=delivery.body,
     )
     worker.dead_letter(delivery, letter)
-    if isinstance(producer, LocalBackend):
+    if isinstance(producer, LocalBroker):
         producer.drain_events()
     assert producer.replay_dead_letters() == 1
     replayed = decode_task(_receive(worker).body)

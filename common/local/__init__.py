@@ -1,0 +1,61 @@
+"""The local backend: a `multiprocessing.Queue` inside one process tree.
+
+Two types, one for each side. `LocalBroker` lives in the parent process (the producer, which
+also supervises the workers): it is the broker here. It puts encoded tasks on a shared task
+queue, keeps each task it sent until a result or a dead letter for it comes back, schedules
+retries and keeps dead letters. `LocalWorkerEnd` is what one worker process holds: the shared
+task queue, the writing end of a pipe of its own, and its slot of the in-flight registry;
+nothing of the parent's.
+
+A worker sends its events (`Result`, `Acked`, `Retry`, `Dead`, `Requeue`) back on its own
+pipe. (Not one shared queue: a worker killed while writing to a shared queue would leave its
+write lock taken and silence every other worker.) Each worker also writes the keys of the
+tasks it holds into its own slot of shared memory: with the tasks the parent keeps, that is
+the in-flight registry. `LocalBroker.slots` does the handshake with the workers in one place:
+it hands each worker its end, closes the parent's copy of the pipe's writer once the worker
+has it (so a worker that dies mid-write leaves the parent reading end-of-file, never waiting
+for the rest of a message), and when a worker dies reads its slot and puts the held tasks
+back, which a bare `multiprocessing.Queue` cannot do (`recovered` counts what it would have
+lost).
+
+Tasks travel in small batches and events are sent in batches: a `Queue.put` costs a pickle,
+a lock and a pipe write, so one per task would cost more than the task. A big job is cut into
+batches of up to `batch_size`; a small one goes one task at a time, so no worker sits on
+tasks that an idle one could run (the same trade as RabbitMQ's prefetch).
+
+Known limit, as the Python docs warn: a worker killed while inside `Queue.get()` holds the
+queue's internal read lock forever; workers here are killed (in tests) while they run a task.
+
+`broker.py` is the parent's side, `end.py` a worker's, `wire.py` what crosses between them.
+"""
+
+from common.local.broker import LocalBroker, Slots
+from common.local.end import LocalWorkerEnd
+from common.local.wire import (
+    MP_CONTEXT,
+    Acked,
+    Dead,
+    Event,
+    Requeue,
+    Result,
+    Retry,
+    task_key,
+)
+
+#: The broker's earlier name, which the bench still imports.
+LocalBackend = LocalBroker
+
+__all__ = [
+    "MP_CONTEXT",
+    "Acked",
+    "Dead",
+    "Event",
+    "LocalBackend",
+    "LocalBroker",
+    "LocalWorkerEnd",
+    "Requeue",
+    "Result",
+    "Retry",
+    "Slots",
+    "task_key",
+]

@@ -1,0 +1,269 @@
+"""The parent's side of the local backend: `LocalBroker`, and `Slots`, its handshake with
+each worker process."""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import pickle
+import time
+from collections import deque
+from collections.abc import Sequence
+from multiprocessing import connection
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from typing import Any, NoReturn
+
+from common.backend import ProducerBackend
+from common.clock import SYSTEM_CLOCK, Clock
+from common.errors import TaskshuttleError
+from common.local.end import LocalWorkerEnd
+from common.local.wire import (
+    KEY_BYTES,
+    MP_CONTEXT,
+    Acked,
+    Dead,
+    Event,
+    Item,
+    Requeue,
+    Result,
+    Retry,
+    task_key,
+)
+from common.schemas import (
+    DeadLetter,
+    TaskEnvelope,
+    TaskResult,
+    as_first_attempt,
+    decode_result,
+    encode,
+)
+
+
+class LocalBroker(ProducerBackend):
+    """The producer's side, and the broker: tasks out on a `multiprocessing.Queue`, events
+    in from each worker's pipe, retries and dead letters kept here.
+
+    Start the workers with `WorkerPool(spec, n, slots=broker.slots)`; the broker itself never
+    leaves this process.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        slots: int = 8,
+        queue_name: str = "tasks",
+        batch_size: int = 100,
+        context: BaseContext = MP_CONTEXT,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.queue_name = queue_name
+        self.batch_size = batch_size
+        #: Schedules retries. (Waiting for events is a real wait on pipes, on real time.)
+        self._clock = clock
+        #: Batches of tasks, shared by every worker. (bench/ holds its workers back at the
+        #: start line with this queue's reader lock, so it reaches for this name.)
+        self._tasks: Any = context.Queue()
+        #: Tasks on the task queue (it holds batches, and qsize() is missing on macOS).
+        self._queued: Any = context.Value(ctypes.c_long, 0, lock=True)
+        self._unfinished: dict[str, bytes] = {}
+        self._retries: list[tuple[float, str, bytes]] = []
+        self._dead: list[DeadLetter] = []
+        self._results: deque[TaskResult] = deque()
+        self._raw_count = 0
+        #: Tasks put back after their worker died (a bare Queue would have lost them).
+        self.recovered = 0
+        self.slots = Slots(self, slots, batch_size, context)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            "a LocalBroker stays in its own process; a worker takes broker.slots.worker_end(slot)"
+        )
+
+    def publish(self, tasks: Sequence[TaskEnvelope]) -> None:
+        self._put([(task_key(t.id, t.attempt), encode(t), False) for t in tasks])
+
+    def publish_raw(self, bodies: Sequence[bytes]) -> None:
+        items = []
+        for body in bodies:
+            self._raw_count += 1
+            items.append((f"raw/{self._raw_count}", body, False))
+        self._put(items)
+
+    def _put(self, items: list[Item]) -> None:
+        for key, body, _ in items:
+            self._unfinished[key] = body
+        # Up to batch_size at a time, but never so many that a worker holds tasks while
+        # another could run them: a quarter of an even share each.
+        size = max(1, min(self.batch_size, len(items) // (4 * len(self.slots))))
+        for start in range(0, len(items), size):
+            self._enqueue(items[start : start + size])
+
+    def _enqueue(self, batch: list[Item]) -> None:
+        with self._queued.get_lock():
+            self._queued.value += len(batch)
+        self._tasks.put(batch)
+
+    def receive_result(self, timeout: float) -> TaskResult | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._results:
+                return self._results.popleft()
+            self._release_due_retries()
+            wait_for = deadline - time.monotonic()
+            if self._retries:
+                wait_for = min(wait_for, self._retries[0][0] - self._clock.monotonic())
+            for slot in self.slots.ready(max(wait_for, 0)):
+                self._take_events(slot)
+            if not self._results and time.monotonic() >= deadline:
+                return None
+
+    def drain_events(self) -> None:
+        """Take in every event already sent (before deciding a dead worker's task was lost)."""
+        while ready := self.slots.ready(0):
+            for slot in ready:
+                self._take_events(slot)
+
+    def _take_events(self, slot: int) -> None:
+        events = self.slots.read(slot)
+        if events is not None:
+            self._handle(events)
+
+    def _handle(self, events: list[Event]) -> None:
+        unfinished = self._unfinished
+        for event in events:
+            match event:
+                case Result():
+                    unfinished.pop(event.key, None)
+                    self._results.append(decode_result(event.result))
+                case Acked():
+                    unfinished.pop(event.key, None)
+                case Retry():
+                    unfinished.pop(event.key, None)
+                    unfinished[event.new_key] = event.body
+                    due = self._clock.monotonic() + event.delay
+                    heapq.heappush(self._retries, (due, event.new_key, event.body))
+                case Dead():
+                    unfinished.pop(event.key, None)
+                    self._dead.append(DeadLetter.model_validate_json(event.letter))
+                    if event.result is not None:
+                        self._results.append(decode_result(event.result))
+                case Requeue() if event.key in unfinished:
+                    self._enqueue([(event.key, unfinished[event.key], True)])
+
+    def _release_due_retries(self) -> None:
+        now = self._clock.monotonic()
+        while self._retries and self._retries[0][0] <= now:
+            _, key, body = heapq.heappop(self._retries)
+            self._enqueue([(key, body, False)])
+
+    def _put_back(self, keys: list[str]) -> int:
+        """Queue again, as redelivered, the tasks among `keys` that never finished."""
+        back = [(key, self._unfinished[key], True) for key in keys if key in self._unfinished]
+        for item in back:
+            self._enqueue([item])
+        self.recovered += len(back)
+        return len(back)
+
+    def pending(self) -> int:
+        return int(self._queued.value)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return list(self._dead)
+
+    def replay_dead_letters(self) -> int:
+        letters, self._dead = self._dead, []
+        self.publish_raw([as_first_attempt(letter.body) for letter in letters])
+        return len(letters)
+
+    def close(self) -> None:
+        """Drop whatever is still queued (the workers are gone) and close every pipe."""
+        self._tasks.close()
+        # Without this, a parent stopped with tasks still queued would wait forever for
+        # the queue's feeder thread to write them into a pipe nobody reads any more.
+        self._tasks.cancel_join_thread()
+        self.slots.close()
+
+
+class Slots:
+    """The broker's side of each worker slot, and the whole handshake with its worker.
+
+    A slot has a pipe for its worker's events and a piece of shared memory where the worker
+    writes the keys of the tasks it holds. `consumer.supervisor.WorkerPool` calls the three
+    steps: `worker_end(slot)` is what the worker takes into its process; `on_started(slot)`
+    closes the parent's copy of the pipe's writer once the worker has its own; `on_death(slot)`
+    puts back what a dead worker held and gives the slot a fresh pipe for its replacement.
+    """
+
+    def __init__(
+        self, broker: LocalBroker, count: int, batch_size: int, context: BaseContext
+    ) -> None:
+        self._broker = broker
+        self._context = context
+        pipes = [context.Pipe(duplex=False) for _ in range(count)]
+        self._readers: list[Connection | None] = [reader for reader, _ in pipes]
+        self._writers: list[Connection | None] = [writer for _, writer in pipes]
+        self._held_keys = [
+            context.RawArray(ctypes.c_char, KEY_BYTES * batch_size) for _ in range(count)
+        ]
+
+    def __len__(self) -> int:
+        return len(self._held_keys)
+
+    def worker_end(self, slot: int) -> LocalWorkerEnd:
+        """The end of the queue for the worker in `slot` (a process started next, or a thread
+        of this one)."""
+        if not 0 <= slot < len(self):
+            raise TaskshuttleError(f"slot {slot} out of range 0..{len(self) - 1}")
+        writer = self._writers[slot]
+        if writer is None:
+            raise TaskshuttleError(f"slot {slot} is taken: its worker has the pipe's writer")
+        broker = self._broker
+        return LocalWorkerEnd(broker._tasks, broker._queued, self._held_keys[slot], writer, slot)
+
+    def on_started(self, slot: int) -> None:
+        """The worker in `slot` has started with its own copy of the writer: close ours."""
+        writer = self._writers[slot]
+        if writer is not None:
+            writer.close()
+            self._writers[slot] = None
+
+    def on_death(self, slot: int) -> int:
+        """Put back the tasks the (dead) worker in `slot` held and never finished, and give
+        the slot a fresh pipe for its replacement; how many tasks went back."""
+        self.on_started(slot)  # no writer left: a half-written message reads as end-of-file
+        self._broker.drain_events()
+        reader = self._readers[slot]
+        if reader is not None:
+            reader.close()
+        self._readers[slot], self._writers[slot] = self._context.Pipe(duplex=False)
+        held = self._held_keys[slot]
+        keys = held.value.decode().split()
+        held.value = b""
+        return self._broker._put_back(keys)
+
+    def ready(self, timeout: float) -> list[int]:
+        """The slots whose pipe has something to read (events, or end-of-file), waiting up to
+        `timeout` seconds for one."""
+        slots = {reader: slot for slot, reader in enumerate(self._readers) if reader is not None}
+        return [slots[reader] for reader in connection.wait(list(slots), timeout)]  # type: ignore[index]
+
+    def read(self, slot: int) -> list[Event] | None:
+        """One batch of events from the slot's pipe; None once the pipe is finished (its
+        worker is gone, perhaps in the middle of a write)."""
+        reader = self._readers[slot]
+        assert reader is not None
+        try:
+            events: list[Event] = reader.recv()
+        except (EOFError, OSError, pickle.UnpicklingError):
+            reader.close()
+            self._readers[slot] = None
+            return None
+        return events
+
+    def close(self) -> None:
+        for end in (*self._readers, *self._writers):
+            if end is not None:
+                end.close()

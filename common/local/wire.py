@@ -1,0 +1,85 @@
+"""What crosses between the local broker and its workers: tasks one way, events the other.
+
+Tasks go out on the shared task queue in batches of `Item`s; each worker sends its events
+back in batches on a pipe of its own. Both are pickled on the way, so their shapes are kept
+cheap to pickle.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import dataclass
+from multiprocessing.context import BaseContext
+
+#: spawn, not fork: the parent runs threads (the queue's feeder, rich's progress bar), and
+#: forking a process with threads can copy a held lock into the child.
+MP_CONTEXT: BaseContext = multiprocessing.get_context("spawn")
+
+#: Room for one task key in a slot of the in-flight registry: a task id (up to 64
+#: characters), "/", an attempt number.
+KEY_BYTES = 80
+
+#: A task on the task queue: key, body, redelivered. A bare tuple, since every task is
+#: pickled once on its way, and a tuple pickles many times faster than a record.
+Item = tuple[str, bytes, bool]
+
+
+def task_key(task_id: str, attempt: int) -> str:
+    """One attempt of one task: a retry is a new attempt, so a new key."""
+    return f"{task_id}/{attempt}"
+
+
+# -- events: what a worker tells the broker ---------------------------------------------
+# Every task sends a `Result` or an `Acked`, so those two pickle as their class and fields
+# (`__reduce__`): the default for a frozen record with slots is several times slower.
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The task is done and its producer wants the result (an encoded `TaskResult`)."""
+
+    key: str
+    result: bytes
+
+    def __reduce__(self) -> tuple[type[Result], tuple[str, bytes]]:
+        return Result, (self.key, self.result)
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """The task is done; nobody asked for its result."""
+
+    key: str
+
+    def __reduce__(self) -> tuple[type[Acked], tuple[str]]:
+        return Acked, (self.key,)
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The attempt failed: its next attempt (`body`, under `new_key`) is due `delay` seconds
+    after the broker hears of it. The broker's clock keeps the time, not the worker's."""
+
+    key: str
+    new_key: str
+    body: bytes
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """A dead letter (an encoded `DeadLetter`), and the failed result if one is wanted."""
+
+    key: str
+    letter: bytes
+    result: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Handed back unfinished: to be handed out again, marked as redelivered."""
+
+    key: str
+
+
+Event = Result | Acked | Retry | Dead | Requeue
