@@ -19,7 +19,7 @@ from typing import Protocol
 
 from pydantic_core import PydanticSerializationError
 
-from common.backend import Backend, Delivery
+from common.backend import Delivery, WorkerBackend
 from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import BadMessage
 from common.schemas import (
@@ -92,12 +92,12 @@ def backoff_delay(
 class Worker:
     def __init__(
         self,
-        backend: Backend,
+        backend: WorkerBackend,
         registry: Registry,
         options: WorkerOptions,
         stop: StopFlag,
         queue_name: str = "tasks",
-        on_timeout: Callable[[Backend], None] | None = None,
+        on_timeout: Callable[[WorkerBackend], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.backend = backend
@@ -291,7 +291,7 @@ class Worker:
         )
 
 
-def _exit_for_timeout(backend: Backend) -> None:
+def _exit_for_timeout(backend: WorkerBackend) -> None:
     """A running Python function cannot be stopped from outside: end the process (after
     the backend has sent what it holds); the supervisor starts a fresh worker."""
     backend.close()
