@@ -6,16 +6,12 @@ from typing import Annotated, Any
 
 import typer
 
-from common.cli import run_app, setup_logging
-from common.settings import BackendName
+from common import options
+from common.cli import new_app, run_app, setup_logging
+from common.defaults import BackendName
 from lessons import LESSONS, show
 
-app = typer.Typer(
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    no_args_is_help=True,
-    help="The seed course's lessons, on the local backend and on RabbitMQ.",
-)
+app = new_app(help="The seed course's lessons, on the local backend and on RabbitMQ.")
 
 
 BackendOption = Annotated[
@@ -38,9 +34,11 @@ def _help(name: str) -> str:
     return LESSONS[name][0]
 
 
-@app.callback()
-def main() -> None:
+@app.callback(invoke_without_command=True)
+def main(ctx: typer.Context, version: options.Version = False) -> None:
     setup_logging(False)
+    if ctx.invoked_subcommand is None:  # no lesson named: list them
+        print(ctx.get_help())
 
 
 @app.command("process-objects", help=_help("process-objects"))
