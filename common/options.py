@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from common.defaults import BackendName
+from common.defaults import ENVIRONMENT, BackendName
 
 if TYPE_CHECKING:
     from common.settings import Settings
@@ -41,44 +41,49 @@ Backend = Annotated[
     BackendName, typer.Option(help="local: one process tree; rabbitmq: through a broker.")
 ]
 Url = Annotated[
-    str, typer.Option(envvar="AMQP_URL", help="Broker URL (rabbitmq); ?heartbeat=N etc. allowed.")
+    str,
+    typer.Option(
+        envvar=ENVIRONMENT["amqp_url"], help="Broker URL (rabbitmq); ?heartbeat=N etc. allowed."
+    ),
 ]
 Queue = Annotated[
     str,
-    typer.Option(envvar="TASKSHUTTLE_QUEUE", help="Work queue (with <queue>.dlq, <queue>.wait.N)."),
+    typer.Option(
+        envvar=ENVIRONMENT["queue"], help="Work queue (with <queue>.dlq, <queue>.wait.N)."
+    ),
 ]
-Workers = Annotated[int, typer.Option(envvar="TASKSHUTTLE_WORKERS", help="Worker processes.")]
+Workers = Annotated[int, typer.Option(envvar=ENVIRONMENT["workers"], help="Worker processes.")]
 Prefetch = Annotated[
-    int, typer.Option(envvar="TASKSHUTTLE_PREFETCH", help="Tasks a worker may hold at once.")
+    int, typer.Option(envvar=ENVIRONMENT["prefetch"], help="Tasks a worker may hold at once.")
 ]
 MaxAttempts = Annotated[
     int,
     typer.Option(
-        envvar="TASKSHUTTLE_MAX_ATTEMPTS", help="Tries per task before it is dead-lettered."
+        envvar=ENVIRONMENT["max_attempts"], help="Tries per task before it is dead-lettered."
     ),
 ]
 RetryDelay = Annotated[
     float,
     typer.Option(
-        envvar="TASKSHUTTLE_RETRY_BASE_DELAY",
+        envvar=ENVIRONMENT["retry_base_delay"],
         help="First retry delay in seconds; doubles per attempt, with jitter.",
     ),
 ]
 RetryMaxDelay = Annotated[
     float,
-    typer.Option(envvar="TASKSHUTTLE_RETRY_MAX_DELAY", help="Cap on the retry delay, in seconds."),
+    typer.Option(envvar=ENVIRONMENT["retry_max_delay"], help="Cap on the retry delay, in seconds."),
 ]
 TaskTimeout = Annotated[
     float,
     typer.Option(
-        envvar="TASKSHUTTLE_TASK_TIMEOUT",
+        envvar=ENVIRONMENT["task_timeout"],
         help="Seconds a task may run before it fails (0: no limit).",
     ),
 ]
 BrokerConsumerTimeout = Annotated[
     float,
     typer.Option(
-        envvar="TASKSHUTTLE_BROKER_CONSUMER_TIMEOUT",
+        envvar=ENVIRONMENT["broker_consumer_timeout"],
         help="The broker's consumer_timeout in seconds: a longer --task-timeout gets a warning.",
     ),
 ]
@@ -160,7 +165,7 @@ def settings_from(ctx: typer.Context, *, with_url: bool = True) -> Settings:
     """
     from pydantic import ValidationError
 
-    from common.settings import GivenSettings, describe_error
+    from common.settings import Settings, describe_error
 
     names = {f: o for f, o in SETTINGS_FIELDS.items() if with_url or f != "amqp_url"}
     values = {}
@@ -170,7 +175,7 @@ def settings_from(ctx: typer.Context, *, with_url: bool = True) -> Settings:
         except KeyError:  # this command has no such option: the default applies
             continue
     try:
-        return GivenSettings(**values)
+        return Settings(**values)
     except ValidationError as exc:
         error = exc.errors()[0]
         raise bad_value(ctx, names[str(error["loc"][0])], describe_error(error)) from None

@@ -1,30 +1,32 @@
-"""Settings shared by both programs: command-line flags override the environment.
+"""Settings shared by both programs: values given explicitly override the environment.
 
-Environment variables: ``AMQP_URL``, ``TASKSHUTTLE_QUEUE``, ``TASKSHUTTLE_PREFETCH``,
-``TASKSHUTTLE_WORKERS``, ``TASKSHUTTLE_MAX_ATTEMPTS``, ``TASKSHUTTLE_TASK_TIMEOUT``,
-``TASKSHUTTLE_RETRY_BASE_DELAY``, ``TASKSHUTTLE_RETRY_MAX_DELAY``,
-``TASKSHUTTLE_BROKER_CONSUMER_TIMEOUT``.
-Nothing is read at import time: `Settings()` reads the environment when it is built.
+`load_settings()` reads the environment (the variables in `common.defaults.ENVIRONMENT`:
+``AMQP_URL``, ``TASKSHUTTLE_QUEUE``, ``TASKSHUTTLE_WORKERS``...) when it is called, never at
+import time; `Settings(...)` is exactly the values given plus the defaults. The command line
+reads the same variables through click and builds `Settings(...)` from what it read.
+
+`Settings` is a plain pydantic model: a worker process unpickles one, and should not have to
+import an environment-reading library (pydantic-settings) to do so.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from common import defaults
-from common.defaults import DEFAULT_AMQP_URL, LOG_FORMAT, BackendName
+from common.defaults import DEFAULT_AMQP_URL, ENVIRONMENT, LOG_FORMAT, BackendName
 from common.errors import ConfigError
 
 __all__ = [
     "DEFAULT_AMQP_URL",
+    "ENVIRONMENT",
     "LOG_FORMAT",
     "BackendName",
-    "GivenSettings",
     "Settings",
     "check_amqp_url",
     "describe_error",
@@ -64,14 +66,10 @@ def check_amqp_url(url: str) -> str:
     return url
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TASKSHUTTLE_", extra="ignore")
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
-    amqp_url: str = Field(
-        default=DEFAULT_AMQP_URL,
-        validation_alias=AliasChoices("amqp_url", "AMQP_URL", "TASKSHUTTLE_AMQP_URL"),
-        repr=False,
-    )
+    amqp_url: str = Field(default=DEFAULT_AMQP_URL, repr=False)
     queue: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] = (
         defaults.QUEUE
     )
@@ -98,34 +96,20 @@ class Settings(BaseSettings):
         return redact_url(self.amqp_url)
 
 
-class GivenSettings(Settings):
-    """`Settings` from the values given and the defaults, reading no environment: for the
-    command line, where click has already read each variable (so a flag wins over the
-    environment, which wins over the default, by one rule)."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
-
-
 def load_settings(**overrides: object) -> Settings:
-    """Build settings from the environment plus the given (non-None) overrides.
+    """Build settings from the environment plus the given (non-None) overrides, which win.
 
-    Raises `ConfigError` with one readable line instead of pydantic's multi-line report.
+    Raises `ConfigError` with one readable line instead of pydantic's multi-line report,
+    naming the variable when the bad value came from the environment.
     """
+    found = {field: os.environ[name] for field, name in ENVIRONMENT.items() if os.environ.get(name)}
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
-        return Settings(**given)
+        return Settings(**(found | given))
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ".".join(str(part) for part in first["loc"])
+        field = ".".join(str(part) for part in first["loc"])
+        name = ENVIRONMENT.get(field, field) if field not in given else field
         raise ConfigError(f"invalid {name}: {describe_error(first)}") from None
 
 
