@@ -1,26 +1,35 @@
-"""What both command-line programs share: one-line errors, exit codes, logging, output."""
+"""What the command-line programs share: one-line errors, exit codes, logging, output.
+
+Rich is imported only to draw a table, so ``--help`` and the workers never load it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from common.defaults import LOG_FORMAT
 from common.errors import TaskshuttleError
-from common.settings import LOG_FORMAT
-
-stderr = Console(stderr=True)
+from common.options import typed_name
 
 
 def fail(prog: str, message: str, code: int = 2) -> NoReturn:
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def new_app(**kwargs: Any) -> typer.Typer:
+    """A typer app with click's plain help: flags shown as flags, ``[env var: ...]`` kept
+    (rich's help reads those brackets as markup and drops them)."""
+    return typer.Typer(
+        add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None, **kwargs
+    )
 
 
 def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> NoReturn:
@@ -34,11 +43,32 @@ def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> NoRet
         fail(prog, "interrupted", 130)
     except TaskshuttleError as exc:
         fail(prog, str(exc), exc.exit_code)
-    except typer.TyperException as exc:  # click's usage errors: bad flag, bad value...
+    except typer.BadParameter as exc:
+        fail(prog, _invalid_value(exc), exc.exit_code)
+    except typer.TyperException as exc:  # click's other usage errors: unknown flag...
         fail(prog, exc.format_message(), getattr(exc, "exit_code", 2))
     except BrokenPipeError:  # output piped into `head`
         code = 0
     raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _invalid_value(exc: typer.BadParameter) -> str:
+    """click's "Invalid value for '--x': ...", naming the flag or the environment variable
+    the value came from (click itself names both, whichever it was)."""
+    if exc.param_hint is None and exc.param is not None and exc.ctx is not None:
+        exc.param_hint = typed_name(exc.ctx, exc.param.name or "")
+    exc.message = exc.message.removeprefix("Value error, ")  # typer's own choice errors
+    return exc.format_message()
+
+
+@contextlib.contextmanager
+def invalid(flag: str) -> Iterator[None]:
+    """An error raised inside becomes click's usage error for `flag` (e.g. a handlers module
+    that does not import, for ``--handlers``)."""
+    try:
+        yield
+    except Exception as exc:
+        raise typer.BadParameter(str(exc), param_hint=repr(flag)) from None
 
 
 def setup_logging(verbose: bool) -> None:
@@ -52,49 +82,52 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("pika").setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
-def parse_json_object(text: str, what: str) -> dict[str, Any]:
+def parse_json_object(text: str, flag: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"{what} is not valid JSON: {exc}") from None
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint=repr(flag)) from None
     if not isinstance(value, dict):
-        raise typer.BadParameter(f"{what} must be a JSON object, got {type(value).__name__}")
+        raise typer.BadParameter(
+            f"must be a JSON object, got {type(value).__name__}", param_hint=repr(flag)
+        )
     return value
+
+
+def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A table on stdout, numbers to the right; with no column names, a label/value table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=bool(columns))
+    if columns:
+        for index, column in enumerate(columns):
+            numbers = all(isinstance(row[index], int | float) for row in rows)
+            table.add_column(column, justify="right" if numbers else "left")
+    else:
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    Console().print(table)
 
 
 def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    out = Console()
     latency = summary["latency_ms"]
-    table = Table(title=f"taskshuttle · {summary['backend']}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    for label, value in [
-        ("tasks sent", summary["sent"]),
-        ("done", summary["done"]),
-        ("failed (dead-lettered)", summary["failed"]),
-        ("lost (no result)", summary["lost"]),
-        ("seconds", summary["seconds"]),
-        ("throughput (tasks/s)", summary["throughput_per_s"]),
-        ("latency p50 / p95 / max (ms)", f"{latency['p50']} / {latency['p95']} / {latency['max']}"),
-    ]:
-        table.add_row(label, str(value))
-    out.print(table)
+    rows: list[list[Any]] = [
+        ["tasks sent", summary["sent"]],
+        ["done", summary["done"]],
+        ["failed (dead-lettered)", summary["failed"]],
+        ["lost (no result)", summary["lost"]],
+        ["seconds", summary["seconds"]],
+        ["throughput (tasks/s)", summary["throughput_per_s"]],
+        ["latency p50 / p95 / max (ms)", f"{latency['p50']} / {latency['p95']} / {latency['max']}"],
+    ]
+    print_table(f"taskshuttle · {summary['backend']}", [], rows)
     if summary["workers"]:
-        workers = Table(title="who did what")
-        for column in ("worker pid", "ppid", "name", "tasks"):
-            workers.add_column(column, justify="right")
-        for row in summary["workers"]:
-            workers.add_row(str(row["pid"]), str(row["ppid"]), row["name"], str(row["tasks"]))
-        out.print(workers)
-    ledger = Table(title="delivery ledger")
-    ledger.add_column("fate")
-    ledger.add_column("tasks", justify="right")
-    for fate, n in summary["ledger"].items():
-        ledger.add_row(fate, str(n))
-    out.print(ledger)
-
-
-Callback = Callable[..., Any]
+        workers = [[w["pid"], w["ppid"], w["name"], w["tasks"]] for w in summary["workers"]]
+        print_table("who did what", ["worker pid", "ppid", "name", "tasks"], workers)
+    print_table("delivery ledger", ["fate", "tasks"], [list(i) for i in summary["ledger"].items()])

@@ -1,33 +1,38 @@
-"""Settings shared by both programs: command-line flags override the environment.
+"""Settings shared by both programs: values given explicitly override the environment.
 
-Environment variables: ``AMQP_URL``, ``TASKSHUTTLE_QUEUE``, ``TASKSHUTTLE_PREFETCH``,
-``TASKSHUTTLE_WORKERS``, ``TASKSHUTTLE_MAX_ATTEMPTS``, ``TASKSHUTTLE_TASK_TIMEOUT``,
-``TASKSHUTTLE_RETRY_BASE_DELAY``, ``TASKSHUTTLE_RETRY_MAX_DELAY``,
-``TASKSHUTTLE_BROKER_CONSUMER_TIMEOUT``.
-Nothing is read at import time: `Settings()` reads the environment when it is built.
+`load_settings()` reads the environment (the variables in `common.defaults.ENVIRONMENT`:
+``AMQP_URL``, ``TASKSHUTTLE_QUEUE``, ``TASKSHUTTLE_WORKERS``...) when it is called, never at
+import time; `Settings(...)` is exactly the values given plus the defaults. The command line
+reads the same variables through click and builds `Settings(...)` from what it read.
+
+`Settings` is a plain pydantic model: a worker process unpickles one, and should not have to
+import an environment-reading library (pydantic-settings) to do so.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Annotated
+import os
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
+from common import defaults
+from common.defaults import DEFAULT_AMQP_URL, ENVIRONMENT, LOG_FORMAT, BackendName
 from common.errors import ConfigError
 
-
-class BackendName(StrEnum):
-    """Where the tasks travel: inside one process tree, or through RabbitMQ."""
-
-    local = "local"
-    rabbitmq = "rabbitmq"
-
-
-DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
-LOG_FORMAT = "%(asctime)s %(processName)s %(levelname)s %(message)s"
+__all__ = [
+    "DEFAULT_AMQP_URL",
+    "ENVIRONMENT",
+    "LOG_FORMAT",
+    "BackendName",
+    "Settings",
+    "check_amqp_url",
+    "describe_error",
+    "load_settings",
+    "redact_url",
+]
 
 
 def redact_url(url: str) -> str:
@@ -61,29 +66,25 @@ def check_amqp_url(url: str) -> str:
     return url
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TASKSHUTTLE_", extra="ignore")
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
-    amqp_url: str = Field(
-        default=DEFAULT_AMQP_URL,
-        validation_alias=AliasChoices("amqp_url", "AMQP_URL", "TASKSHUTTLE_AMQP_URL"),
-        repr=False,
-    )
+    amqp_url: str = Field(default=DEFAULT_AMQP_URL, repr=False)
     queue: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] = (
-        "tasks"
+        defaults.QUEUE
     )
-    prefetch: Annotated[int, Field(ge=1, le=65535)] = 100
-    workers: Annotated[int, Field(ge=1, le=256)] = 2
+    prefetch: Annotated[int, Field(ge=1, le=65535)] = defaults.PREFETCH
+    workers: Annotated[int, Field(ge=1, le=256)] = defaults.WORKERS
     #: Tries per task before it is dead-lettered (a task may carry its own).
-    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = defaults.MAX_ATTEMPTS
     #: Seconds a task may run before it is stopped; 0 means no limit.
-    task_timeout: Annotated[float, Field(ge=0)] = 0
+    task_timeout: Annotated[float, Field(ge=0)] = defaults.TASK_TIMEOUT
     #: The broker's `consumer_timeout` in seconds (RabbitMQ's default: 30 minutes). A
     #: delivery left unacked longer closes its channel, so a longer task timeout is useless.
-    broker_consumer_timeout: Annotated[float, Field(gt=0)] = 1800
+    broker_consumer_timeout: Annotated[float, Field(gt=0)] = defaults.BROKER_CONSUMER_TIMEOUT
     #: First retry delay in seconds; doubles per attempt, with jitter, capped at retry_max_delay.
-    retry_base_delay: Annotated[float, Field(ge=0)] = 1.0
-    retry_max_delay: Annotated[float, Field(ge=0)] = 300.0
+    retry_base_delay: Annotated[float, Field(ge=0)] = defaults.RETRY_BASE_DELAY
+    retry_max_delay: Annotated[float, Field(ge=0)] = defaults.RETRY_MAX_DELAY
 
     @field_validator("amqp_url")
     @classmethod
@@ -96,15 +97,41 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Build settings from the environment plus the given (non-None) overrides.
+    """Build settings from the environment plus the given (non-None) overrides, which win.
 
-    Raises `ConfigError` with one readable line instead of pydantic's multi-line report.
+    Raises `ConfigError` with one readable line instead of pydantic's multi-line report,
+    naming the variable when the bad value came from the environment.
     """
+    found = {field: os.environ[name] for field, name in ENVIRONMENT.items() if os.environ.get(name)}
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
-        return Settings(**given)
+        return Settings(**(found | given))
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ".".join(str(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"invalid {name}: {message}") from None
+        field = ".".join(str(part) for part in first["loc"])
+        name = ENVIRONMENT.get(field, field) if field not in given else field
+        raise ConfigError(f"invalid {name}: {describe_error(first)}") from None
+
+
+#: pydantic's bounds, as the one wording both the library and the command line use.
+_BOUNDS = {
+    "greater_than_equal": ("ge", "must be at least {}"),
+    "greater_than": ("gt", "must be more than {}"),
+    "less_than_equal": ("le", "must be at most {}"),
+    "less_than": ("lt", "must be less than {}"),
+    "string_too_short": ("min_length", "must be at least {} characters long"),
+    "string_too_long": ("max_length", "must be at most {} characters long"),
+    "string_pattern_mismatch": ("pattern", "must match {}"),
+}
+
+
+def describe_error(error: ErrorDetails) -> str:
+    """One short phrase for a pydantic validation error, without the field's name."""
+    bound = _BOUNDS.get(error["type"])
+    context: dict[str, Any] = dict(error.get("ctx") or {})
+    if bound is not None and bound[0] in context:
+        limit = context[bound[0]]
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)  # "at least 0", not "at least 0.0"
+        return bound[1].format(limit)
+    return error["msg"].removeprefix("Value error, ")

@@ -1,4 +1,8 @@
-"""`consumer`: a supervisor that runs N worker processes against a RabbitMQ queue."""
+"""`consumer`: a supervisor that runs N worker processes against a RabbitMQ queue.
+
+Everything that needs no broker is checked before the first connection. The library (the
+supervisor, the backends, pydantic, pika) is imported only by the command that runs.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,23 @@ import logging
 import signal
 import threading
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from common.cli import fail, run_app, setup_logging
-from common.factory import Role, open_backend
-from common.settings import BackendName, Settings, load_settings
-from consumer.handlers import import_handlers
-from consumer.supervisor import ThreadWorkers, WorkerPool, WorkerSpec
-from consumer.worker import WorkerOptions
+from common import defaults, options
+from common.cli import invalid, new_app, print_table, run_app, setup_logging
+from common.defaults import BackendName
+
+if TYPE_CHECKING:
+    from common.backend import Backend
+    from common.settings import Settings
+    from consumer.worker import WorkerOptions
 
 log = logging.getLogger("taskshuttle.consumer")
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False)
-dlq_app = typer.Typer(help="See and replay dead letters.")
+app = new_app()
+dlq_app = new_app(help="See and replay dead letters.")
 app.add_typer(dlq_app, name="dlq")
 
 LOCAL_MESSAGE = (
@@ -38,60 +42,46 @@ class PoolKind(StrEnum):
     thread = "thread"
 
 
-UrlOption = Annotated[str | None, typer.Option(help="Broker URL [env AMQP_URL].")]
-QueueOption = Annotated[str | None, typer.Option(help="Queue name [env TASKSHUTTLE_QUEUE].")]
-
-
 @app.callback(invoke_without_command=True)
 def main(
     ctx: typer.Context,
-    backend: Annotated[BackendName, typer.Option(help="Only rabbitmq runs standalone.")] = (
-        BackendName.rabbitmq
-    ),
-    workers: Annotated[int | None, typer.Option(help="Workers [default 2].")] = None,
+    backend: options.Backend = BackendName.rabbitmq,
+    workers: options.Workers = defaults.WORKERS,
     pool: Annotated[
         PoolKind, typer.Option(help="Workers as processes, or as threads of one process.")
     ] = PoolKind.process,
-    prefetch: Annotated[int | None, typer.Option(help="Unacked tasks per worker [100].")] = None,
-    queue: QueueOption = None,
-    url: UrlOption = None,
-    max_attempts: Annotated[
-        int | None, typer.Option(help="Tries per task before dead-lettering [3].")
-    ] = None,
-    retry_delay: Annotated[
-        float | None, typer.Option(help="First retry delay, seconds; doubles per try [1].")
-    ] = None,
-    task_timeout: Annotated[
-        float | None, typer.Option(help="Seconds a task may run before it fails [no limit].")
-    ] = None,
+    prefetch: options.Prefetch = defaults.PREFETCH,
+    queue: options.Queue = defaults.QUEUE,
+    url: options.Url = defaults.DEFAULT_AMQP_URL,
+    max_attempts: options.MaxAttempts = defaults.MAX_ATTEMPTS,
+    retry_delay: options.RetryDelay = defaults.RETRY_BASE_DELAY,
+    retry_max_delay: options.RetryMaxDelay = defaults.RETRY_MAX_DELAY,
+    task_timeout: options.TaskTimeout = defaults.TASK_TIMEOUT,
+    broker_consumer_timeout: options.BrokerConsumerTimeout = defaults.BROKER_CONSUMER_TIMEOUT,
     burst: Annotated[
         bool, typer.Option(help="Exit 0 once the queue has been empty for a moment.")
     ] = False,
-    handlers: Annotated[
-        list[str] | None, typer.Option(help="Import this module to register task kinds.")
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
+    handlers: options.Handlers = None,
+    verbose: options.Verbose = False,
+    version: options.Version = False,
 ) -> None:
     """Consume tasks with N worker processes until SIGINT/SIGTERM (or, with --burst, until
     the queue is empty)."""
     setup_logging(verbose)
     if ctx.invoked_subcommand is not None:
-        ctx.obj = (backend, queue, url)
-        return
+        return  # `dlq`: it reads --backend, --url and --queue from here or from its own
     if backend is BackendName.local:
-        fail("consumer", LOCAL_MESSAGE)
-    settings = load_settings(
-        amqp_url=url,
-        queue=queue,
-        workers=workers,
-        prefetch=prefetch,
-        max_attempts=max_attempts,
-        retry_base_delay=retry_delay,
-        task_timeout=task_timeout,
-    )
-    modules = tuple(handlers or ())
-    import_handlers(list(modules))
-    _check_broker(settings)
+        raise options.bad_value(ctx, "backend", LOCAL_MESSAGE)
+    settings = options.settings_from(ctx)  # --queue, --url, --workers...
+    if pool is PoolKind.thread and settings.task_timeout:
+        message = "needs --pool process: a thread cannot be stopped"
+        raise options.bad_value(ctx, "task_timeout", message)
+    from consumer.handlers import import_handlers
+    from consumer.worker import WorkerOptions
+
+    with invalid("--handlers"):
+        import_handlers(list(handlers or ()))
+    _admin(settings).close()  # a bad URL, password or queue fails here, before any worker
     if settings.task_timeout > settings.broker_consumer_timeout:
         log.warning(
             "--task-timeout %gs is longer than the broker's consumer_timeout (%gs): the broker "
@@ -99,23 +89,25 @@ def main(
             settings.task_timeout,
             settings.broker_consumer_timeout,
         )
-    options = WorkerOptions.from_settings(settings, burst_idle=1.0 if burst else None)
-    if pool is PoolKind.thread and settings.task_timeout:
-        fail("consumer", "--task-timeout needs --pool process: a thread cannot be stopped")
-    supervise(settings, options, modules, pool)
+    worker_options = WorkerOptions.from_settings(settings, burst_idle=1.0 if burst else None)
+    supervise(settings, worker_options, tuple(handlers or ()), pool)
 
 
-def _check_broker(settings: Settings) -> None:
-    """Fail fast, in the supervisor, on a bad URL, password or queue, before any worker."""
-    open_backend(settings, Role.ADMIN).close()
+def _admin(settings: Settings) -> Backend:
+    """A short-lived connection: the broker check, the dead-letter commands."""
+    from common.factory import Role, open_backend
+
+    return open_backend(settings, Role.ADMIN)
 
 
 def supervise(
     settings: Settings,
-    options: WorkerOptions,
+    worker_options: WorkerOptions,
     modules: tuple[str, ...],
     pool_kind: PoolKind = PoolKind.process,
 ) -> None:
+    from consumer.supervisor import ThreadWorkers, WorkerPool, WorkerSpec
+
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -124,7 +116,7 @@ def supervise(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    spec = WorkerSpec(settings, options, modules)
+    spec = WorkerSpec(settings, worker_options, modules)
     pool: WorkerPool | ThreadWorkers = (
         ThreadWorkers(spec, settings.workers)
         if pool_kind is PoolKind.thread
@@ -146,45 +138,57 @@ def supervise(
         pool.stop()
 
 
-def _rabbit(ctx: typer.Context):  # type: ignore[no-untyped-def]
-    backend, queue, url = ctx.obj
-    if backend is BackendName.local:
-        fail("consumer", "dead letters of the local backend are shown by `producer` itself")
-    return open_backend(load_settings(amqp_url=url, queue=queue), Role.ADMIN)
+def _dlq_settings(ctx: typer.Context) -> Settings:
+    """Settings from --backend, --url and --queue, given before `dlq` or after its command."""
+    if options.given(ctx, "backend")[1] is BackendName.local:
+        raise options.bad_value(
+            ctx, "backend", "dead letters of the local backend are shown by `producer` itself"
+        )
+    return options.settings_from(ctx)
 
 
 @dlq_app.command("list")
 def dlq_list(
     ctx: typer.Context,
+    backend: options.Backend = BackendName.rabbitmq,
+    queue: options.Queue = defaults.QUEUE,
+    url: options.Url = defaults.DEFAULT_AMQP_URL,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Show every dead letter with why it is there (they stay in the DLQ)."""
-    with _rabbit(ctx) as backend:
-        letters = backend.dead_letters()
+    with _admin(_dlq_settings(ctx)) as admin:
+        letters = admin.dead_letters()
     if as_json:
         for letter in letters:
             print(json.dumps(letter.model_dump(mode="json")))
         return
-    table = Table(title=f"{len(letters)} dead letters")
-    for column in ("task id", "reason", "attempts", "error", "when"):
-        table.add_column(column)
-    for letter in letters:
-        table.add_row(
+    rows = [
+        [
             letter.task_id or "-",
             letter.reason,
             str(letter.attempts),
             letter.error[:80],
             letter.dead_lettered_at.isoformat(timespec="seconds"),
-        )
-    Console().print(table)
+        ]
+        for letter in letters
+    ]
+    print_table(
+        f"{len(letters)} dead letters", ["task id", "reason", "attempts", "error", "when"], rows
+    )
 
 
 @dlq_app.command("replay")
-def dlq_replay(ctx: typer.Context) -> None:
+def dlq_replay(
+    ctx: typer.Context,
+    backend: options.Backend = BackendName.rabbitmq,
+    queue: options.Queue = defaults.QUEUE,
+    url: options.Url = defaults.DEFAULT_AMQP_URL,
+) -> None:
     """Move every dead letter back to the work queue, as a first attempt."""
-    with _rabbit(ctx) as backend:
-        moved = backend.replay_dead_letters()
-    print(f"replayed {moved} dead letters to {backend.queue_name!r}")
+    settings = _dlq_settings(ctx)
+    with _admin(settings) as admin:
+        moved = admin.replay_dead_letters()
+    print(f"replayed {moved} dead letters to {settings.queue!r}")
 
 
 def cli(argv: list[str] | None = None) -> None:

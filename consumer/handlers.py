@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
+import sys
 import time
 import typing
 from collections.abc import Callable
@@ -116,7 +118,14 @@ registry = Registry()
 
 
 def import_handlers(modules: list[str]) -> None:
-    """Import modules that register handlers (``--handlers``), with a one-line error."""
+    """Import modules that register handlers (``--handlers``), with a one-line error.
+
+    The current folder is searched first, as ``python -m`` does (and ``celery -A``), since a
+    console script's own folder is the one on `sys.path`. A worker process calls this too,
+    from the folder its supervisor runs in.
+    """
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for name in modules:
         try:
             importlib.import_module(name)

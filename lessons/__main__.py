@@ -6,25 +6,12 @@ from typing import Annotated, Any
 
 import typer
 
-from common.cli import run_app, setup_logging
-from common.settings import BackendName
+from common import options
+from common.cli import new_app, run_app, setup_logging
+from common.defaults import DEFAULT_AMQP_URL, BackendName
 from lessons import LESSONS, show
 
-app = typer.Typer(
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    no_args_is_help=True,
-    help="The seed course's lessons, on the local backend and on RabbitMQ.",
-)
-
-
-BackendOption = Annotated[
-    BackendName, typer.Option(help="local: one process tree; rabbitmq: through the broker.")
-]
-UrlOption = Annotated[
-    str | None, typer.Option(help="Broker URL (default: env AMQP_URL, else guest on localhost).")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+app = new_app(help="The seed course's lessons, on the local backend and on RabbitMQ.")
 
 
 def _done(module: Any, result: Any, as_json: bool) -> None:
@@ -38,17 +25,19 @@ def _help(name: str) -> str:
     return LESSONS[name][0]
 
 
-@app.callback()
-def main() -> None:
+@app.callback(invoke_without_command=True)
+def main(ctx: typer.Context, version: options.Version = False) -> None:
     setup_logging(False)
+    if ctx.invoked_subcommand is None:  # no lesson named: list them
+        print(ctx.get_help())
 
 
 @app.command("process-objects", help=_help("process-objects"))
 def process_objects(
-    backend: BackendOption = BackendName.local,
-    url: UrlOption = None,
+    backend: options.Backend = BackendName.local,
+    url: options.Url = DEFAULT_AMQP_URL,
     tasks: Annotated[int, typer.Option(min=1, help="Tasks in the job.")] = 20,
-    as_json: JsonOption = False,
+    as_json: options.Json = False,
 ) -> None:
     from lessons import process_objects as lesson
 
@@ -57,7 +46,9 @@ def process_objects(
 
 @app.command("zombie-orphan", help=_help("zombie-orphan"))
 def zombie_orphan(
-    backend: BackendOption = BackendName.local, url: UrlOption = None, as_json: JsonOption = False
+    backend: options.Backend = BackendName.local,
+    url: options.Url = DEFAULT_AMQP_URL,
+    as_json: options.Json = False,
 ) -> None:
     from lessons import zombie_orphan as lesson
 
@@ -66,7 +57,9 @@ def zombie_orphan(
 
 @app.command("daemon", help=_help("daemon"))
 def daemon(
-    backend: BackendOption = BackendName.local, url: UrlOption = None, as_json: JsonOption = False
+    backend: options.Backend = BackendName.local,
+    url: options.Url = DEFAULT_AMQP_URL,
+    as_json: options.Json = False,
 ) -> None:
     from lessons import daemon as lesson
 
@@ -75,14 +68,14 @@ def daemon(
 
 @app.command("mutex", help=_help("mutex"))
 def mutex(
-    backend: BackendOption = BackendName.local,
+    backend: options.Backend = BackendName.local,
     no_lock: Annotated[bool, typer.Option("--no-lock", help="The unsafe ticket office.")] = False,
     tickets: Annotated[int, typer.Option(min=0)] = 50,
     buyers: Annotated[int, typer.Option(min=1)] = 200,
     consumers: Annotated[int, typer.Option(min=1, max=32, help="Worker processes.")] = 4,
     delay: Annotated[float, typer.Option(min=0, help="Seconds between check and buy.")] = 0.01,
-    url: UrlOption = None,
-    as_json: JsonOption = False,
+    url: options.Url = DEFAULT_AMQP_URL,
+    as_json: options.Json = False,
 ) -> None:
     from lessons import mutex as lesson
 
@@ -100,10 +93,10 @@ def mutex(
 
 @app.command("queues", help=_help("queues"))
 def queues(
-    backend: BackendOption = BackendName.local,
-    url: UrlOption = None,
+    backend: options.Backend = BackendName.local,
+    url: options.Url = DEFAULT_AMQP_URL,
     tasks: Annotated[int, typer.Option(min=1, help="Numbered tasks per run.")] = 200,
-    as_json: JsonOption = False,
+    as_json: options.Json = False,
 ) -> None:
     from lessons import queues as lesson
 
@@ -112,7 +105,9 @@ def queues(
 
 @app.command("producer-consumer", help=_help("producer-consumer"))
 def producer_consumer(
-    backend: BackendOption = BackendName.local, url: UrlOption = None, as_json: JsonOption = False
+    backend: options.Backend = BackendName.local,
+    url: options.Url = DEFAULT_AMQP_URL,
+    as_json: options.Json = False,
 ) -> None:
     from lessons import producer_consumer as lesson
 
@@ -121,10 +116,10 @@ def producer_consumer(
 
 @app.command("threads", help=_help("threads"))
 def threads(
-    backend: BackendOption = BackendName.local,
+    backend: options.Backend = BackendName.local,
     workers: Annotated[int, typer.Option(min=2, max=16, help="Processes / threads.")] = 2,
-    url: UrlOption = None,
-    as_json: JsonOption = False,
+    url: options.Url = DEFAULT_AMQP_URL,
+    as_json: options.Json = False,
 ) -> None:
     from lessons import threads as lesson
 
@@ -133,10 +128,10 @@ def threads(
 
 @app.command("compare", help="The same workload on both backends, one table side by side.")
 def compare(
-    url: UrlOption = None,
+    url: options.Url = DEFAULT_AMQP_URL,
     workers: Annotated[int, typer.Option(min=1, max=16)] = 2,
     tasks: Annotated[int, typer.Option(min=10, help="Tasks in the throughput run.")] = 2000,
-    as_json: JsonOption = False,
+    as_json: options.Json = False,
 ) -> None:
     from lessons import compare as lesson
 

@@ -59,3 +59,19 @@ def test_invalid_settings_are_one_line_config_errors(
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
     assert "secret" not in str(caught.value)
+
+
+def test_a_bad_value_from_the_environment_is_named_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKSHUTTLE_WORKERS", "0")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == "invalid TASKSHUTTLE_WORKERS: must be at least 1"
+    assert load_settings(workers=3).workers == 3  # an explicit value wins, and is checked alone
+
+
+def test_settings_built_from_values_read_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKSHUTTLE_WORKERS", "0")
+    monkeypatch.setenv("AMQP_URL", "garbage")
+    assert Settings(queue="q").workers == 2

@@ -32,24 +32,41 @@ def _closed_port() -> int:
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["--payload", "{bad"], ["--payload is not valid JSON"]),
-        (["--payload", "[1, 2]"], ["--payload must be a JSON object"]),
-        (["--kind", "nope"], ["unknown task kind 'nope'", "known: cpu, echo, fail, sleep"]),
-        (["--count", "-1"], ["--count", "must be 0 or more"]),
-        (["--count", "many"], ["'--count'", "valid integer"]),
+        (["--payload", "{bad"], ["Invalid value for '--payload': not valid JSON"]),
+        (["--payload", "[1, 2]"], ["Invalid value for '--payload': must be a JSON object"]),
+        (
+            ["--kind", "nope"],
+            [
+                "Invalid value for '--kind': unknown task kind 'nope'",
+                "known: cpu, echo, fail, sleep",
+            ],
+        ),
+        (["--count", "-1"], ["Invalid value for '--count': must be at least 0"]),
+        (["--count", "many"], ["Invalid value for '--count': ", "valid integer"]),
         (
             ["--kind", "sleep", "--payload", '{"seconds": "soon"}'],
-            ["invalid payload for kind 'sleep'"],
+            ["Invalid value for '--payload': invalid payload for kind 'sleep'"],
         ),
-        (["--kind", "sleep", "--payload", '{"secs": 1}'], ["invalid payload for kind 'sleep'"]),
-        (["--backend", "kafka"], ["'--backend'", "'local', 'rabbitmq'"]),
-        (["--backend", "rabbitmq", "--url", "http://localhost"], ["malformed AMQP URL", "amqp://"]),
+        (
+            ["--kind", "sleep", "--payload", '{"secs": 1}'],
+            ["Invalid value for '--payload': invalid payload for kind 'sleep'"],
+        ),
+        (["--backend", "kafka"], ["Invalid value for '--backend': ", "'local', 'rabbitmq'"]),
+        (
+            ["--backend", "rabbitmq", "--url", "http://localhost"],
+            ["Invalid value for '--url': malformed AMQP URL", "amqp://"],
+        ),
         (
             ["--backend", "rabbitmq", "--url", "amqp://u:secret@:5672/"],
-            ["malformed AMQP URL", "no host"],
+            ["Invalid value for '--url': malformed AMQP URL", "no host"],
         ),
-        (["--backend", "rabbitmq", "--url", "amqp://h:99999/"], ["malformed AMQP URL"]),
-        (["--workers", "0"], ["invalid workers"]),
+        (
+            ["--backend", "rabbitmq", "--url", "amqp://h:99999/"],
+            ["Invalid value for '--url': malformed AMQP URL"],
+        ),
+        (["--workers", "0"], ["Invalid value for '--workers': must be at least 1"]),
+        (["--retry-delay", "-1"], ["Invalid value for '--retry-delay': must be at least 0"]),
+        (["--handlers", "no_such_module"], ["Invalid value for '--handlers': ", "no_such_module"]),
     ],
 )
 def test_producer_usage_errors_exit_2_with_one_line(args: list[str], fragments: list[str]) -> None:
@@ -58,9 +75,113 @@ def test_producer_usage_errors_exit_2_with_one_line(args: list[str], fragments: 
     assert "secret" not in err  # credentials never printed
 
 
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        (
+            {"TASKSHUTTLE_WORKERS": "0"},
+            [],
+            "Invalid value for 'TASKSHUTTLE_WORKERS': must be at least 1",
+        ),
+        ({"TASKSHUTTLE_WORKERS": "two"}, [], "Invalid value for 'TASKSHUTTLE_WORKERS': "),
+        (
+            {"TASKSHUTTLE_RETRY_BASE_DELAY": "-1"},
+            [],
+            "Invalid value for 'TASKSHUTTLE_RETRY_BASE_DELAY': must be at least 0",
+        ),
+        (
+            {"TASKSHUTTLE_QUEUE": "has space"},
+            [],
+            "Invalid value for 'TASKSHUTTLE_QUEUE': must match",
+        ),
+        (
+            {"AMQP_URL": "http://u:secret@localhost"},
+            ["--backend", "rabbitmq"],
+            "Invalid value for 'AMQP_URL': malformed AMQP URL 'http://u:***@localhost'",
+        ),
+    ],
+)
+def test_an_invalid_environment_variable_is_named(
+    env: dict[str, str], args: list[str], message: str
+) -> None:
+    completed = run("producer", "--count", "1", *args, env=env)
+    err = _one_line_error(completed, 2, "producer", message)
+    for field in ("workers:", "retry_base_delay", "amqp_url", "queue:"):
+        assert field not in err  # the name the user typed, never the settings field
+    assert "secret" not in err
+
+
+def test_a_flag_is_named_even_when_the_variable_is_set_too() -> None:
+    completed = run("producer", "--workers", "0", env={"TASKSHUTTLE_WORKERS": "3"})
+    err = _one_line_error(completed, 2, "producer", "Invalid value for '--workers': ")
+    assert "TASKSHUTTLE_WORKERS" not in err
+
+
 def test_consumer_local_backend_points_to_the_producer() -> None:
     completed = run("consumer", "--backend", "local")
-    _one_line_error(completed, 2, "consumer", "producer --backend local --workers N")
+    _one_line_error(
+        completed,
+        2,
+        "consumer",
+        "Invalid value for '--backend': ",
+        "producer --backend local --workers N",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--task-timeout", "5"], {}, "'--task-timeout'"),
+        ([], {"TASKSHUTTLE_TASK_TIMEOUT": "5"}, "'TASKSHUTTLE_TASK_TIMEOUT'"),
+    ],
+)
+def test_thread_pool_with_a_task_timeout_is_refused_before_connecting(
+    args: list[str], env: dict[str, str], named: str
+) -> None:
+    url = f"amqp://guest:guest@127.0.0.1:{_closed_port()}/%2F"  # nothing listens there
+    completed = run("consumer", "--pool", "thread", "--url", url, *args, env=env)
+    err = _one_line_error(
+        completed, 2, "consumer", f"Invalid value for {named}: needs --pool process"
+    )
+    assert "cannot reach broker" not in err
+
+
+def test_handlers_are_imported_before_connecting() -> None:
+    url = f"amqp://guest:guest@127.0.0.1:{_closed_port()}/%2F"
+    completed = run("consumer", "--url", url, "--handlers", "no_such_module")
+    _one_line_error(completed, 2, "consumer", "Invalid value for '--handlers': ")
+
+
+def test_dlq_options_are_taken_after_the_subcommand() -> None:
+    port = _closed_port()
+    completed = run(
+        "consumer", "dlq", "list", "--queue", "q", "--url", f"amqp://guest:guest@127.0.0.1:{port}/"
+    )
+    _one_line_error(
+        completed, 1, "consumer", f"cannot reach broker at amqp://guest:***@127.0.0.1:{port}/"
+    )
+    local = run("consumer", "dlq", "replay", "--backend", "local")
+    _one_line_error(local, 2, "consumer", "Invalid value for '--backend': ", "`producer` itself")
+
+
+def test_dlq_option_after_the_subcommand_wins_over_one_before(
+    broker_url: str, queue_name: str
+) -> None:
+    closed = f"amqp://guest:guest@127.0.0.1:{_closed_port()}/%2F"
+    completed = run(
+        "consumer",
+        "--url",
+        closed,
+        "dlq",
+        "list",
+        "--url",
+        broker_url,
+        "--queue",
+        queue_name,
+        "--json",
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == ""  # a new queue has no dead letters
 
 
 @pytest.mark.parametrize("prog", ["producer", "consumer"])

@@ -1,0 +1,120 @@
+"""What `producer` shows while it runs and when it is done, and how it stops on a signal."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from common.cli import fail, print_summary
+from producer import run
+
+if TYPE_CHECKING:
+    from common.settings import Settings
+
+
+class _Bar(run.Progress):
+    """A rich progress bar on stderr: one line for sent, one for done."""
+
+    def __init__(self, total: int, counting_results: bool) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description:>5}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._sent = self._bar.add_task("sent", total=total)
+        self._done = self._bar.add_task("done", total=total) if counting_results else None
+
+    def __enter__(self) -> _Bar:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def sent(self, n: int) -> None:
+        self._bar.advance(self._sent, n)
+
+    def done(self, n: int) -> None:
+        if self._done is not None:
+            self._bar.advance(self._done, n)
+
+
+@contextlib.contextmanager
+def progress(total: int, counting_results: bool, *, show: bool) -> Iterator[run.Progress]:
+    """A progress bar while the job runs, drawn only on a terminal: piped or captured,
+    stderr gets errors and nothing else (rich would leave an empty line there)."""
+    if not (show and sys.stderr.isatty()):
+        yield run.Progress()
+        return
+    with _Bar(total, counting_results) as bar:
+        yield bar
+
+
+class Stop:
+    """Set by SIGINT or SIGTERM: stop sending, let the tasks in hand finish, summarise."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        signal.signal(signal.SIGINT, self)
+        signal.signal(signal.SIGTERM, self)
+
+    def is_set(self) -> bool:
+        return self.signal is not None
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        self.signal = signal.Signals(signum)
+
+
+def report_sent(summary: dict[str, Any], settings: Settings, as_json: bool) -> None:
+    """What a producer that did not wait for results says: how many went where."""
+    if as_json:
+        sent = {"backend": "rabbitmq", "sent": summary["sent"], "queue": settings.queue}
+        print(json.dumps(sent | {"seconds": summary["seconds"]}))
+        return
+    print(
+        f"sent {summary['sent']} tasks to queue {settings.queue!r} on {settings.safe_url} "
+        f"(all confirmed) in {summary['seconds']}s"
+    )
+
+
+def report_results(
+    summary: dict[str, Any],
+    settings: Settings,
+    as_json: bool,
+    *,
+    count: int,
+    timeout: float,
+    stop: Stop,
+) -> None:
+    """The summary; then, if the run was cut short or results are missing, an error."""
+    print_summary(summary, as_json)
+    if stop.signal:
+        where = (
+            "the local queue died with this process tree"
+            if summary["backend"] == "local"
+            else f"they stay in queue {settings.queue!r} for the consumers"
+        )
+        fail(
+            "producer",
+            f"stopped by {stop.signal.name}: {summary['sent']} of {count} sent, "
+            f"{summary['lost']} without a result ({where})",
+            128 + stop.signal,
+        )
+    if summary["lost"]:
+        fail("producer", f"{summary['lost']} tasks got no result within {timeout:g}s", 1)

@@ -1,0 +1,291 @@
+"""The command lines as a user meets them: help, version, flags, environment, output streams,
+handler modules from the current folder, and what a program imports. No broker needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from consumer.cli import app as consumer_app
+from producer.cli import app as producer_app
+from tests.helpers import ROOT, run
+
+pytestmark = pytest.mark.timeout(60)
+
+BIN = Path(sys.executable).parent  # where the console scripts of this environment are
+
+#: Every environment variable a program reads, by the flag it stands for.
+ENVIRONMENT = {
+    "--url": "AMQP_URL",
+    "--queue": "TASKSHUTTLE_QUEUE",
+    "--workers": "TASKSHUTTLE_WORKERS",
+    "--prefetch": "TASKSHUTTLE_PREFETCH",
+    "--max-attempts": "TASKSHUTTLE_MAX_ATTEMPTS",
+    "--retry-delay": "TASKSHUTTLE_RETRY_BASE_DELAY",
+    "--retry-max-delay": "TASKSHUTTLE_RETRY_MAX_DELAY",
+    "--task-timeout": "TASKSHUTTLE_TASK_TIMEOUT",
+}
+
+
+def _help(app: object, *args: str) -> str:
+    done = CliRunner().invoke(app, [*args, "--help"])  # type: ignore[arg-type]
+    assert done.exit_code == 0, done.output
+    return " ".join(done.output.split())  # the same text however the terminal wraps it
+
+
+@pytest.mark.parametrize("app", [producer_app, consumer_app], ids=["producer", "consumer"])
+def test_help_lists_each_environment_variable_with_its_flag(app: object) -> None:
+    text = _help(app)
+    for flag, variable in ENVIRONMENT.items():
+        assert re.search(rf"{flag} <\w+> [^\[]*\[env var: {variable}[;\]]", text), (flag, text)
+
+
+def test_consumer_help_lists_the_broker_consumer_timeout_variable() -> None:
+    assert "[env var: TASKSHUTTLE_BROKER_CONSUMER_TIMEOUT;" in _help(consumer_app)
+
+
+@pytest.mark.parametrize(
+    ("app", "flags"),
+    [
+        (producer_app, ["-q, --quiet No progress bar.", "--json Print", "-v, --verbose Log"]),
+        (consumer_app, ["-v, --verbose Log", "--burst / --no-burst Exit"]),
+    ],
+    ids=["producer", "consumer"],
+)
+def test_boolean_options_are_shown_as_flags(app: object, flags: list[str]) -> None:
+    text = _help(app)
+    assert "<bool>" not in text
+    for flag in flags:
+        assert flag in text
+
+
+def test_quiet_is_a_flag_that_takes_no_value() -> None:
+    done = run("producer", "--quiet", "true")
+    assert done.returncode == 2
+    assert done.stderr == "producer: error: Got unexpected extra argument(s) (true)\n"
+
+
+def test_dlq_commands_take_the_connection_options() -> None:
+    for command in ("list", "replay"):
+        text = _help(consumer_app, "dlq", command)
+        for flag in ("--backend", "--queue", "--url"):
+            assert f"{flag} <" in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["producer"], ["consumer"], ["lessons"]],
+    ids=["producer", "consumer", "lessons"],
+)
+def test_every_program_has_a_version(argv: list[str]) -> None:
+    from importlib.metadata import version
+
+    done = subprocess.run(
+        [sys.executable, "-m", argv[0], "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{argv[0]} {version('taskshuttle')}\n"
+    assert done.stderr == ""
+
+
+def test_lessons_without_a_name_lists_them_and_exits_0() -> None:
+    from lessons import LESSONS
+
+    done = subprocess.run(
+        [sys.executable, "-m", "lessons"], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    for name in LESSONS:
+        assert name in done.stdout
+
+
+def test_a_captured_stderr_holds_no_empty_line() -> None:
+    done = run("producer", "--backend", "local", "--count", "5")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no progress bar, and none of its leftovers, off a terminal
+    assert "tasks sent" in done.stdout
+
+
+def test_the_local_backend_ignores_a_broker_url_it_does_not_use() -> None:
+    done = run(
+        "producer", "--backend", "local", "--count", "1", "--json", env={"AMQP_URL": "garbage"}
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["done"] == 1
+
+
+def test_a_flag_wins_over_the_environment() -> None:
+    done = run(
+        "producer",
+        *("--backend", "local", "--count", "4", "--workers", "1", "--json"),
+        env={"TASKSHUTTLE_WORKERS": "0"},  # invalid, and overridden
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["workers"]) == 1
+
+
+HANDLERS = """
+import os
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from consumer.handlers import registry
+
+
+class Double(BaseModel):
+    n: int
+
+
+@registry.task("double")
+def double(payload: Double) -> int:
+    Path(f"ran-{os.getpid()}-{payload.n}").write_text(str(payload.n * 2))
+    return payload.n * 2
+"""
+
+
+def test_handlers_module_is_found_in_the_current_folder(tmp_path: Path) -> None:
+    (tmp_path / "mytasks.py").write_text(HANDLERS)
+    done = subprocess.run(
+        [
+            str(BIN / "producer"),  # a console script: its own folder is on sys.path, not ours
+            *("--backend", "local", "--handlers", "mytasks", "--kind", "double"),
+            *("--payload", '{"n": 21}', "--count", "3", "--json"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["done"], summary["failed"]) == (3, 0)
+    ran = list(tmp_path.glob("ran-*-21"))
+    assert {path.read_text() for path in ran} == {"42"}  # the handler's own result
+    worker_pids = {w["pid"] for w in summary["workers"]}
+    assert {int(path.name.split("-")[1]) for path in ran} <= worker_pids  # run by the workers
+
+
+def test_consumer_imports_handlers_from_the_current_folder(tmp_path: Path) -> None:
+    (tmp_path / "mytasks.py").write_text(HANDLERS)
+    done = subprocess.run(
+        [
+            str(BIN / "consumer"),
+            "--handlers",
+            "mytasks",
+            "--url",
+            "amqp://guest:guest@127.0.0.1:1/",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1  # past the handlers, at the (closed) broker
+    assert done.stderr.startswith("consumer: error: cannot reach broker"), done.stderr
+
+
+def _readme_block(after: str) -> str:
+    """The first python block of the README after the line `after`."""
+    readme = (ROOT / "README.md").read_text()
+    rest = readme[readme.index(after) :]
+    return rest.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_handlers_example_runs_from_its_folder(tmp_path: Path) -> None:
+    (tmp_path / "mytasks.py").write_text(_readme_block("### Your own task kinds"))
+    done = subprocess.run(
+        [
+            str(BIN / "producer"),
+            *("--backend", "local", "--handlers", "mytasks", "--kind", "resize"),
+            *("--payload", '{"path": "a.png", "width": 64}', "--count", "3", "--json"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["done"] == 3
+
+
+def test_readme_library_example_runs_as_a_saved_script(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(_readme_block("### As a library"))
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "'done': 100" in done.stdout
+
+
+def test_help_imports_neither_pydantic_nor_rich_nor_pika() -> None:
+    loaded = _modules_after("from producer.cli import cli; cli(['--help'])")
+    assert loaded & {"pydantic", "rich", "pika"} == set()
+
+
+def test_a_local_run_never_imports_pika() -> None:
+    loaded = _modules_after("from producer.cli import cli; cli(['--count', '1', '--json'])")
+    assert "pika" not in loaded
+    assert "pydantic" in loaded  # the probe does see what a run imports
+
+
+PROBE = """
+import sys
+from pathlib import Path
+import os
+
+from consumer.handlers import registry
+
+
+@registry.task("probe")
+def probe(payload: dict) -> None:
+    heavy = sorted(m for m in ("typer", "rich", "pika", "producer.cli") if m in sys.modules)
+    Path(f"modules-{os.getpid()}").write_text(" ".join(heavy) or "-")
+"""
+
+
+def test_worker_processes_do_not_import_the_command_line(tmp_path: Path) -> None:
+    (tmp_path / "probe.py").write_text(PROBE)
+    done = subprocess.run(
+        [
+            str(BIN / "producer"),
+            *("--backend", "local", "--handlers", "probe", "--kind", "probe"),
+            *("--count", "20", "--prefetch", "1", "--quiet"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    found = {path.read_text() for path in tmp_path.glob("modules-*")}
+    assert found == {"-"}
+
+
+def _modules_after(code: str) -> set[str]:
+    """The top-level modules loaded by the end of `code`, run in a fresh interpreter."""
+    report = "import sys; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    program = f"import atexit\natexit.register(lambda: exec({report!r}))\n{code}\n"
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "AMQP_URL": "garbage"},
+    )
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split("\n")[-2].split())
