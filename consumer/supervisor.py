@@ -76,6 +76,11 @@ class SlotHooks(Protocol):
         """The worker in `slot` died unexpectedly; its replacement starts next."""
         ...
 
+    def wake(self, count: int) -> object:
+        """The pool is stopping: wake `count` workers that wait for work, so they see it
+        at once instead of at the end of their poll."""
+        ...
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -254,6 +259,8 @@ class WorkerPool:
     def stop(self, timeout: float = 30.0) -> None:
         """Ask every worker to finish its task and exit; reap them all."""
         self.stop_event.set()
+        if self.slots is not None:
+            self.slots.wake(len(self.workers))
         deadline = time.monotonic() + timeout
         for process in self.workers.values():
             process.join(max(deadline - time.monotonic(), 0))

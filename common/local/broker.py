@@ -244,6 +244,13 @@ class Slots:
         held.value = b""
         return self._broker._put_back(keys)
 
+    def wake(self, count: int) -> None:
+        """Put `count` empty batches on the task queue: the sentinel of the classic
+        producer-consumer model. A worker waiting in `get` takes one, sees that it is being
+        stopped and exits, instead of waiting out its poll interval."""
+        for _ in range(count):
+            self._broker._tasks.put([])
+
     def ready(self, timeout: float) -> list[int]:
         """The slots whose pipe has something to read (events, or end-of-file), waiting up to
         `timeout` seconds for one."""

@@ -63,6 +63,8 @@ class LocalWorkerEnd(WorkerBackend):
                 batch = self._tasks.get(timeout=timeout)
             except queue.Empty:
                 return None
+            if not batch:  # a stopping pool's wake-up call (`Slots.wake`)
+                return None
             # Registered before any of them runs.
             self._held_keys.value = " ".join(key for key, _, _ in batch).encode()
             with self._queued.get_lock():
