@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     events = Events()
     run = ChaosRun(options, events)
     finished = _watchdog(run, options.deadline + 60)
+    # Set both: a background job starts with SIGINT ignored, and Ctrl-C must still clean up.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     report: Report | None = None
     problem: str | None = None

@@ -9,12 +9,12 @@ Three categories, each body unique (so it can be found again, byte for byte, in 
 - oversized: over 1 MB (the schema's limit is 1,000,000 bytes).
 
 Forged bodies are written as plain JSON, not through `TaskEnvelope`, so they stay forged
-when the schema learns to refuse them.
+when the schema learns to refuse them. A forged task that is retried comes back with another
+attempt number, so its bytes change: it is found again by its task id instead.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -32,14 +32,15 @@ class Hostile:
     category: str
     label: str
     body: bytes
+    #: Bytes that mark this message in any later copy (a forged task's quoted id), if any.
+    key: bytes | None = None
     published: bool = False
     #: Filled in by `locate`: "DLQ", or which queue, or "nowhere".
     where: str = "not checked"
     reason: str | None = None
 
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.body).hexdigest()
+    def matches(self, body: bytes) -> bool:
+        return body == self.body or (self.key is not None and self.key in body)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,9 +83,10 @@ def make(category: str, rng: random.Random, first_number: int) -> list[Hostile]:
         picked = rng.sample(choices, 2)
         return [Hostile(n + i, category, label, body) for i, (label, body) in enumerate(picked)]
     if category == "forged":
-        if rng.random() < 0.6:
-            return [Hostile(n, category, "attempt 2000 of 3000", _forged_task(n, 2000, 3000))]
-        return [Hostile(n, category, "attempt 1 of 3000", _forged_task(n, 1, 3000))]
+        attempt = 2000 if rng.random() < 0.6 else 1
+        key = f'"chaos-forged-{n}"'.encode()
+        label = f"attempt {attempt} of 3000"
+        return [Hostile(n, category, label, _forged_task(n, attempt, 3000), key)]
     if category == "oversized":
         head = f"chaos oversized #{n}:".encode()
         return [Hostile(n, category, "over 1 MB", head + b"x" * (OVERSIZED_BYTES - len(head)))]
@@ -102,20 +104,13 @@ def locate(
 ) -> list[str]:
     """Say where each published hostile message ended up; one failure line per message
     that is anywhere but the DLQ, or there without an ``x-reason``."""
-    in_dlq: dict[str, list[dict[str, Any]]] = {}
-    for body, headers in dlq:
-        in_dlq.setdefault(hashlib.sha256(body).hexdigest(), []).append(headers)
-    seen_in: dict[str, list[str]] = {}
-    for queue, bodies in elsewhere.items():
-        for body in bodies:
-            seen_in.setdefault(hashlib.sha256(body).hexdigest(), []).append(queue)
     failures = []
     for h in hostile:
         if not h.published:
             h.where = "never published"
             continue
-        letters = in_dlq.get(h.digest, [])
-        others = seen_in.get(h.digest, [])
+        letters = [headers for body, headers in dlq if h.matches(body)]
+        others = [q for q, bodies in elsewhere.items() for body in bodies if h.matches(body)]
         places = (["DLQ"] * len(letters)) + others
         h.where = ", ".join(places) if places else "nowhere"
         h.reason = ", ".join(_text(x.get("x-reason", "")) or "(none)" for x in letters) or None

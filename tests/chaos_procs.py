@@ -103,17 +103,18 @@ class Consumer:
 
     def kill(self) -> None:
         """SIGKILL the supervisor alone (its workers must follow by themselves) and reap it."""
-        self.ended_by_harness = True
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
+        if self.proc.poll() is None:  # one that exited already did so by itself
+            self.ended_by_harness = True
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
 
     def terminate(self, timeout: float) -> int | None:
         """SIGTERM, as a service manager stops it; its exit code, or None if it did not exit
         within `timeout` (then its whole group is SIGKILLed)."""
-        self.ended_by_harness = True
         if self.proc.poll() is None:
+            self.ended_by_harness = True
             with contextlib.suppress(ProcessLookupError):
                 self.proc.terminate()
         try:
@@ -146,7 +147,8 @@ class Consumer:
 
     def tail(self, lines: int = 3) -> str:
         """Its last lines, on one line (for the event table)."""
-        text = [line.strip() for line in self.output().splitlines() if line.strip()]
+        text = [line.strip() for line in self.output().splitlines()]
+        text = [line for line in text if line.strip("^~ ")]  # no traceback underlines
         return " | ".join(text[-lines:])
 
     def close(self) -> None:

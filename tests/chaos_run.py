@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import time
+from collections import Counter
 
 from common.ledger import Fate
 from common.settings import load_settings
@@ -79,6 +80,7 @@ class ChaosRun:
             if self.events.now() - self.t0 > self.o.seconds and step.kind in self.done_kinds:
                 self.skipped_late += 1  # behind schedule: only kinds not yet seen still run
                 continue
+            self._watch()  # a consumer that exited by itself is seen before the next fault
             getattr(self, "do_" + step.kind.replace("-", "_"))(step)
             self.done_kinds.add(step.kind)
         self._sleep_until(self.t0 + self.o.seconds)
@@ -141,18 +143,20 @@ class ChaosRun:
             self.loads.remove((ends, procs))
             stop_busy(procs)
             self.events.add("cpu-load-end", f"{len(procs)} busy loops stopped")
-        consumer = self.consumer
-        if consumer is not None and consumer.exited_by_itself():
-            code = consumer.proc.returncode
-            self.exits.append(f"#{consumer.number} code {code}: {consumer.tail(2)}")
-            self.events.add(
-                "consumer-exited", f"#{consumer.number} BY ITSELF, code {code}: {consumer.tail()}"
-            )
-            self._check_left(consumer, "after the consumer exited by itself")
-            self.consumer = None
+        if self.consumer is not None and self.consumer.exited_by_itself():
+            self._note_exit(self.consumer)
             self.restart_consumer_at = now + CONSUMER_RESTART_BACKOFF
         if self.consumer is None and self.restart_consumer_at and now >= self.restart_consumer_at:
             self._start_consumer(f"restarted {CONSUMER_RESTART_BACKOFF:g}s after it exited")
+
+    def _note_exit(self, consumer: Consumer) -> None:
+        code = consumer.proc.returncode
+        self.exits.append(f"#{consumer.number} code {code}: {consumer.tail(2)}")
+        self.events.add(
+            "consumer-exited", f"#{consumer.number} BY ITSELF, code {code}: {consumer.tail()}"
+        )
+        self._check_left(consumer, "after the consumer exited by itself")
+        self.consumer = None
 
     def _check_left(self, consumer: Consumer, when: str, within: float = 10) -> None:
         left = consumer.leftovers(within)
@@ -288,6 +292,8 @@ class ChaosRun:
                     break
                 next_look = self.events.now() + 3
             time.sleep(0.3)
+        if ledger.outstanding or unsettled:
+            unsettled = self._unsettled(self._queue_depths())
         self.events.add(
             "drained" if ledger.outstanding == 0 and not unsettled else "drain-timeout",
             f"{ledger.outstanding} confirmed tasks without a result; queues holding work: "
@@ -303,6 +309,9 @@ class ChaosRun:
     def _stop_consumer(self) -> None:
         consumer = self.consumer
         if consumer is None:
+            return
+        if consumer.exited_by_itself():
+            self._note_exit(consumer)
             return
         code = consumer.terminate(60)
         if code is None:
@@ -335,14 +344,16 @@ class ChaosRun:
         report.hostile = [h.as_dict() for h in self.hostile]
         lost = [i for i in ledger.sent if ledger.fate(i) is Fate.LOST]
         if lost:
-            found = sum(
-                any(i.encode() in body for bodies in elsewhere.values() for body in bodies)
+            queued = Counter(
+                queue
                 for i in lost
+                for queue, bodies in elsewhere.items()
+                if any(i.encode() in body for body in bodies)
             )
             sample = ", ".join(f"{i[:8]} ({self.feeder.kinds.get(i)})" for i in lost[:5])
             self.failures.append(
-                f"{len(lost)} confirmed tasks lost (no result); {found} of them still in a "
-                f"queue; e.g. {sample}"
+                f"{len(lost)} confirmed tasks lost (no result), e.g. {sample}; of them still "
+                f"queued: {dict(queued) or 'none'}"
             )
         if self.exits:
             self.failures.append(

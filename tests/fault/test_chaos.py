@@ -9,6 +9,7 @@ reason, no process was left behind and the consumer never exited by itself.
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import chaos_hostile
 from tests.chaos_plan import WEIGHTS, make_plan
 from tests.conftest import IN_CI
 from tests.helpers import ROOT
@@ -77,3 +79,16 @@ def test_chaos_run_loses_no_confirmed_task_and_the_consumer_stays_up(tmp_path: P
     )
     assert report["ledger"]["lost"] == 0
     print(f"\n[chaos seed {SEED}] {report['ledger_line']}; hostile {len(report['hostile'])}")
+
+
+def test_a_hostile_message_is_found_in_the_dlq_even_after_retries_changed_its_body() -> None:
+    forged = chaos_hostile.make("forged", random.Random(1), 7)[0]
+    garbage = chaos_hostile.make("garbage", random.Random(1), 8)
+    for h in [forged, *garbage]:
+        h.published = True
+    retried = forged.body.replace(b'"attempt": ', b'"attempt": 1').replace(b"3000", b"3")
+    dlq = [(retried, {"x-reason": "max-attempts"}), (garbage[0].body, {"x-reason": "schema"})]
+    failures = chaos_hostile.locate([forged, *garbage], dlq, {"q": [garbage[1].body]})
+    assert forged.where == "DLQ" and forged.reason == "max-attempts"
+    assert garbage[0].where == "DLQ"
+    assert failures == [f"garbage message #9 ({garbage[1].label}) is not in the DLQ; found in: q"]
