@@ -7,9 +7,11 @@ then. A call that raised may have stored some of its tasks anyway; their ids are
 
 When the library gives up (it reconnects a bounded number of times, as a producer should),
 the feeder says so in the event log and carries on with the same backend, which tries again
-on its next call. Only a backend that keeps failing while the broker answers is replaced:
-its reply queue is then drained with raw pika (`chaos_amqp.take`) every few seconds, so the
-results of the tasks it published still reach the ledger.
+on its next call (with one task per call until one is confirmed). Only a backend that keeps
+failing while the broker answers is replaced. It is not closed then (closing deletes its
+reply queue, and the results still due to it with it): its reply queue is drained with raw
+pika (`chaos_amqp.take`) every few seconds, and at the end whatever the old backend itself
+took is read from it before it is closed.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Feeder(threading.Thread):
         self._opened: list[Backend] = []
         self._backend: Backend | None = None
         self._retired: list[str] = []  # reply queues of replaced backends
+        self._retired_backends: list[Backend] = []
         self._failing_since: float | None = None
 
     # -- the thread --------------------------------------------------------------------------
@@ -108,8 +111,10 @@ class Feeder(threading.Thread):
                 continue
             try:
                 if int(owed) > 0:
-                    self._publish(backend, int(owed))
-                    owed -= int(owed)
+                    # While the library fails, one task per call probes for its return.
+                    n = 1 if self._failing_since is not None else int(owed)
+                    self._publish(backend, n)
+                    owed -= n
                     self._recovered()
                 self._take(backend, 0.1)
             except Exception as exc:
@@ -188,10 +193,7 @@ class Feeder(threading.Thread):
         reply_queue = getattr(backend, "reply_queue", None)
         if reply_queue:
             self._retired.append(reply_queue)
-        with contextlib.suppress(Exception):  # it is broken already; the queue stays if so
-            self._take(backend, 0.5)
-        with contextlib.suppress(Exception):
-            backend.close()
+        self._retired_backends.append(backend)  # closed by `finish`, once its results are in
         self._backend = None
         self._failing_since = None
         self.events.add("producer-reopened", f"{why}; its results are read from {reply_queue}")
@@ -215,16 +217,17 @@ class Feeder(threading.Thread):
 
     def finish(self, quiet_for: float = 2.0) -> None:
         """After the thread has stopped: take every result still waiting, then close."""
+        backends = [*self._retired_backends, *([self._backend] if self._backend else [])]
+        for backend in backends:
+            with contextlib.suppress(Exception):
+                while self._take(backend, quiet_for):
+                    pass
         self.drain_retired()
-        backend = self._backend
-        if backend is None:
-            return
-        with contextlib.suppress(Exception):
-            while self._take(backend, quiet_for):
-                pass
-        with contextlib.suppress(Exception):
-            backend.close()
+        for backend in backends:
+            with contextlib.suppress(Exception):
+                backend.close()
         self._backend = None
+        self._retired_backends.clear()
 
     def by_kind(self) -> dict[str, dict[str, int]]:
         """Each kind's tasks by fate."""
