@@ -2,7 +2,8 @@
 
 `ChaosRun.run(plan)` does the whole run and returns its `Report`; `close()` (always called,
 also after Ctrl-C or an error) stops and reaps every process the run started. The checks
-are in `_verdict`; the fault events are the `do_*` methods, one per event name.
+are in `_verdict`; the faults are the `do_*` methods, one per event name, and
+`_publish_hostile` for the garbage, forged and oversized messages.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
 import time
 from collections import Counter
 
@@ -81,7 +83,10 @@ class ChaosRun:
                 self.skipped_late += 1  # behind schedule: only kinds not yet seen still run
                 continue
             self._watch()  # a consumer that exited by itself is seen before the next fault
-            getattr(self, "do_" + step.kind.replace("-", "_"))(step)
+            if step.kind in chaos_hostile.CATEGORIES:
+                self._publish_hostile(step, step.kind)
+            else:
+                getattr(self, "do_" + step.kind.replace("-", "_"))(step)
             self.done_kinds.add(step.kind)
         self._sleep_until(self.t0 + self.o.seconds)
         if self.skipped_late:
@@ -118,13 +123,16 @@ class ChaosRun:
         self.events.add("consumer-start", f"#{number} pid {consumer.pid} ({why})")
 
     def _wait_for_workers(self, timeout: float) -> None:
+        """Until the broker sees every worker consuming (its view, not the consumer's log)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._watch()
-            if self.consumer is not None and len(self.consumer.workers()) >= self.o.workers:
+            if self._queue_stats("consumers").get(self.queue, 0) >= self.o.workers:
                 return
-            time.sleep(0.2)
-        self.events.add("consumer-slow", f"fewer than {self.o.workers} workers after {timeout:g}s")
+            time.sleep(0.5)
+        self.events.add(
+            "consumer-slow", f"fewer than {self.o.workers} consumers after {timeout:g}s"
+        )
 
     # -- watching between steps --------------------------------------------------------------
     def _sleep_until(self, at: float) -> None:
@@ -236,34 +244,25 @@ class ChaosRun:
                 notes.append(f"#{h.number} {h.label} NOT published ({exc})")
         self.events.add(category, "; ".join(notes))
 
-    def do_garbage(self, step: Step) -> None:
-        self._publish_hostile(step, "garbage")
-
-    def do_forged(self, step: Step) -> None:
-        self._publish_hostile(step, "forged")
-
-    def do_oversized(self, step: Step) -> None:
-        self._publish_hostile(step, "oversized")
-
     def do_cpu_load(self, step: Step) -> None:
         procs = start_busy(self.cpus)
         self.loads.append((time.monotonic() + step.load, procs))
         self.events.add("cpu-load", f"{len(procs)} busy loops for {step.load:.0f}s")
 
     # -- the end -----------------------------------------------------------------------------
-    def _queue_depths(self) -> dict[str, int]:
-        """Messages (ready and unacked) per queue of this run, replies and DLQ included."""
+    def _queue_stats(self, column: str = "messages") -> dict[str, int]:
+        """`column` (messages: ready and unacked) of every queue, as the broker reports it."""
         try:
-            text = self.node.ctl("list_queues", "name", "messages", "--no-table-headers")
-        except (RabbitNodeError, OSError) as exc:
+            text = self.node.ctl("list_queues", "name", column, "--no-table-headers")
+        except (RabbitNodeError, OSError, subprocess.TimeoutExpired) as exc:
             self.events.add("list-queues-failed", str(exc).splitlines()[0])
             return {}
-        depths = {}
+        stats = {}
         for line in text.splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[1].isdigit():
-                depths[parts[0]] = int(parts[1])
-        return dict(sorted(depths.items()))
+                stats[parts[0]] = int(parts[1])
+        return dict(sorted(stats.items()))
 
     def _unsettled(self, depths: dict[str, int]) -> dict[str, int]:
         """Queues still holding work: anything but the DLQ and reply queues."""
@@ -287,13 +286,13 @@ class ChaosRun:
         while self.events.now() < drain_end:
             self._watch()
             if ledger.outstanding == 0 and self.events.now() >= next_look:
-                unsettled = self._unsettled(self._queue_depths())
+                unsettled = self._unsettled(self._queue_stats())
                 if not unsettled:
                     break
                 next_look = self.events.now() + 3
             time.sleep(0.3)
         if ledger.outstanding or unsettled:
-            unsettled = self._unsettled(self._queue_depths())
+            unsettled = self._unsettled(self._queue_stats())
         self.events.add(
             "drained" if ledger.outstanding == 0 and not unsettled else "drain-timeout",
             f"{ledger.outstanding} confirmed tasks without a result; queues holding work: "
@@ -333,7 +332,7 @@ class ChaosRun:
         report.ledger["by_kind"] = self.feeder.by_kind()
         report.producer = self.feeder.summary()
         report.consumer = consumer_summary(self.consumers, len(self.exits))
-        depths = self._queue_depths()
+        depths = self._queue_stats()
         report.queues = {q: n for q, n in depths.items() if n}
         elsewhere = {
             q: [body for body, _ in chaos_amqp.peek(self.node.url, q, limit=1000)]
