@@ -19,6 +19,10 @@ from common.errors import BadMessage
 #: Bodies larger than this are refused before any parsing (dead-lettered as ``too-large``).
 MAX_BODY_BYTES = 1_000_000
 
+#: The most tries a task may ask for, and so the highest attempt number a body may carry: a
+#: body past it is forged or broken (dead-lettered as ``schema``), never a reason to retry.
+MAX_ATTEMPTS = 100
+
 #: This machine's name, as tasks and results report it.
 HOSTNAME = socket.gethostname()
 
@@ -44,9 +48,9 @@ class TaskEnvelope(_Strict):
     payload: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
     #: 1 for the first try; a retry is a new envelope with attempt + 1.
-    attempt: Annotated[int, Field(ge=1)] = 1
-    #: None means "use the consumer's default".
-    max_attempts: Annotated[int, Field(ge=1)] | None = None
+    attempt: Annotated[int, Field(ge=1, le=MAX_ATTEMPTS)] = 1
+    #: None means "use the consumer's default"; a consumer never allows more than its own.
+    max_attempts: Annotated[int, Field(ge=1, le=MAX_ATTEMPTS)] | None = None
     producer_host: str = Field(default=HOSTNAME)
     producer_pid: int = Field(default_factory=os.getpid)
 

@@ -21,9 +21,10 @@ from pydantic_core import PydanticSerializationError
 
 from common.backend import Delivery, WorkerBackend
 from common.clock import SYSTEM_CLOCK, Clock
-from common.errors import BadMessage
+from common.errors import BadMessage, ConnectionLost
 from common.schemas import (
     HOSTNAME,
+    MAX_ATTEMPTS,
     DeadLetter,
     TaskEnvelope,
     TaskResult,
@@ -68,6 +69,9 @@ class WorkerOptions:
 #: Exit code of a worker that gave up on a task past its time limit (replaced, not a crash).
 EXIT_TASK_TIMEOUT = 75
 
+#: 2 ** 64 times any sane base delay is past any cap: higher exponents change nothing.
+_MAX_EXPONENT = 64
+
 
 @dataclass
 class _InHand:
@@ -83,9 +87,10 @@ def backoff_delay(
     """Seconds before attempt `attempt + 1`: exponential, capped, with jitter.
 
     Between half and all of ``base * 2 ** (attempt - 1)`` (capped), so a burst of failures
-    does not come back as a burst.
+    does not come back as a burst. The exponent is capped too: any attempt number gives a
+    delay, never an `OverflowError`.
     """
-    full = min(cap, base * 2 ** (attempt - 1))
+    full = min(cap, base * 2.0 ** min(attempt - 1, _MAX_EXPONENT))
     return full * (0.5 + 0.5 * rand())
 
 
@@ -112,6 +117,8 @@ class Worker:
             self._name += f"/{thread.name}"
         self._in_hand: _InHand | None = None
         self._in_hand_lock = threading.Lock()
+        #: Set once `run` has returned: the watchdog keeps watching until then, draining too.
+        self._finished = threading.Event()
         self.on_timeout = on_timeout or _exit_for_timeout
         self.clock = clock
 
@@ -119,6 +126,13 @@ class Worker:
         """Take tasks until stopped (or, in burst mode, until the queue stays empty)."""
         if self.options.task_timeout:
             threading.Thread(target=self._watchdog, name="task-timeout", daemon=True).start()
+        try:
+            self._loop()
+        finally:
+            self._finished.set()
+        return self.processed
+
+    def _loop(self) -> None:
         idle_since: float | None = None
         while not self.stop.is_set():
             delivery = self.backend.receive(self.options.poll_interval)
@@ -129,18 +143,44 @@ class Worker:
                 if idle_since is None:
                     idle_since = now
                 if now - idle_since >= self.options.burst_idle and self.backend.pending() == 0:
-                    break
+                    return
                 continue
             idle_since = None
             self.process(delivery)
-        return self.processed
 
     def process(self, delivery: Delivery) -> None:
+        """Decode, run and settle one delivery. Whatever goes wrong with it, it is settled
+        (dead-lettered as ``worker-error`` when nothing else applies) and the worker goes on;
+        only a lost connection leaves it unsettled, for the broker to hand out again."""
+        task: TaskEnvelope | None = None
         try:
-            task = decode_task(delivery.body)
-        except BadMessage as exc:
-            self._dead_letter(delivery, exc.reason, exc.detail, attempts=0, task=None)
-            return
+            try:
+                task = decode_task(delivery.body)
+            except BadMessage as exc:
+                self._dead_letter(delivery, exc.reason, exc.detail, attempts=0, task=None)
+                return
+            self._run(delivery, task)
+        except ConnectionLost as exc:
+            self._release()
+            log.warning("%s: connection lost before it was settled (%s)", _which(task), exc)
+        except Exception as exc:
+            self._release()
+            self._worker_error(delivery, task, exc)
+
+    def _worker_error(self, delivery: Delivery, task: TaskEnvelope | None, exc: Exception) -> None:
+        log.exception("unexpected error while processing %s", _which(task))
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            self._dead_letter(delivery, "worker-error", error, task.attempt if task else 0, task)
+        except Exception as again:  # not settled: the broker hands it out again
+            log.error(
+                "%s: could not dead-letter it either: %s: %s",
+                _which(task),
+                type(again).__name__,
+                again,
+            )
+
+    def _run(self, delivery: Delivery, task: TaskEnvelope) -> None:
         handler = self.registry.get(task.kind)
         if handler is None:
             known = ", ".join(self.registry.kinds())
@@ -182,9 +222,14 @@ class Worker:
             task_id=task.id,
             kind=task.kind,
             attempt=task.attempt,
-            max_attempts=task.max_attempts or self.options.max_attempts,
+            max_attempts=self._allowed(task),
             redelivered=delivery.redelivered,
         )
+
+    def _allowed(self, task: TaskEnvelope) -> int:
+        """Tries this task gets: what it asks for, never more than this consumer allows."""
+        cap = min(self.options.max_attempts, MAX_ATTEMPTS)
+        return min(task.max_attempts or cap, cap)
 
     def _release(self) -> bool:
         """The handler is done: take the task back from the watchdog. False if it had
@@ -196,7 +241,7 @@ class Worker:
 
     def _watchdog(self) -> None:
         limit = self.options.task_timeout or 0
-        while not self.stop.is_set():
+        while not self._finished.is_set():
             self.clock.sleep(min(0.1, limit / 4))
             with self._in_hand_lock:
                 in_hand = self._in_hand
@@ -205,14 +250,20 @@ class Worker:
                 self._in_hand = None
             log.warning("task %s ran over its %gs limit; stopping it", in_hand.task.id, limit)
             error = f"TaskTimeout: still running after {limit:g}s"
-            self._failed(in_hand.delivery, in_hand.task, error, in_hand.started_at)
-            self.on_timeout(self.backend)
+            try:
+                self._failed(in_hand.delivery, in_hand.task, error, in_hand.started_at)
+            except Exception as exc:  # unsettled: handed out again once this process is gone
+                log.error(
+                    "task %s: could not settle it: %s: %s", in_hand.task.id, type(exc).__name__, exc
+                )
+            finally:
+                self.on_timeout(self.backend)
             return
 
     def _failed(
         self, delivery: Delivery, task: TaskEnvelope, error: str, started_at: object
     ) -> None:
-        allowed = task.max_attempts or self.options.max_attempts
+        allowed = self._allowed(task)
         if task.attempt < allowed:
             delay = backoff_delay(
                 task.attempt, self.options.retry_base_delay, self.options.retry_max_delay
@@ -289,6 +340,10 @@ class Worker:
             value=value,
             error=error,
         )
+
+
+def _which(task: TaskEnvelope | None) -> str:
+    return f"task {task.id}" if task is not None else "a message"
 
 
 def _exit_for_timeout(backend: WorkerBackend) -> None:

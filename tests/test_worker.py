@@ -10,7 +10,7 @@ import pytest
 
 from common.local import LocalBroker, LocalWorkerEnd
 from common.schemas import TaskEnvelope, TaskStatus
-from consumer.handlers import Registry, TaskContext
+from consumer.handlers import Handler, Registry, TaskContext
 from consumer.worker import Worker, WorkerOptions
 
 pytestmark = pytest.mark.timeout(30)
@@ -86,3 +86,34 @@ def test_an_unknown_kind_is_dead_lettered_with_a_failed_result(backend: Local) -
     assert "unknown-kind" in (result.error or "")
     [letter] = backend[0].dead_letters()
     assert letter.reason == "unknown-kind" and "nobody-handles-this" in letter.error
+
+
+class LazyRegistry(Registry):
+    """Imports a kind's handler on first use, and fails to for one kind."""
+
+    def get(self, kind: str) -> Handler | None:
+        if kind == "broken":
+            raise ImportError("cannot import name 'resize' from 'images'")
+        return registry.get(kind)
+
+
+def test_an_error_outside_the_handler_dead_letters_that_task_and_the_worker_goes_on(
+    backend: Local,
+) -> None:
+    broker, end = backend
+    broken, after = TaskEnvelope(kind="broken"), TaskEnvelope(kind="with-context")
+    broker.publish([broken, after])
+    worker = Worker(end, LazyRegistry(), WorkerOptions(), threading.Event())
+    for _ in range(2):
+        delivery = end.receive(5)
+        assert delivery is not None
+        worker.process(delivery)
+    assert end.receive(0.05) is None  # flushes what the worker sent
+
+    results = {result.task_id: result for result in (_result(backend), _result(backend))}
+    assert results[broken.id].status == TaskStatus.FAILED
+    assert results[broken.id].error == (
+        "worker-error: ImportError: cannot import name 'resize' from 'images'"
+    )
+    assert results[after.id].status == TaskStatus.DONE
+    assert [letter.reason for letter in broker.dead_letters()] == ["worker-error"]
