@@ -16,12 +16,17 @@ it hands each worker its end, closes the parent's copy of the pipe's writer once
 has it (so a worker that dies mid-write leaves the parent reading end-of-file, never waiting
 for the rest of a message), and when a worker dies reads its slot and puts the held tasks
 back, which a bare `multiprocessing.Queue` cannot do (`recovered` counts what it would have
-lost).
+lost). The slot also names the task its worker was running: once `max_deaths` workers died
+running the same one, that task is dead-lettered (``killed-worker``) instead of put back. A
+worker that hands tasks back itself (`Requeue`, when it closes) stops holding them, so each
+comes back once.
 
 Tasks travel in small batches and events are sent in batches: a `Queue.put` costs a pickle,
 a lock and a pipe write, so one per task would cost more than the task. A big job is cut into
 batches of up to `batch_size`; a small one goes one task at a time, so no worker sits on
-tasks that an idle one could run (the same trade as RabbitMQ's prefetch).
+tasks that an idle one could run (the same trade as RabbitMQ's prefetch). Events that have
+waited 50 ms (finished tasks behind a long one) are sent by a thread of the worker's, so a
+long task neither delays the results before it nor, if its worker dies, makes them run again.
 
 Known limit, as the Python docs warn: a worker killed while inside `Queue.get()` holds the
 queue's internal read lock forever; workers here are killed (in tests) while they run a task.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import heapq
+import os
 import pickle
 import time
 from collections import deque
@@ -16,7 +17,7 @@ from typing import Any, NoReturn
 
 from common.backend import ProducerBackend
 from common.clock import SYSTEM_CLOCK, Clock
-from common.errors import TaskshuttleError
+from common.errors import BadMessage, TaskshuttleError
 from common.local.end import LocalWorkerEnd
 from common.local.wire import (
     KEY_BYTES,
@@ -28,15 +29,20 @@ from common.local.wire import (
     Requeue,
     Result,
     Retry,
+    SlotMemory,
     task_key,
 )
 from common.schemas import (
+    HOSTNAME,
     DeadLetter,
     TaskEnvelope,
     TaskResult,
+    TaskStatus,
     as_first_attempt,
     decode_result,
+    decode_task,
     encode,
+    utcnow,
 )
 
 
@@ -58,9 +64,16 @@ class LocalBroker(ProducerBackend):
         batch_size: int = 100,
         context: BaseContext = MP_CONTEXT,
         clock: Clock = SYSTEM_CLOCK,
+        max_deaths: int = 2,
     ) -> None:
+        if max_deaths < 1:
+            raise ValueError(f"max_deaths must be at least 1, not {max_deaths}")
         self.queue_name = queue_name
         self.batch_size = batch_size
+        #: Workers a task may take down with it before it is dead-lettered (``killed-worker``).
+        self.max_deaths = max_deaths
+        #: Task key -> workers that died running it so far.
+        self._deaths: dict[str, int] = {}
         #: Schedules retries. (Waiting for events is a real wait on pipes, on real time.)
         self._clock = clock
         #: Batches of tasks, shared by every worker. (bench/ holds its workers back at the
@@ -159,13 +172,46 @@ class LocalBroker(ProducerBackend):
             _, key, body = heapq.heappop(self._retries)
             self._enqueue([(key, body, False)])
 
-    def _put_back(self, keys: list[str]) -> int:
-        """Queue again, as redelivered, the tasks among `keys` that never finished."""
+    def _put_back(self, keys: list[str], running: str = "", worker: str = "a worker") -> int:
+        """Queue again, as redelivered, the tasks among `keys` that never finished: all but
+        `running` (what the dead `worker` ran) once it has taken `max_deaths` workers down."""
+        if running in self._unfinished and self._killed(running, worker):
+            keys = [key for key in keys if key != running]
         back = [(key, self._unfinished[key], True) for key in keys if key in self._unfinished]
         for item in back:
             self._enqueue([item])
         self.recovered += len(back)
         return len(back)
+
+    def _killed(self, key: str, worker: str) -> bool:
+        """`worker` died running `key`: True, and the task dead-lettered, when that makes
+        `max_deaths` workers (a task that kills whatever runs it must not take them all)."""
+        deaths = self._deaths[key] = self._deaths.get(key, 0) + 1
+        if deaths < self.max_deaths:
+            return False
+        del self._deaths[key]
+        body = self._unfinished.pop(key)
+        error = f"{deaths} workers died running it, the last {worker}"
+        now = utcnow()
+        try:
+            task: TaskEnvelope | None = decode_task(body)
+        except BadMessage:
+            task = None
+        attempts = task.attempt if task else 0
+        self._dead.append(
+            DeadLetter(
+                reason="killed-worker",
+                error=error,
+                queue=self.queue_name,
+                attempts=attempts,
+                task_id=task.id if task else None,
+                dead_lettered_at=now,
+                body=body,
+            )
+        )
+        if task is not None:
+            self._results.append(_killed_result(task, worker, f"killed-worker: {error}"))
+        return True
 
     def pending(self) -> int:
         return int(self._queued.value)
@@ -185,6 +231,27 @@ class LocalBroker(ProducerBackend):
         # the queue's feeder thread to write them into a pipe nobody reads any more.
         self._tasks.cancel_join_thread()
         self.slots.close()
+
+
+def _killed_result(task: TaskEnvelope, worker: str, error: str) -> TaskResult:
+    """The failed result of a task that killed its workers, as the broker (this process)
+    reports it: the worker cannot."""
+    now = utcnow()
+    return TaskResult(
+        task_id=task.id,
+        kind=task.kind,
+        status=TaskStatus.FAILED,
+        attempt=task.attempt,
+        redelivered=True,
+        worker_pid=os.getpid(),
+        worker_ppid=os.getppid(),
+        worker_host=HOSTNAME,
+        worker_name="broker",
+        started_at=now,
+        finished_at=now,
+        created_at=task.created_at,
+        error=error,
+    )
 
 
 class Slots:
@@ -208,6 +275,7 @@ class Slots:
         self._held_keys = [
             context.RawArray(ctypes.c_char, KEY_BYTES * batch_size) for _ in range(count)
         ]
+        self._memory = [context.RawValue(SlotMemory) for _ in range(count)]
 
     def __len__(self) -> int:
         return len(self._held_keys)
@@ -221,7 +289,8 @@ class Slots:
         if writer is None:
             raise TaskshuttleError(f"slot {slot} is taken: its worker has the pipe's writer")
         broker = self._broker
-        return LocalWorkerEnd(broker._tasks, broker._queued, self._held_keys[slot], writer, slot)
+        held, memory = self._held_keys[slot], self._memory[slot]
+        return LocalWorkerEnd(broker._tasks, broker._queued, held, memory, writer, slot)
 
     def on_started(self, slot: int) -> None:
         """The worker in `slot` has started with its own copy of the writer: close ours."""
@@ -230,19 +299,24 @@ class Slots:
             writer.close()
             self._writers[slot] = None
 
-    def on_death(self, slot: int) -> int:
-        """Put back the tasks the (dead) worker in `slot` held and never finished, and give
-        the slot a fresh pipe for its replacement; how many tasks went back."""
+    def on_death(self, slot: int, exitcode: int | None = None) -> int:
+        """Put back the tasks the (dead) worker in `slot` held and never finished (but the
+        one it ran, once `max_deaths` workers died running it: that one is dead-lettered),
+        and give the slot a fresh pipe for its replacement; how many tasks went back."""
         self.on_started(slot)  # no writer left: a half-written message reads as end-of-file
         self._broker.drain_events()
         reader = self._readers[slot]
         if reader is not None:
             reader.close()
         self._readers[slot], self._writers[slot] = self._context.Pipe(duplex=False)
-        held = self._held_keys[slot]
+        held, memory = self._held_keys[slot], self._memory[slot]
         keys = held.value.decode().split()
-        held.value = b""
-        return self._broker._put_back(keys)
+        running = memory.running.decode()
+        how = "" if exitcode is None else f", exit code {exitcode}"
+        worker = f"worker-{slot} (pid {memory.pid}{how})"
+        held.value = memory.running = b""
+        memory.pid = 0
+        return self._broker._put_back(keys, running, worker)
 
     def wake(self, count: int) -> None:
         """Put `count` empty batches on the task queue: the sentinel of the classic

@@ -4,7 +4,9 @@ that crosses into a worker process."""
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -16,12 +18,16 @@ from common.local.wire import Acked, Dead, Event, Item, Requeue, Result, Retry, 
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult, encode
 
 if TYPE_CHECKING:
+    from common.local.wire import SlotMemory
     from common.settings import Settings
 
 #: Events a worker collects before sending them in one put, and for how long at most (it
 #: also sends before it waits for more work).
 _EVENT_BATCH = 64
 _EVENT_DELAY = 0.005
+#: Events older than this are sent by a thread of their own: the task after them is a long
+#: one, and the broker must not wait for it to learn that the earlier ones are done.
+_LATE_FLUSH = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,61 +41,140 @@ class LocalWorkerEnd(WorkerBackend):
     It crosses into the worker process as that process starts (spawn pickles it), and holds
     only what the worker needs: the shared task queue and its counter, the slot's piece of the
     in-flight registry, and the writing end of the slot's own event pipe.
+
+    Three threads may use it: the worker loop, the worker's watchdog (which settles a task
+    past its time limit, then closes this end) and the late sender (`_send_late`); one lock
+    keeps the batch in hand, the events not yet sent and the pipe's writes in order.
     """
 
     name = "local"
 
     def __init__(
-        self, tasks: Any, queued: Any, held_keys: Any, writer: Connection, slot: int
+        self,
+        tasks: Any,
+        queued: Any,
+        held_keys: Any,
+        memory: SlotMemory,
+        writer: Connection,
+        slot: int,
     ) -> None:
         self.slot = slot
         self._tasks = tasks
         self._queued = queued
         self._held_keys = held_keys
+        self._memory = memory
         self._writer = writer
+        self._init_local()
+
+    def _init_local(self) -> None:
+        """What stays with the process it was made in (a lock, a thread, what is in hand)."""
         self._inbox: deque[Item] = deque()
         self._outbox: list[Event] = []
         self._outbox_since = 0.0
+        self._lock = threading.Lock()
+        self._late_sender: threading.Thread | None = None
+        self._closed = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        keep = ("slot", "_tasks", "_queued", "_held_keys", "_memory", "_writer")
+        return {name: self.__dict__[name] for name in keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_local()
 
     def connect(self, settings: Settings) -> LocalWorkerEnd:
         """How a worker gets its backend (`consumer.supervisor.WorkerSpec.backend`): this end
         was made for it by the parent and came with it, so there is nothing to open."""
+        self._memory.pid = os.getpid()
         return self
 
     def receive(self, timeout: float) -> Delivery | None:
+        with self._lock:
+            item = self._next()
+        if item is None:
+            item = self._take(timeout)
+            if item is None:
+                return None
+        key, body, redelivered = item
+        return Delivery(body=body, redelivered=redelivered, handle=_Held(key))
+
+    def _next(self) -> Item | None:
+        """The next task of the batch in hand, now the one running (with the lock held)."""
         if not self._inbox:
-            self._flush()  # about to wait: send what is done first
-            try:
-                batch = self._tasks.get(timeout=timeout)
-            except queue.Empty:
-                return None
-            if not batch:  # a stopping pool's wake-up call (`Slots.wake`)
-                return None
+            return None
+        item = self._inbox.popleft()
+        self._memory.running = item[0].encode()
+        return item
+
+    def _take(self, timeout: float) -> Item | None:
+        """A new batch from the task queue, and its first task."""
+        self._flush()  # about to wait: send what is done first
+        try:
+            batch: list[Item] = self._tasks.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if not batch:  # a stopping pool's wake-up call (`Slots.wake`)
+            return None
+        with self._queued.get_lock():
+            self._queued.value -= len(batch)
+        if self._late_sender is None:
+            self._late_sender = threading.Thread(
+                target=self._send_late, name="late-events", daemon=True
+            )
+            self._late_sender.start()
+        with self._lock:
             # Registered before any of them runs.
             self._held_keys.value = " ".join(key for key, _, _ in batch).encode()
-            with self._queued.get_lock():
-                self._queued.value -= len(batch)
+            if self._closed:  # closed meanwhile: held, so put back once this process is gone
+                return None
             self._inbox.extend(batch)
-        key, body, redelivered = self._inbox.popleft()
-        return Delivery(body=body, redelivered=redelivered, handle=_Held(key))
+            return self._next()
 
     def _send(self, event: Event) -> None:
         """Collect events; send them when there are enough, when the oldest has waited
         long enough (so slow tasks report at once), or before the worker waits."""
-        now = time.monotonic()
-        if not self._outbox:
-            self._outbox_since = now
-        self._outbox.append(event)
-        if len(self._outbox) >= _EVENT_BATCH or now - self._outbox_since >= _EVENT_DELAY:
-            self._flush()
+        with self._lock:
+            now = time.monotonic()
+            if not self._outbox:
+                self._outbox_since = now
+            self._outbox.append(event)
+            if len(self._outbox) >= _EVENT_BATCH or now - self._outbox_since >= _EVENT_DELAY:
+                self._write()
+
+    def _send_late(self) -> None:
+        """Send events left waiting behind a long task (the loop sends the others)."""
+        while True:
+            time.sleep(_LATE_FLUSH)
+            with self._lock:
+                if self._closed or self._writer.closed:
+                    return
+                if self._outbox and time.monotonic() - self._outbox_since >= _LATE_FLUSH:
+                    self._write()
 
     def _flush(self) -> None:
-        if self._outbox:
+        with self._lock:
+            self._write()
+
+    def _write(self) -> None:
+        """Send the events collected so far (with the lock held)."""
+        if self._outbox and not self._writer.closed:
             with contextlib.suppress(BrokenPipeError):
                 # The parent closed its end: nobody collects these any more, but a
                 # non-daemon worker may still be finishing the queue's tasks.
                 self._writer.send(self._outbox)
-            self._outbox = []
+        self._outbox = []
+
+    def _give_back(self, keys: list[str]) -> None:
+        """Send a `Requeue` for each of `keys`, then stop holding them (with the lock held):
+        the broker puts back what a dead worker held, and these are back already."""
+        self._outbox.extend(Requeue(key) for key in keys)
+        self._write()
+        gone = set(keys)
+        held = self._held_keys.value.decode().split()
+        self._held_keys.value = " ".join(key for key in held if key not in gone).encode()
+        if self._memory.running.decode() in gone:
+            self._memory.running = b""
 
     def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
         key = delivery.handle.key
@@ -108,8 +193,8 @@ class LocalWorkerEnd(WorkerBackend):
         self._flush()
 
     def requeue(self, delivery: Delivery) -> None:
-        self._send(Requeue(delivery.handle.key))
-        self._flush()
+        with self._lock:
+            self._give_back([delivery.handle.key])
 
     def pending(self) -> int:
         return int(self._queued.value)
@@ -117,8 +202,11 @@ class LocalWorkerEnd(WorkerBackend):
     def close(self) -> None:
         """Give back the tasks taken but never started, and send what is not sent yet. The
         task queue is the parent's: a worker's copy goes with its process."""
-        while self._inbox:
-            key, _, _ = self._inbox.popleft()
-            self._outbox.append(Requeue(key))
-        self._flush()
-        self._writer.close()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            unstarted = [key for key, _, _ in self._inbox]
+            self._inbox.clear()
+            self._give_back(unstarted)
+            self._writer.close()

@@ -7,6 +7,7 @@ cheap to pickle.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -18,6 +19,16 @@ MP_CONTEXT: BaseContext = multiprocessing.get_context("spawn")
 #: Room for one task key in a slot of the in-flight registry: a task id (up to 64
 #: characters), "/", an attempt number.
 KEY_BYTES = 80
+
+
+class SlotMemory(ctypes.Structure):
+    """What a worker tells its slot through shared memory besides the keys of the tasks it
+    holds, for the broker to read once the worker is dead: its pid, and the key of the task
+    it was handed last. (Not cleared when that task is done: a death counts against the task
+    only if the broker never heard that it finished.)"""
+
+    _fields_ = [("pid", ctypes.c_long), ("running", ctypes.c_char * KEY_BYTES)]
+
 
 #: A task on the task queue: key, body, redelivered. A bare tuple, since every task is
 #: pickled once on its way, and a tuple pickles many times faster than a record.
