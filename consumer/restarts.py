@@ -102,9 +102,9 @@ class Restarts:
         now = self._recent(self._uncounted)
         before = len(self._uncounted)
         self._uncounted.append(now)
-        return (
-            0.0 if not before else min(self.FIRST_PAUSE * 2 ** min(before - 1, 16), self.MAX_PAUSE)
-        )
+        if not before:
+            return 0.0
+        return min(self.FIRST_PAUSE * 2 ** min(before - 1, 16), self.MAX_PAUSE)
 
 
 def never() -> bool:
@@ -151,8 +151,9 @@ class WorkerSlots:
         replacement, counting the death if it was running a task."""
         held = self.in_flight.died(slot)
         if held is None:
-            log.warning("%s", what)
-            self._due[slot] = time.monotonic() + self.restarts.pause()
+            pause = self.restarts.pause()
+            log.warning("%s%s", what, f"; replaced in {pause:g}s" if pause else "")
+            self._due[slot] = time.monotonic() + pause
             return
         task_id, deaths = held
         limit = self.in_flight.max_deaths

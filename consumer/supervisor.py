@@ -285,13 +285,13 @@ class WorkerPool(WorkerSlots):
         if code == 0 or self._stopping():
             self.in_flight.clear(slot)
             return
+        self.deaths.append((process.pid or 0, code))
+        if self.slots is not None:
+            self.slots.on_death(slot)
         if code == EXIT_TASK_TIMEOUT:  # a task over its time limit ends its worker on
             self.in_flight.clear(slot)  # purpose: not a crash
             self._due[slot] = 0.0
             return
-        self.deaths.append((process.pid or 0, code))
-        if self.slots is not None:
-            self.slots.on_death(slot)
         if code == EXIT_FATAL:
             raise WorkerFailed(f"worker {slot} stopped on an error a restart cannot fix (above)")
         self._died(slot, f"worker {slot} (pid {process.pid}) died with exit code {code}")
