@@ -28,6 +28,8 @@ TASK_TIMEOUT = 0.0
 BROKER_CONSUMER_TIMEOUT = 1800.0
 RETRY_BASE_DELAY = 1.0
 RETRY_MAX_DELAY = 300.0
+MAX_DEATHS = 2
+SHUTDOWN_TIMEOUT = 30.0
 
 #: The environment variable of each setting. The command line reads them through click (so
 #: `--help` shows them), `load_settings` reads them for the library: the same names, and in
@@ -42,4 +44,6 @@ ENVIRONMENT = {
     "retry_max_delay": "TASKSHUTTLE_RETRY_MAX_DELAY",
     "task_timeout": "TASKSHUTTLE_TASK_TIMEOUT",
     "broker_consumer_timeout": "TASKSHUTTLE_BROKER_CONSUMER_TIMEOUT",
+    "max_deaths": "TASKSHUTTLE_MAX_DEATHS",
+    "shutdown_timeout": "TASKSHUTTLE_SHUTDOWN_TIMEOUT",
 }

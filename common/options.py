@@ -110,6 +110,8 @@ SETTINGS_FIELDS = {
     "retry_max_delay": "retry_max_delay",
     "task_timeout": "task_timeout",
     "broker_consumer_timeout": "broker_consumer_timeout",
+    "max_deaths": "max_deaths",
+    "shutdown_timeout": "shutdown_timeout",
 }
 
 
@@ -184,3 +186,20 @@ def settings_from(ctx: typer.Context, *, with_url: bool = True) -> Settings:
 def _source(ctx: typer.Context, name: str) -> str | None:
     source = ctx.get_parameter_source(name)
     return source.name if source is not None else None
+
+
+MaxDeaths = Annotated[
+    int,
+    typer.Option(
+        envvar=ENVIRONMENT["max_deaths"],
+        help="Workers a task may kill (dying while they run it) before it is dead-lettered.",
+    ),
+]
+ShutdownTimeout = Annotated[
+    float,
+    typer.Option(
+        envvar=ENVIRONMENT["shutdown_timeout"],
+        help="Seconds the first Ctrl-C or SIGTERM waits for the tasks in hand; "
+        "then (or at the second) the workers are killed.",
+    ),
+]

@@ -85,6 +85,10 @@ class Settings(BaseModel):
     #: First retry delay in seconds; doubles per attempt, with jitter, capped at retry_max_delay.
     retry_base_delay: Annotated[float, Field(ge=0)] = defaults.RETRY_BASE_DELAY
     retry_max_delay: Annotated[float, Field(ge=0)] = defaults.RETRY_MAX_DELAY
+    #: Workers a task may kill (dying while they run it) before it is dead-lettered.
+    max_deaths: Annotated[int, Field(ge=1, le=1000)] = defaults.MAX_DEATHS
+    #: Seconds a stopping consumer waits for the tasks in hand before it kills the workers.
+    shutdown_timeout: Annotated[float, Field(gt=0)] = defaults.SHUTDOWN_TIMEOUT
 
     @field_validator("amqp_url")
     @classmethod

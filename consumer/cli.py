@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
@@ -58,6 +56,8 @@ def main(
     retry_max_delay: options.RetryMaxDelay = defaults.RETRY_MAX_DELAY,
     task_timeout: options.TaskTimeout = defaults.TASK_TIMEOUT,
     broker_consumer_timeout: options.BrokerConsumerTimeout = defaults.BROKER_CONSUMER_TIMEOUT,
+    max_deaths: options.MaxDeaths = defaults.MAX_DEATHS,
+    shutdown_timeout: options.ShutdownTimeout = defaults.SHUTDOWN_TIMEOUT,
     burst: Annotated[
         bool, typer.Option(help="Exit 0 once the queue has been empty for a moment.")
     ] = False,
@@ -106,36 +106,32 @@ def supervise(
     modules: tuple[str, ...],
     pool_kind: PoolKind = PoolKind.process,
 ) -> None:
+    """Run the workers until a signal (or, with --burst, until they are done); then stop
+    them in two steps (`consumer.shutdown`)."""
+    from consumer.shutdown import Shutdown
     from consumer.supervisor import ThreadWorkers, WorkerPool, WorkerSpec
 
-    stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.warning("%s: finishing tasks in hand, then stopping", signal.Signals(signum).name)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    shutdown = Shutdown(settings.shutdown_timeout)
+    shutdown.install()
     spec = WorkerSpec(settings, worker_options, modules)
     pool: WorkerPool | ThreadWorkers = (
-        ThreadWorkers(spec, settings.workers)
+        ThreadWorkers(spec, settings.workers, max_deaths=settings.max_deaths)
         if pool_kind is PoolKind.thread
-        else WorkerPool(spec, settings.workers)
+        else WorkerPool(spec, settings.workers, max_deaths=settings.max_deaths)
     )
-    pool.start()
-    try:
-        pool.wait_ready()
-        log.warning(
-            "consuming %r on %s with %d worker %ss (pids %s)",
-            settings.queue,
-            settings.safe_url,
-            settings.workers,
-            pool_kind.value,
-            pool.pids,
-        )
-        pool.wait_all(stopping.is_set)
-    finally:
-        pool.stop()
+    with shutdown.stopping(pool):
+        pool.start()
+        pool.wait_ready(stop=shutdown.requested)
+        if not shutdown.requested():
+            log.warning(
+                "consuming %r on %s with %d worker %s (pids %s)",
+                settings.queue,
+                settings.safe_url,
+                settings.workers,
+                "threads" if pool_kind is PoolKind.thread else "processes",
+                pool.pids,
+            )
+        pool.wait_all(shutdown.requested)
 
 
 def _dlq_settings(ctx: typer.Context) -> Settings:

@@ -4,11 +4,13 @@ The seed course's process lessons, applied: every worker is a daemon child; ever
 exits is joined (so none lingers as a zombie); a worker asks the kernel to signal it when
 its parent dies (``PR_SET_PDEATHSIG``) and also watches ``os.getppid()``, so a killed
 supervisor leaves no stray orphans; SIGINT and SIGTERM mean "finish the task in hand, then
-stop".
+stop", and a worker that does not stop in time is SIGKILLed (`WorkerPool.stop`). What a
+dead worker counts for (the restart budget, a suspect task) is decided in `consumer.restarts`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -16,29 +18,37 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from common.backend import WorkerBackend
-from common.errors import ConfigError, TaskshuttleError
+from common.errors import TaskshuttleError
 from common.local import MP_CONTEXT
 from common.settings import LOG_FORMAT, Settings
 from consumer.handlers import import_handlers, registry
+from consumer.inflight import InHand
+from consumer.restarts import (
+    CrashLoop,
+    Cut,
+    WorkerFailed,
+    WorkerSlots,
+    is_connection_error,
+    is_fatal,
+    never,
+)
+from consumer.threads import ThreadWorkers
 from consumer.worker import EXIT_TASK_TIMEOUT, Worker, WorkerOptions
 
-log = logging.getLogger("taskshuttle.supervisor")
+__all__ = ["CrashLoop", "ThreadWorkers", "WorkerFailed", "WorkerPool", "WorkerSpec", "worker_main"]
 
 _PR_SET_PDEATHSIG = 1
 #: Exit code of a worker that found its supervisor gone.
 EXIT_ORPHANED = 69
-
-
-class CrashLoop(TaskshuttleError):
-    """Workers keep dying: the restart budget is spent."""
+#: Exit code of a worker stopped by an error no restart can fix (``EX_CONFIG``).
+EXIT_FATAL = 78
 
 
 class WorkerBackendSource(Protocol):
@@ -118,7 +128,33 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def worker_main(spec: WorkerSpec, slot: int, parent_pid: int, stop_all: Any, ready: Any) -> None:
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold SIGINT back while a worker process starts.
+
+    The child inherits the blocked signal, so a Ctrl-C at the terminal cannot interrupt it
+    while it imports (a `KeyboardInterrupt` traceback from ``multiprocessing/spawn.py``);
+    `worker_main` lets it through once its own handler is in place. A SIGINT meant for this
+    process meanwhile waits, and arrives when the block ends.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def worker_main(
+    spec: WorkerSpec,
+    slot: int,
+    parent_pid: int,
+    stop_all: Any,
+    ready: Any,
+    in_hand: InHand | None = None,
+) -> None:
     """Entry point of a worker process."""
     stop = threading.Event()
 
@@ -127,6 +163,8 @@ def worker_main(spec: WorkerSpec, slot: int, parent_pid: int, stop_all: Any, rea
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "pthread_sigmask"):  # held back while this process started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _die_with_parent(parent_pid)
 
     class _Either:
@@ -140,21 +178,26 @@ def worker_main(spec: WorkerSpec, slot: int, parent_pid: int, stop_all: Any, rea
             spec.initializer(*spec.init_args)
         import_handlers(list(spec.handler_modules))
         backend = spec.backend.connect(spec.settings)
-        worker = Worker(backend, registry, spec.options, _Either(), spec.settings.queue)
+        queue = spec.settings.queue
+        worker = Worker(backend, registry, spec.options, _Either(), queue, in_flight=in_hand)
         ready.release()
         worker.run()
         backend.close()
     except TaskshuttleError as exc:
         print(f"worker {os.getpid()}: error: {exc}", file=sys.stderr)
-        sys.exit(3)
+        if is_connection_error(exc) and in_hand is not None:
+            in_hand.release()  # the broker went away: the task in hand is no suspect
+        sys.exit(EXIT_FATAL if is_fatal(exc) else 3)
 
 
-class WorkerPool:
+class WorkerPool(WorkerSlots):
     """N worker processes, kept at N: dead ones are reaped and replaced.
 
     With `slots` (the local backend's `LocalBroker.slots`), each worker takes its own end of
     a queue that lives in this process, and a dead worker's tasks are put back before its
     replacement starts. Without, every worker connects on its own (`spec.backend`).
+    `max_deaths`: see `consumer.inflight.InFlight` (None with the local backend, which
+    counts deaths itself).
     """
 
     def __init__(
@@ -166,18 +209,15 @@ class WorkerPool:
         restart_budget: int = 5,
         budget_window: float = 60.0,
         daemon: bool = True,
+        max_deaths: int | None = None,
     ) -> None:
+        super().__init__(count, restart_budget, budget_window, max_deaths)
         self.spec = spec
-        self.count = count
         self.slots = slots
-        self.restart_budget = restart_budget
-        self.budget_window = budget_window
         self.daemon = daemon
         self.stop_event = MP_CONTEXT.Event()
         self._ready = MP_CONTEXT.Semaphore(0)
         self.workers: dict[int, BaseProcess] = {}
-        self.restarts: deque[float] = deque()
-        self.deaths: list[tuple[int, int | None]] = []  # (pid, exit code) of unexpected exits
 
     def start(self) -> None:
         for slot in range(self.count):
@@ -187,22 +227,33 @@ class WorkerPool:
         spec = self.spec
         if self.slots is not None:
             spec = replace(spec, backend=self.slots.worker_end(slot))
+        record = self.in_flight.record(slot)
         process = MP_CONTEXT.Process(
             target=worker_main,
-            args=(spec, slot, os.getpid(), self.stop_event, self._ready),
+            args=(spec, slot, os.getpid(), self.stop_event, self._ready, record),
             name=f"worker-{slot}",
             daemon=self.daemon,
         )
-        process.start()
+        with _sigint_held():
+            process.start()
         if self.slots is not None:
             self.slots.on_started(slot)
         self.workers[slot] = process
 
-    def wait_ready(self, timeout: float = 30.0) -> bool:
-        """Wait until every worker started so far has its backend and handlers ready."""
+    def _stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    def _live(self) -> int:
+        return len(self.workers)
+
+    def wait_ready(self, timeout: float = 30.0, stop: Callable[[], bool] = never) -> bool:
+        """Wait until every worker started so far has its backend and handlers ready
+        (False if `timeout` passed or `stop()` said so first)."""
         deadline = time.monotonic() + timeout
         for _ in range(self.count):
             while not self._ready.acquire(timeout=0.2):
+                if stop():
+                    return False
                 self.check()  # a worker that fails to start is reaped (and replaced) here
                 if time.monotonic() > deadline:
                     return False
@@ -216,125 +267,51 @@ class WorkerPool:
         return sum(p.is_alive() for p in self.workers.values())
 
     def check(self, timeout: float = 0.0) -> None:
-        """Reap workers that exited; replace the ones that died unexpectedly."""
+        """Reap workers that exited; replace the ones that died unexpectedly (never once
+        stopping)."""
+        self._start_due()
+        timeout = self._until_due(timeout)
         sentinels = {p.sentinel: slot for slot, p in self.workers.items()}
         if not sentinels:
-            return
-        for sentinel in wait(list(sentinels), timeout):
-            slot = sentinels[sentinel]  # type: ignore[index]
-            process = self.workers.pop(slot)
-            process.join()  # reap: no zombie
-            expected = process.exitcode == 0 or self.stop_event.is_set()
-            if expected:
-                continue
-            timed_out = process.exitcode == EXIT_TASK_TIMEOUT
-            if not timed_out:
-                log.warning(
-                    "worker %s (pid %s) died with exit code %s",
-                    slot,
-                    process.pid,
-                    process.exitcode,
-                )
-            self.deaths.append((process.pid or 0, process.exitcode))
-            if self.slots is not None:
-                self.slots.on_death(slot)
-            # A task over its time limit ends its worker on purpose: not a crash.
-            self._replace(slot, counts=not timed_out)
+            time.sleep(timeout)
+        for sentinel in wait(list(sentinels), timeout) if sentinels else []:
+            self._reap(sentinels[sentinel])  # type: ignore[index]
+        self._start_due()
 
-    def _replace(self, slot: int, counts: bool = True) -> None:
-        if not counts:
-            self._start(slot)
+    def _reap(self, slot: int) -> None:
+        process = self.workers.pop(slot)
+        process.join()  # reap: no zombie
+        code = process.exitcode
+        if code == 0 or self._stopping():
+            self.in_flight.clear(slot)
             return
-        now = time.monotonic()
-        while self.restarts and now - self.restarts[0] > self.budget_window:
-            self.restarts.popleft()
-        if len(self.restarts) >= self.restart_budget:
-            raise CrashLoop(
-                f"{len(self.restarts)} workers died within {self.budget_window:g}s; "
-                "giving up (see the errors above)"
-            )
-        self.restarts.append(now)
-        self._start(slot)
+        self.deaths.append((process.pid or 0, code))
+        if self.slots is not None:
+            self.slots.on_death(slot)
+        if code == EXIT_TASK_TIMEOUT:  # a task over its time limit ends its worker on
+            self.in_flight.clear(slot)  # purpose: not a crash
+            self._due[slot] = 0.0
+            return
+        if code == EXIT_FATAL:
+            raise WorkerFailed(f"worker {slot} stopped on an error a restart cannot fix (above)")
+        self._died(slot, f"worker {slot} (pid {process.pid}) died with exit code {code}")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Ask every worker to finish its task and exit; reap them all."""
+    def stop(self, timeout: float = 30.0, now: Callable[[], bool] = never) -> Cut:
+        """Ask every worker to finish its task and exit; wait up to `timeout` seconds (or
+        until `now()` says so), then SIGKILL the rest. Every worker is reaped."""
         self.stop_event.set()
+        self._due.clear()
         if self.slots is not None:
             self.slots.wake(len(self.workers))
         deadline = time.monotonic() + timeout
-        for process in self.workers.values():
-            process.join(max(deadline - time.monotonic(), 0))
-        for process in self.workers.values():
-            if process.is_alive():
-                log.warning("worker pid %s did not stop in time; terminating", process.pid)
-                process.terminate()
-                process.join(5)
+        while self.workers and not now() and (left := deadline - time.monotonic()) > 0:
+            self.check(min(left, 0.2))
+        rest = list(self.workers.items())
+        cut = Cut(len(rest), sum(self.in_flight.held(slot) is not None for slot, _ in rest))
+        for _slot, process in rest:
+            process.kill()  # SIGKILL: a stuck handler cannot refuse it
+        for slot, process in rest:
+            process.join()
+            self.in_flight.clear(slot)
         self.workers.clear()
-
-    def wait_all(self, stop: Callable[[], bool], poll: float = 0.5) -> None:
-        """Supervise until `stop()` says so or every worker has exited on its own."""
-        while self.workers and not stop():
-            self.check(poll)
-
-
-class ThreadWorkers:
-    """N worker threads in this one process, each with its own connection (``--pool thread``):
-    each thread calls `spec.backend.connect`, which opens a new one every time.
-
-    Threads share one interpreter and so one GIL: sleep-bound tasks scale with threads,
-    CPU-bound ones do not. A thread cannot be killed, so no task timeout here.
-    """
-
-    def __init__(self, spec: WorkerSpec, count: int) -> None:
-        if spec.options.task_timeout:
-            raise ConfigError("--task-timeout needs --pool process: a thread cannot be stopped")
-        self.spec = spec
-        self.count = count
-        self.stop_event = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.errors: list[TaskshuttleError] = []
-        self._ready = threading.Semaphore(0)
-
-    def start(self) -> None:
-        for slot in range(self.count):
-            thread = threading.Thread(target=self._run, args=(slot,), name=f"worker-{slot}")
-            thread.start()
-            self.threads.append(thread)
-
-    def _run(self, slot: int) -> None:
-        try:
-            backend = self.spec.backend.connect(self.spec.settings)
-        except TaskshuttleError as exc:
-            self.errors.append(exc)
-            self._ready.release()
-            return
-        worker = Worker(
-            backend, registry, self.spec.options, self.stop_event, self.spec.settings.queue
-        )
-        self._ready.release()
-        try:
-            worker.run()
-        finally:
-            backend.close()
-
-    def wait_ready(self, timeout: float = 30.0) -> bool:
-        for _ in range(self.count):
-            if not self._ready.acquire(timeout=timeout):
-                return False
-        if self.errors:
-            raise self.errors[0]
-        return True
-
-    @property
-    def pids(self) -> list[int]:
-        return [os.getpid()]
-
-    def wait_all(self, stop: Callable[[], bool], poll: float = 0.5) -> None:
-        while any(t.is_alive() for t in self.threads) and not stop():
-            self.threads[0].join(poll) if self.threads[0].is_alive() else time.sleep(poll)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.stop_event.set()
-        deadline = time.monotonic() + timeout
-        for thread in self.threads:
-            thread.join(max(deadline - time.monotonic(), 0))
+        return cut

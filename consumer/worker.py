@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic_core import PydanticSerializationError
 
@@ -34,6 +34,9 @@ from common.schemas import (
 )
 from common.settings import Settings
 from consumer.handlers import PayloadError, Registry, TaskContext
+
+if TYPE_CHECKING:
+    from consumer.inflight import InHand
 
 log = logging.getLogger("taskshuttle.worker")
 
@@ -104,6 +107,7 @@ class Worker:
         queue_name: str = "tasks",
         on_timeout: Callable[[WorkerBackend], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        in_flight: InHand | None = None,
     ) -> None:
         self.backend = backend
         self.registry = registry
@@ -121,6 +125,8 @@ class Worker:
         self._finished = threading.Event()
         self.on_timeout = on_timeout or _exit_for_timeout
         self.clock = clock
+        #: Where this worker notes the task in hand, for its supervisor (`consumer.inflight`).
+        self.in_flight = in_flight
 
     def run(self) -> int:
         """Take tasks until stopped (or, in burst mode, until the queue stays empty)."""
@@ -147,6 +153,8 @@ class Worker:
                 continue
             idle_since = None
             self.process(delivery)
+            if self.in_flight is not None:
+                self.in_flight.release()  # settled
 
     def process(self, delivery: Delivery) -> None:
         """Decode, run and settle one delivery. Whatever goes wrong with it, it is settled
@@ -181,6 +189,10 @@ class Worker:
             )
 
     def _run(self, delivery: Delivery, task: TaskEnvelope) -> None:
+        if self.in_flight and (killed := self.in_flight.take(task.id, delivery.redelivered)):
+            error = f"killed {killed} workers"
+            self._dead_letter(delivery, "killed-worker", error, task.attempt, task)
+            return
         handler = self.registry.get(task.kind)
         if handler is None:
             known = ", ".join(self.registry.kinds())

@@ -44,6 +44,7 @@ def main(
     retry_delay: options.RetryDelay = defaults.RETRY_BASE_DELAY,
     retry_max_delay: options.RetryMaxDelay = defaults.RETRY_MAX_DELAY,
     task_timeout: options.TaskTimeout = defaults.TASK_TIMEOUT,
+    max_deaths: options.MaxDeaths = defaults.MAX_DEATHS,
     handlers: options.Handlers = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,

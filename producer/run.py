@@ -145,7 +145,7 @@ def run_local(
     ledger = Ledger()
     pool.start()
     try:
-        pool.wait_ready()
+        pool.wait_ready(stop=stop.is_set)  # a Ctrl-C while the workers start ends the wait
         ledger.started = time.perf_counter()  # the clock starts once the workers are up
         send(
             job,

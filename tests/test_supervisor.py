@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from common.backend import Delivery, WorkerBackend
+from common.errors import ConnectionLost
 from common.local import LocalBroker
+from common.schemas import TaskEnvelope, encode
 from common.settings import load_settings
 from consumer.supervisor import CrashLoop, WorkerPool, WorkerSpec
 from consumer.worker import WorkerOptions, backoff_delay
-from tests.helpers import children_of, process_state, wait_until
+from tests.helpers import ROOT, children_of, process_state, program, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,20 +54,61 @@ def test_dead_worker_is_reaped_and_replaced() -> None:
 
 
 def test_crash_loop_stops_with_a_clear_error() -> None:
-    pool, backend = _local_pool(1, restart_budget=2)
+    """Workers that die while they run a task count toward the restart budget."""
+    backend = LocalBroker(slots=1, batch_size=1)
+    spec = WorkerSpec(load_settings(workers=1, prefetch=1), WorkerOptions())
+    pool = WorkerPool(spec, 1, slots=backend.slots, restart_budget=2)
+    backend.publish([TaskEnvelope(kind="sleep", payload={"seconds": 30}) for _ in range(5)])
     pool.start()
     try:
         assert pool.wait_ready(30)
-        with pytest.raises(CrashLoop, match="2 workers died within 60s"):
+        with pytest.raises(CrashLoop, match="2 workers died within 60s while running a task"):
             for _ in range(5):
+                assert wait_until(lambda: (pool.check(), pool.in_hand() == 1)[1], 30)
                 pid = pool.pids[0]
                 os.kill(pid, signal.SIGKILL)
                 assert wait_until(lambda pid=pid: process_state(pid) in (None, "Z"), 10)
                 pool.check(5)
-                pool.wait_ready(30)
     finally:
-        pool.stop()
+        pool.stop(timeout=0)
         backend.close()
+
+
+@dataclass(frozen=True)
+class LosesItsBroker:
+    """A worker's backend whose connection drops as it acks its first task."""
+
+    def connect(self, settings: object) -> WorkerBackend:
+        return _LosingBackend()
+
+
+class _LosingBackend(WorkerBackend):
+    name = "losing"
+
+    def receive(self, timeout: float) -> Delivery | None:
+        return Delivery(encode(TaskEnvelope(kind="echo")), redelivered=False, handle=None)
+
+    def ack(self, delivery: Delivery, result: object = None) -> None:
+        raise ConnectionLost("connection lost (the broker restarted)")
+
+    retry_later = dead_letter = requeue = ack  # type: ignore[assignment]
+
+    def pending(self) -> int:
+        return 1
+
+
+def test_a_worker_that_loses_its_broker_mid_task_does_not_count_toward_the_budget() -> None:
+    spec = WorkerSpec(load_settings(workers=1), WorkerOptions(), backend=LosesItsBroker())
+    pool = WorkerPool(spec, 1, restart_budget=1)
+    pool.start()
+    try:
+        # Each worker dies with its task in hand, of a lost connection: replaced (at once,
+        # then after growing pauses), never a crash loop.
+        assert wait_until(lambda: (pool.check(0.1), len(pool.deaths) >= 3)[1], 30)
+        assert {code for _pid, code in pool.deaths} == {3}
+        assert not pool.restarts.counted
+    finally:
+        pool.stop(timeout=5)
 
 
 def test_stop_reaps_every_worker() -> None:
@@ -75,8 +122,6 @@ def test_stop_reaps_every_worker() -> None:
 
 
 def test_a_worker_dead_in_the_middle_of_a_write_does_not_stall_the_parent() -> None:
-    from common.schemas import TaskEnvelope
-
     backend = LocalBroker(slots=1)
     try:
         backend.publish([TaskEnvelope(kind="echo")])
@@ -94,3 +139,42 @@ def test_a_worker_dead_in_the_middle_of_a_write_does_not_stall_the_parent() -> N
         assert backend.slots.worker_end(0).receive(5) is not None
     finally:
         backend.close()
+
+
+def _session(sid: int) -> list[int]:
+    """Live processes of session `sid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[4]) == sid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_while_local_workers_start_stops_cleanly() -> None:
+    """A terminal's Ctrl-C reaches the whole process group, workers still importing
+    included: no traceback, no replacement started after it, no process left."""
+    args = ("--backend", "local", "--workers", "4", "--count", "100000", "--json", "--quiet")
+    producer = subprocess.Popen(
+        program("producer", *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,  # its own process group, as a terminal gives it
+    )
+    try:
+        assert wait_until(lambda: len(children_of(producer.pid)) >= 3, 30, interval=0.01)
+        os.killpg(producer.pid, signal.SIGINT)
+        _out, err = producer.communicate(timeout=60)
+    finally:
+        if producer.poll() is None:
+            os.killpg(producer.pid, signal.SIGKILL)
+            producer.wait()
+    assert "Traceback" not in err, err
+    assert producer.returncode == 130, err
+    assert "died with exit code" not in err  # no worker died of it, none was replaced
+    assert wait_until(lambda: not _session(producer.pid), 10), _session(producer.pid)
