@@ -28,6 +28,9 @@ TASK_TIMEOUT = 0.0
 BROKER_CONSUMER_TIMEOUT = 1800.0
 RETRY_BASE_DELAY = 1.0
 RETRY_MAX_DELAY = 300.0
+#: Seconds the producer waits for a broker that is down (at start-up, and per outage) when
+#: no ``--connect-timeout`` is given; the consumer, a service, waits as long as it takes.
+PRODUCER_CONNECT_TIMEOUT = 30.0
 
 #: The environment variable of each setting. The command line reads them through click (so
 #: `--help` shows them), `load_settings` reads them for the library: the same names, and in
@@ -42,4 +45,5 @@ ENVIRONMENT = {
     "retry_max_delay": "TASKSHUTTLE_RETRY_MAX_DELAY",
     "task_timeout": "TASKSHUTTLE_TASK_TIMEOUT",
     "broker_consumer_timeout": "TASKSHUTTLE_BROKER_CONSUMER_TIMEOUT",
+    "connect_timeout": "TASKSHUTTLE_CONNECT_TIMEOUT",
 }

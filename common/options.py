@@ -110,6 +110,7 @@ SETTINGS_FIELDS = {
     "retry_max_delay": "retry_max_delay",
     "task_timeout": "task_timeout",
     "broker_consumer_timeout": "broker_consumer_timeout",
+    "connect_timeout": "connect_timeout",
 }
 
 
@@ -184,3 +185,14 @@ def settings_from(ctx: typer.Context, *, with_url: bool = True) -> Settings:
 def _source(ctx: typer.Context, name: str) -> str | None:
     source = ctx.get_parameter_source(name)
     return source.name if source is not None else None
+
+
+ConnectTimeout = Annotated[
+    float | None,
+    typer.Option(
+        envvar=ENVIRONMENT["connect_timeout"],
+        help="Seconds to wait for a broker that is down, at start-up and per outage "
+        "(0: as long as it takes) [default: producer 30, consumer as long as it takes].",
+        show_default=False,
+    ),
+]
