@@ -38,6 +38,7 @@ from common.settings import redact_url
 
 log = logging.getLogger("taskshuttle.rabbitmq")
 
+
 @dataclass(frozen=True, slots=True)
 class _Handle:
     """What settles a delivery: the link it came on, its tag, where its result goes."""

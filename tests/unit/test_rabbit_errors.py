@@ -70,7 +70,7 @@ def test_refused_credentials_are_authentication_failed_never_unreachable(
     "exc",
     [
         px.ProbableAuthenticationError(
-            "ConnectionClosedByBroker: (320) \"CONNECTION_FORCED - broker forced connection "
+            'ConnectionClosedByBroker: (320) "CONNECTION_FORCED - broker forced connection '
             "closure with reason 'shutdown'\""
         ),
         px.ProbableAuthenticationError("StreamLostError: ('Transport indicated EOF',)"),
