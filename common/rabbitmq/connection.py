@@ -85,7 +85,7 @@ class Connection:
         if self._dead.is_set() or self._conn is None:
             raise self.close_error or ConnectionLost(f"connection to {self.safe_url} is closed")
         try:
-            self._conn.ioloop.add_callback_threadsafe(functools.partial(self._guarded_io, fn))
+            self._conn.ioloop.add_callback_threadsafe(self._guard(fn))
         except Exception as exc:  # the ioloop closed under us
             raise self.close_error or ConnectionLost(str(exc)) from None
 
@@ -154,12 +154,13 @@ class Connection:
 
     def _on_channel_open_io(self, channel: Any) -> None:
         self._channel = channel
-        channel.add_on_close_callback(self._on_channel_closed_io)
-        channel.add_on_cancel_callback(self._on_cancelled_io)
+        channel.add_on_close_callback(self._guard(self._on_channel_closed_io))
+        channel.add_on_cancel_callback(self._guard(self._on_cancelled_io))
         self._prepare_channel_io(channel, self._on_ready_io)
 
     def _prepare_channel_io(self, channel: Any, ready: Callable[[], None]) -> None:
-        """Set the new channel up (a subclass's hook); call `ready()` once it is usable."""
+        """Set the new channel up (a subclass's hook, which registers its callbacks through
+        `_guard`); call `ready()` once it is usable."""
         ready()
 
     def _on_ready_io(self) -> None:
@@ -214,9 +215,14 @@ class Connection:
         self._fail_io(self.close_error or ConnectionLost("consumer cancelled"))
         self._shut_io()
 
-    def _guarded_io(self, fn: Callable[[], None]) -> None:
+    def _guard(self, fn: Callable[..., object]) -> Callable[..., None]:
+        """`fn`, for pika to call in this thread: if it raises, the link dies, not the
+        thread (pika would abort the connection and log the error where nobody looks)."""
+        return functools.partial(self._guarded_io, fn)
+
+    def _guarded_io(self, fn: Callable[..., object], *args: Any) -> None:
         try:
-            fn()
+            fn(*args)
         except Exception as exc:
             self._broken_io(exc)
 
@@ -246,6 +252,9 @@ class Connection:
                 self._conn.ioloop.stop()
 
     def _fail_io(self, error: BrokerError) -> None:
+        """The link is dead (from now on `alive` says so, and nothing more is posted to it):
+        every caller waiting on it learns `error`."""
+        self._dead.set()
         if not self._opened.done():
             self._opened.set_exception(error)
         with self._waiting_lock:

@@ -154,9 +154,9 @@ class Link(Connection):
 
     # -- I/O thread: the channel ----------------------------------------------------------
     def _prepare_channel_io(self, channel: Any, ready: Callable[[], None]) -> None:
-        channel.add_on_return_callback(self._on_return_io)
+        channel.add_on_return_callback(self._guard(self._on_return_io))
         channel.confirm_delivery(
-            ack_nack_callback=self._on_confirm_io, callback=lambda _frame: ready()
+            ack_nack_callback=self._guard(self._on_confirm_io), callback=lambda _frame: ready()
         )
 
     def _lost_io(self, error: BrokerError) -> None:
@@ -181,7 +181,7 @@ class Link(Connection):
         def consume(_frame: Any = None) -> None:
             channel.basic_consume(
                 name,
-                self._on_message_io,
+                self._guard(self._on_message_io),
                 consumer_tag=tag,
                 callback=lambda _frame: future.set_result(None),
             )
