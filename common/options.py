@@ -192,7 +192,8 @@ ConnectTimeout = Annotated[
     typer.Option(
         envvar=ENVIRONMENT["connect_timeout"],
         help="Seconds to wait for a broker that is down, at start-up and per outage "
-        "(0: as long as it takes) [default: producer 30, consumer as long as it takes].",
+        "(0: as long as it takes; by default the producer waits 30, the consumer as long "
+        "as it takes).",
         show_default=False,
     ),
 ]

@@ -31,6 +31,7 @@ ENVIRONMENT = {
     "--retry-delay": "TASKSHUTTLE_RETRY_BASE_DELAY",
     "--retry-max-delay": "TASKSHUTTLE_RETRY_MAX_DELAY",
     "--task-timeout": "TASKSHUTTLE_TASK_TIMEOUT",
+    "--connect-timeout": "TASKSHUTTLE_CONNECT_TIMEOUT",
 }
 
 
