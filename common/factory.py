@@ -23,6 +23,10 @@ single-active-consumer queue) are passed by the caller that needs them.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -92,19 +96,51 @@ def open_backend(
         )
     from common.rabbitmq import RabbitBackend  # only this path needs pika
 
-    rabbit = RabbitBackend(
-        settings.amqp_url,
-        settings.queue,
-        prefetch=settings.prefetch,
-        want_results=results,
-        wait_for_broker=broker_wait(role, settings),
-        queue_arguments=queue_arguments,
-        stop=stop,
-    )
-    if role is Role.WORKER:
-        try:
-            rabbit.start_consuming()
-        except BaseException:
-            rabbit.close()
-            raise
+    with _signals_end_the_wait(stop if role is Role.WORKER else None) as stop:
+        rabbit = RabbitBackend(
+            settings.amqp_url,
+            settings.queue,
+            prefetch=settings.prefetch,
+            want_results=results,
+            wait_for_broker=broker_wait(role, settings),
+            queue_arguments=queue_arguments,
+            stop=stop,
+        )
+        if role is Role.WORKER:
+            try:
+                rabbit.start_consuming()
+            except BaseException:
+                rabbit.close()
+                raise
     return rabbit
+
+
+@contextlib.contextmanager
+def _signals_end_the_wait(stop: StopFlag | None) -> Iterator[StopFlag | None]:
+    """For a worker process that waits for its broker before it runs: a stop flag that its
+    SIGTERM or SIGINT sets, on top of what its own handlers do (they set the flag its loop
+    reads, which a wait at start-up would never look at), so a consumer stopped while the
+    broker is away is not left waiting for a worker that waits for the broker.
+
+    Only in a process's main thread (where handlers live), and only while connecting.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    mine = threading.current_thread() is threading.main_thread()
+    if stop is not None or not mine or None in previous.values():
+        yield stop
+        return
+    signalled = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        signalled.set()
+        handler = previous[signal.Signals(signum)]
+        if callable(handler):
+            handler(signum, frame)
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    try:
+        yield signalled
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -23,7 +23,18 @@ import pytest
 
 from common.rabbitmq import RabbitBackend
 from tests.conftest import IN_CI
-from tests.helpers import finish, json_summary, output_of, run, start, stop, wait_for_output
+from tests.helpers import (
+    children_of,
+    finish,
+    json_summary,
+    output_of,
+    process_state,
+    run,
+    start,
+    stop,
+    wait_for_output,
+    wait_until,
+)
 from tests.rabbit_node import RABBITMQ_BIN, RabbitNode, free_port, rabbitmq_available
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
@@ -122,6 +133,19 @@ def test_a_15s_outage_with_a_worker_replaced_meanwhile_leaves_the_consumer_runni
     assert RETRYING in consumer_err and "reconnected" in consumer_err
 
 
+def _workers_of(pid: int) -> list[int]:
+    """The worker processes among `pid`'s children (not multiprocessing's resource tracker)."""
+    workers = []
+    for child in children_of(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            workers.append(child)
+    return workers
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -203,3 +227,30 @@ def test_a_delivery_past_the_consumer_timeout_reopens_the_channel_and_the_work_g
     assert "broker closed the channel: 406 PRECONDITION_FAILED" in err
     assert "consumer_timeout" in err and "reconnected" in err
     assert "died with exit code" not in err, err  # the worker reopened; it did not die
+
+
+def test_a_worker_waiting_for_its_broker_at_start_up_stops_on_sigterm(
+    own_broker: RabbitNode,
+) -> None:
+    consumer = start("consumer", "--queue", QUEUE, "--workers", "1", "--url", own_broker.url)
+    try:
+        wait_for_output(consumer, "consuming", timeout=90)
+        own_broker.stop(timeout=60)
+        os.kill(_worker_pids(consumer)[0], signal.SIGKILL)
+        # Its replacement waits for the broker at start-up, in its own process.
+        wait_for_output(consumer, "died with exit code -9", timeout=60)
+        since_death = lambda: output_of(consumer)[1].split("died with exit code -9")[1]  # noqa: E731
+        assert wait_until(lambda: RETRYING in since_death(), 60), output_of(consumer)[1]
+        waiting = [p for p in _workers_of(consumer.pid) if p not in _worker_pids(consumer)]
+        assert waiting, output_of(consumer)[1]
+        consumer.send_signal(signal.SIGTERM)
+        wait_for_output(consumer, "finishing tasks in hand", timeout=30)
+        time.sleep(1.0)  # the supervisor now waits for its workers to finish
+        for pid in waiting:  # as a service manager stops every process of the unit
+            os.kill(pid, signal.SIGTERM)
+        code, _out, err = stop(consumer, sig=0, timeout=20)
+    finally:
+        if consumer.poll() is None:
+            stop(consumer, signal.SIGKILL)
+    assert code == 0, err
+    assert all(process_state(pid) in (None, "Z") for pid in waiting)
