@@ -30,6 +30,9 @@ RETRY_BASE_DELAY = 1.0
 RETRY_MAX_DELAY = 300.0
 MAX_DEATHS = 2
 SHUTDOWN_TIMEOUT = 30.0
+#: Seconds the producer waits for a broker that is down (at start-up, and per outage) when
+#: no ``--connect-timeout`` is given; the consumer, a service, waits as long as it takes.
+PRODUCER_CONNECT_TIMEOUT = 30.0
 
 #: The environment variable of each setting. The command line reads them through click (so
 #: `--help` shows them), `load_settings` reads them for the library: the same names, and in
@@ -46,4 +49,5 @@ ENVIRONMENT = {
     "broker_consumer_timeout": "TASKSHUTTLE_BROKER_CONSUMER_TIMEOUT",
     "max_deaths": "TASKSHUTTLE_MAX_DEATHS",
     "shutdown_timeout": "TASKSHUTTLE_SHUTDOWN_TIMEOUT",
+    "connect_timeout": "TASKSHUTTLE_CONNECT_TIMEOUT",
 }

@@ -112,6 +112,7 @@ SETTINGS_FIELDS = {
     "broker_consumer_timeout": "broker_consumer_timeout",
     "max_deaths": "max_deaths",
     "shutdown_timeout": "shutdown_timeout",
+    "connect_timeout": "connect_timeout",
 }
 
 
@@ -201,5 +202,15 @@ ShutdownTimeout = Annotated[
         envvar=ENVIRONMENT["shutdown_timeout"],
         help="Seconds the first Ctrl-C or SIGTERM waits for the tasks in hand; "
         "then (or at the second) the workers are killed.",
+    ),
+]
+ConnectTimeout = Annotated[
+    float | None,
+    typer.Option(
+        envvar=ENVIRONMENT["connect_timeout"],
+        help="Seconds to wait for a broker that is down, at start-up and per outage "
+        "(0: as long as it takes; by default the producer waits 30, the consumer as long "
+        "as it takes).",
+        show_default=False,
     ),
 ]

@@ -12,8 +12,9 @@ import an environment-reading library (pydantic-settings) to do so.
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
@@ -35,26 +36,43 @@ __all__ = [
 ]
 
 
+#: Characters that end the user-and-password part of a URL when left unencoded: a password
+#: holding one cannot be told apart from the host, path, query or fragment.
+_UNSAFE_IN_USERINFO = "/?#"
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """The URL with its password replaced by ``***``, for logs and error messages.
+
+    The credentials are everything between ``//`` and the last ``@``. When they hold an
+    unencoded ``/``, ``?`` or ``#``, which part is the user cannot be known safely, so all
+    of them become ``***``: a password is never printed, whole or in part.
+    """
+    scheme, slashes, rest = url.partition("//")
+    credentials, at, host = rest.rpartition("@")
+    if not slashes or not at:
+        return url  # no credentials at all
+    if any(c in credentials for c in _UNSAFE_IN_USERINFO):
+        return f"{scheme}//***@{host}"
+    user, colon, _password = credentials.partition(":")
+    return f"{scheme}//{user}:***@{host}" if colon else url
 
 
 def check_amqp_url(url: str) -> str:
-    """Reject what pika would choke on later with a cryptic error."""
+    """Reject what pika would choke on later with a cryptic error (or a traceback): the
+    URL is parsed here by pika's own `URLParameters`, query values included."""
+    safe = redact_url(url)
+    credentials = url.partition("//")[2].rpartition("@")[0]
+    if any(c in credentials for c in _UNSAFE_IN_USERINFO):
+        raise ValueError(
+            f"malformed AMQP URL {safe!r}: the user or password holds an unencoded "
+            "'/', '?' or '#' (write them %2F, %3F, %23)"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"malformed AMQP URL {redact_url(url)!r}: {exc}") from None
+        raise ValueError(f"malformed AMQP URL {safe!r}: {_scrub(str(exc), url)}") from None
     if parts.scheme not in ("amqp", "amqps"):
         raise ValueError(
             f"malformed AMQP URL {redact_url(url)!r}: scheme must be amqp:// or amqps://"
@@ -63,7 +81,22 @@ def check_amqp_url(url: str) -> str:
         raise ValueError(f"malformed AMQP URL {redact_url(url)!r}: no host")
     if port == 0:
         raise ValueError(f"malformed AMQP URL {redact_url(url)!r}: port 0")
+    import pika  # only a broker URL needs it
+
+    try:
+        pika.URLParameters(url)
+    except Exception as exc:  # ValueError mostly; a bad ssl_options is a SyntaxError
+        raise ValueError(f"malformed AMQP URL {safe!r}: {_scrub(str(exc), url)}") from None
     return url
+
+
+def _scrub(text: str, url: str) -> str:
+    """`text` without the URL's password, raw or decoded, wherever an error quotes it as a
+    whole (not inside a longer word: a password ``g`` leaves "string" alone)."""
+    password = urlsplit(url).password or ""
+    for secret in {password, unquote(password)} - {""}:
+        text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", "***", text)
+    return text
 
 
 class Settings(BaseModel):
@@ -82,6 +115,9 @@ class Settings(BaseModel):
     #: The broker's `consumer_timeout` in seconds (RabbitMQ's default: 30 minutes). A
     #: delivery left unacked longer closes its channel, so a longer task timeout is useless.
     broker_consumer_timeout: Annotated[float, Field(gt=0)] = defaults.BROKER_CONSUMER_TIMEOUT
+    #: Seconds to wait for a broker that is down, at start-up and per outage; 0: as long as
+    #: it takes; None: the role's own default (the producer 30 s, the consumer forever).
+    connect_timeout: Annotated[float | None, Field(ge=0)] = None
     #: First retry delay in seconds; doubles per attempt, with jitter, capped at retry_max_delay.
     retry_base_delay: Annotated[float, Field(ge=0)] = defaults.RETRY_BASE_DELAY
     retry_max_delay: Annotated[float, Field(ge=0)] = defaults.RETRY_MAX_DELAY

@@ -58,6 +58,7 @@ def main(
     broker_consumer_timeout: options.BrokerConsumerTimeout = defaults.BROKER_CONSUMER_TIMEOUT,
     max_deaths: options.MaxDeaths = defaults.MAX_DEATHS,
     shutdown_timeout: options.ShutdownTimeout = defaults.SHUTDOWN_TIMEOUT,
+    connect_timeout: options.ConnectTimeout = None,
     burst: Annotated[
         bool, typer.Option(help="Exit 0 once the queue has been empty for a moment.")
     ] = False,
@@ -81,23 +82,53 @@ def main(
 
     with invalid("--handlers"):
         import_handlers(list(handlers or ()))
-    _admin(settings).close()  # a bad URL, password or queue fails here, before any worker
-    if settings.task_timeout > settings.broker_consumer_timeout:
-        log.warning(
-            "--task-timeout %gs is longer than the broker's consumer_timeout (%gs): the broker "
-            "will close a worker's channel (and redeliver its task) before the limit is reached",
-            settings.task_timeout,
-            settings.broker_consumer_timeout,
-        )
+    _admin(settings, waits=True).close()  # a bad password or queue fails here, before any worker
+    _warn_about_consumer_timeout(settings)
     worker_options = WorkerOptions.from_settings(settings, burst_idle=1.0 if burst else None)
     supervise(settings, worker_options, tuple(handlers or ()), pool)
 
 
-def _admin(settings: Settings) -> Backend:
-    """A short-lived connection: the broker check, the dead-letter commands."""
+def _admin(settings: Settings, *, waits: bool = False) -> Backend:
+    """A short-lived connection: the dead-letter commands, or (`waits`) the check before the
+    workers start, which waits for a broker that is down as the workers would."""
     from common.factory import Role, open_backend
 
-    return open_backend(settings, Role.ADMIN)
+    return open_backend(settings, Role.PROBE if waits else Role.ADMIN)
+
+
+def _warn_about_consumer_timeout(settings: Settings) -> None:
+    """Warn when a delivery can stay unacked past the broker's consumer_timeout: a worker
+    holding `prefetch` tasks acks the last one after up to prefetch x task_timeout seconds."""
+    limit, task, prefetch = (
+        settings.broker_consumer_timeout,
+        settings.task_timeout,
+        settings.prefetch,
+    )
+    if task > limit:
+        log.warning(
+            "--task-timeout %gs is longer than the broker's consumer_timeout (%gs): the broker "
+            "will close a worker's channel (and redeliver its task) before the limit is reached",
+            task,
+            limit,
+        )
+    elif task and prefetch * task > limit:
+        log.warning(
+            "--prefetch %d x --task-timeout %gs = %gs can pass the broker's consumer_timeout "
+            "(%gs): the last of a worker's prefetched tasks may wait that long for its ack, and "
+            "the broker would close the channel and hand them all out again; lower --prefetch",
+            prefetch,
+            task,
+            prefetch * task,
+            limit,
+        )
+    elif not task and prefetch > 1:
+        log.info(
+            "tasks have no time limit: a worker holding %d prefetched tasks acks the last one "
+            "only after the ones before it; if that can take longer than the broker's "
+            "consumer_timeout (%gs), lower --prefetch or set --task-timeout",
+            prefetch,
+            limit,
+        )
 
 
 def supervise(

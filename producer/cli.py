@@ -15,6 +15,7 @@ from common.cli import invalid, new_app, parse_json_object, run_app, setup_loggi
 from common.defaults import BackendName
 
 if TYPE_CHECKING:
+    from common.errors import BrokerError
     from common.settings import Settings
     from consumer.worker import StopFlag
     from producer.run import Job, Progress
@@ -45,6 +46,7 @@ def main(
     retry_max_delay: options.RetryMaxDelay = defaults.RETRY_MAX_DELAY,
     task_timeout: options.TaskTimeout = defaults.TASK_TIMEOUT,
     max_deaths: options.MaxDeaths = defaults.MAX_DEATHS,
+    connect_timeout: options.ConnectTimeout = None,
     handlers: options.Handlers = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
@@ -62,11 +64,13 @@ def main(
     stop = output.Stop()
     collecting = local or wait
     with output.progress(count, collecting, show=not (quiet or as_json)) as bar:
-        summary = _run(job, settings, local, wait, timeout, tuple(handlers or ()), bar, stop)
+        summary, error = _run(job, settings, local, wait, timeout, tuple(handlers or ()), bar, stop)
     if collecting:
-        output.report_results(summary, settings, as_json, count=count, timeout=timeout, stop=stop)
+        output.report_results(
+            summary, settings, as_json, count=count, timeout=timeout, stop=stop, error=error
+        )
     else:
-        output.report_sent(summary, settings, as_json)
+        output.report_sent(summary, settings, as_json, count=count, stop=stop, error=error)
 
 
 def _run(
@@ -78,8 +82,12 @@ def _run(
     modules: tuple[str, ...],
     progress: Progress,
     stop: StopFlag,
-) -> dict[str, Any]:
-    """Run the job on its backend (locally, with workers of its own); its summary."""
+) -> tuple[dict[str, Any], BrokerError | None]:
+    """Run the job on its backend (locally, with workers of its own): its summary, and the
+    broker's error if the broker failed it midway (or it was stopped while waiting for one).
+    """
+    from common.errors import BrokerError
+    from common.ledger import Ledger
     from consumer.worker import WorkerOptions
     from producer import run
 
@@ -94,11 +102,19 @@ def _run(
             progress=progress,
             stop=stop,
         )
-        return ledger.summary("local") | {"recovered_from_dead_workers": backend.recovered}
-    ledger = run.run_rabbitmq(
-        job, settings, wait=wait, timeout=timeout, progress=progress, stop=stop
-    )
-    return ledger.summary("rabbitmq")
+        summary = ledger.summary("local")
+        return summary | {"recovered_from_dead_workers": backend.recovered}, None
+    try:
+        ledger = run.run_rabbitmq(
+            job, settings, wait=wait, timeout=timeout, progress=progress, stop=stop
+        )
+    except run.JobFailed as failed:
+        return failed.ledger.summary("rabbitmq"), failed.cause
+    except BrokerError as exc:
+        if not stop.is_set():
+            raise  # never connected: the error alone says it
+        return Ledger().summary("rabbitmq"), exc  # stopped while waiting for the broker
+    return ledger.summary("rabbitmq"), None
 
 
 def _job(

@@ -13,6 +13,7 @@ from common.cli import fail, print_summary
 from producer import run
 
 if TYPE_CHECKING:
+    from common.errors import BrokerError
     from common.settings import Settings
 
 
@@ -81,16 +82,38 @@ class Stop:
         self.signal = signal.Signals(signum)
 
 
-def report_sent(summary: dict[str, Any], settings: Settings, as_json: bool) -> None:
-    """What a producer that did not wait for results says: how many went where."""
+def report_sent(
+    summary: dict[str, Any],
+    settings: Settings,
+    as_json: bool,
+    *,
+    count: int,
+    stop: Stop,
+    error: BrokerError | None = None,
+) -> None:
+    """What a producer that did not wait for results says: how many of how many went where,
+    all confirmed (a task counts as sent once the broker confirmed it); then, if it stopped
+    early, why, as an error."""
+    sent, missing = summary["sent"], count - summary["sent"]
     if as_json:
-        sent = {"backend": "rabbitmq", "sent": summary["sent"], "queue": settings.queue}
-        print(json.dumps(sent | {"seconds": summary["seconds"]}))
-        return
-    print(
-        f"sent {summary['sent']} tasks to queue {settings.queue!r} on {settings.safe_url} "
-        f"(all confirmed) in {summary['seconds']}s"
-    )
+        report = {"backend": "rabbitmq", "sent": sent, "requested": count, "unconfirmed": missing}
+        print(json.dumps(report | {"queue": settings.queue, "seconds": summary["seconds"]}))
+    else:
+        how_many = f"{sent} tasks" if not missing else f"{sent} of {count} tasks"
+        confirmed = "all confirmed" if not missing else f"{sent} confirmed, {missing} not"
+        print(
+            f"sent {how_many} to queue {settings.queue!r} on {settings.safe_url} "
+            f"({confirmed}) in {summary['seconds']}s"
+        )
+    if stop.signal:
+        fail(
+            "producer",
+            f"stopped by {stop.signal.name}: {sent} of {count} sent and confirmed, "
+            f"{missing} not sent",
+            128 + stop.signal,
+        )
+    if error is not None:
+        fail("producer", f"{error} ({sent} of {count} sent and confirmed)", error.exit_code)
 
 
 def report_results(
@@ -101,6 +124,7 @@ def report_results(
     count: int,
     timeout: float,
     stop: Stop,
+    error: BrokerError | None = None,
 ) -> None:
     """The summary; then, if the run was cut short or results are missing, an error."""
     print_summary(summary, as_json)
@@ -115,6 +139,13 @@ def report_results(
             f"stopped by {stop.signal.name}: {summary['sent']} of {count} sent, "
             f"{summary['lost']} without a result ({where})",
             128 + stop.signal,
+        )
+    if error is not None:
+        fail(
+            "producer",
+            f"{error} ({summary['sent']} of {count} sent and confirmed, "
+            f"{summary['lost']} without a result)",
+            error.exit_code,
         )
     if summary["lost"]:
         fail("producer", f"{summary['lost']} tasks got no result within {timeout:g}s", 1)

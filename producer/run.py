@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.backend import ProducerBackend
+from common.errors import BrokerError, TaskshuttleError
 from common.factory import Role, open_backend
 from common.ledger import Ledger
 from common.local import LocalBroker
@@ -40,6 +41,18 @@ class Job:
         )
         for _ in range(self.count):
             yield template.model_copy(update={"id": new_task_id(), "created_at": utcnow()})
+
+
+class JobFailed(TaskshuttleError):
+    """The broker failed the job after it had started: it stayed away longer than the
+    producer waits for it, or refused a message. `ledger` holds what was confirmed (and,
+    with results, what came back) before that; `cause` is the broker's error."""
+
+    def __init__(self, cause: BrokerError, ledger: Ledger) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.ledger = ledger
+        self.exit_code = cause.exit_code
 
 
 class Progress:
@@ -180,21 +193,30 @@ def run_rabbitmq(
     progress: Progress | None = None,
     stop: StopFlag = NEVER,
 ) -> Ledger:
-    """Publish with confirms; with `wait`, collect the results on a reply queue."""
+    """Publish with confirms; with `wait`, collect the results on a reply queue.
+
+    A broker that is down is waited for (`--connect-timeout`, 30 s by default), at the start
+    and per outage, and `stop` ends that wait. Failing to connect raises the broker's error;
+    failing after that raises `JobFailed`, which carries the ledger so far.
+    """
     progress = progress or Progress()
     ledger = Ledger()
-    with open_backend(settings, Role.PRODUCER, results=wait) as backend:
-        if not wait:
-            send(job, backend, ledger, progress, stop=stop)
+    with open_backend(settings, Role.PRODUCER, results=wait, stop=stop) as backend:
+        try:
+            if not wait:
+                send(job, backend, ledger, progress, stop=stop)
+                ledger.finished = time.perf_counter()
+                return ledger
+            send(
+                job,
+                backend,
+                ledger,
+                progress,
+                between=lambda wait: _take_results(backend, ledger, progress, wait),
+                stop=stop,
+            )
+            collect(backend, ledger, progress, until=time.perf_counter() + timeout, stop=stop)
+        except BrokerError as exc:
             ledger.finished = time.perf_counter()
-            return ledger
-        send(
-            job,
-            backend,
-            ledger,
-            progress,
-            between=lambda wait: _take_results(backend, ledger, progress, wait),
-            stop=stop,
-        )
-        collect(backend, ledger, progress, until=time.perf_counter() + timeout, stop=stop)
+            raise JobFailed(exc, ledger) from exc
     return ledger

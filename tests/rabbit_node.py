@@ -90,6 +90,8 @@ class RabbitNode:
         workdir: Path,
         *,
         dist_port: int | None = None,
+        extra_config: str = "",
+        advanced_config: str | None = None,
     ) -> None:
         if not name or "@" in name or name == "rabbit":
             raise ValueError(f"node name must be a plain name other than 'rabbit': {name!r}")
@@ -104,6 +106,10 @@ class RabbitNode:
             )
         self.name = name
         self.node = f"{name}@localhost"
+        #: Lines added to the node's rabbitmq.conf (e.g. ``consumer_timeout = 3000``), and the
+        #: Erlang terms of an advanced.config (settings rabbitmq.conf has no key for).
+        self.extra_config = extra_config
+        self.advanced_config = advanced_config
         self.workdir = Path(workdir)
         self.home_dir = self.workdir / name  # always the caller's view of this node
         self._proc: subprocess.Popen[bytes] | None = None
@@ -326,10 +332,13 @@ class RabbitNode:
             (base / sub).mkdir(exist_ok=True)
             self._chown(base / sub)
         files = {
-            "rabbitmq.conf": f"listeners.tcp.default = {HOST}:{self.port}\n",
+            "rabbitmq.conf": f"listeners.tcp.default = {HOST}:{self.port}\n"
+            + (f"{self.extra_config}\n" if self.extra_config else ""),
             "rabbitmq-env.conf": "# empty: everything comes from the environment\n",
             "enabled_plugins": "[].\n",
         }
+        if self.advanced_config is not None:
+            files["advanced.config"] = self.advanced_config
         for fname, text in files.items():
             (base / fname).write_text(text)
             self._chown(base / fname)
@@ -343,7 +352,7 @@ class RabbitNode:
 
     def _env(self) -> dict[str, str]:
         d = self.dir
-        return {
+        env = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": str(d / "home"),
             "LANG": "C.UTF-8",
@@ -362,6 +371,9 @@ class RabbitNode:
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": LOOPBACK_DIST_ARGS,
             "RABBITMQ_CTL_ERL_ARGS": LOOPBACK_DIST_ARGS,
         }
+        if self.advanced_config is not None:
+            env["RABBITMQ_ADVANCED_CONFIG_FILE"] = str(d / "advanced.config")
+        return env
 
     def _wait(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout

@@ -31,6 +31,7 @@ ENVIRONMENT = {
     "--retry-delay": "TASKSHUTTLE_RETRY_BASE_DELAY",
     "--retry-max-delay": "TASKSHUTTLE_RETRY_MAX_DELAY",
     "--task-timeout": "TASKSHUTTLE_TASK_TIMEOUT",
+    "--connect-timeout": "TASKSHUTTLE_CONNECT_TIMEOUT",
 }
 
 
@@ -187,6 +188,8 @@ def test_consumer_imports_handlers_from_the_current_folder(tmp_path: Path) -> No
             "mytasks",
             "--url",
             "amqp://guest:guest@127.0.0.1:1/",
+            "--connect-timeout",
+            "0.5",
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -194,7 +197,8 @@ def test_consumer_imports_handlers_from_the_current_folder(tmp_path: Path) -> No
         timeout=60,
     )
     assert done.returncode == 1  # past the handlers, at the (closed) broker
-    assert done.stderr.startswith("consumer: error: cannot reach broker"), done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("consumer: error: cannot reach broker"), done.stderr
 
 
 def _readme_block(after: str) -> str:

@@ -32,10 +32,41 @@ def test_environment_is_read_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> N
         ("amqp://guest:secret@host:5672/%2F", "amqp://guest:***@host:5672/%2F"),
         ("amqp://host/vhost", "amqp://host/vhost"),
         ("amqps://u:p%40ss@h/", "amqps://u:***@h/"),
+        ("amqp://u:p@ss@h/", "amqp://u:***@h/"),  # an unencoded @: the last one ends it
+        # An unencoded / ? # in the password: where the user ends is not known safely.
+        ("amqp://guest:se/cret@host:5672/%2F", "amqp://***@host:5672/%2F"),
+        ("amqp://guest:se?cret@host/", "amqp://***@host/"),
+        ("amqp://guest:se#cret@host/", "amqp://***@host/"),
+        ("amqp://user@host/", "amqp://user@host/"),  # no password to hide
     ],
 )
 def test_passwords_are_redacted(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+    assert "cret" not in shown
+
+
+@pytest.mark.parametrize("password", ["se/cret", "se?cret", "se#cret"])
+def test_a_password_with_an_unencoded_delimiter_is_never_printed(password: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(amqp_url=f"amqp://guest:{password}@host:5672/%2F")
+    message = str(caught.value)
+    assert "cret" not in message and "guest:se" not in message
+    assert "%2F, %3F, %23" in message  # and it says how to write it
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("heartbeat=abc", "Invalid heartbeat value 'abc'"),
+        ("bogus=1", "Unknown URL parameter: 'bogus'"),
+        ("heartbeat=-1", "heartbeat must >= 0"),
+    ],
+)
+def test_a_bad_url_query_value_is_a_one_line_config_error(query: str, said: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(amqp_url=f"amqp://guest:secret@h:5672/%2F?{query}")
+    message = str(caught.value)
+    assert said in message and "\n" not in message and "secret" not in message
 
 
 def test_repr_never_shows_the_password() -> None:

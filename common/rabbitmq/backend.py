@@ -20,80 +20,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import pika
 
 from common.backend import Backend, Delivery
 from common.clock import SYSTEM_CLOCK, Clock
-from common.errors import BrokerError, BrokerUnreachable, ConnectionLost
+from common.errors import BrokerError, ConfigError, ConnectionLost
 from common.rabbitmq import topology
 from common.rabbitmq.link import Link
+from common.rabbitmq.reconnect import RETRYABLE, Reconnect, StopFlag
 from common.rabbitmq.topology import Message, QueueNames
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult, as_first_attempt, decode_result
 from common.settings import redact_url
 
 log = logging.getLogger("taskshuttle.rabbitmq")
-
-_T = TypeVar("_T")
-
-
-class Reconnect:
-    """When a lost connection is opened again: at once, then after a pause that doubles from
-    `FIRST_DELAY` up to `max_delay`; a success starts the schedule over.
-
-    Only a lost connection or an absent broker is retried, never a wrong password or a
-    queue mismatch. After `attempts` failures in a row (None: no limit) the last error
-    reaches the caller.
-    """
-
-    FIRST_DELAY = 0.2
-
-    def __init__(self, attempts: int | None, max_delay: float, clock: Clock) -> None:
-        self.attempts = attempts
-        self.max_delay = max_delay
-        self.clock = clock
-        #: Attempts since the last success (the one under way included).
-        self.attempt = 0
-        self._delay = self.FIRST_DELAY
-        self._retry_at = 0.0
-
-    def retries(self, error: BrokerError) -> bool:
-        return isinstance(error, ConnectionLost | BrokerUnreachable) and self.attempts != 0
-
-    def run(self, connect: Callable[[], _T], error: BrokerError, wait: float | None) -> _T | None:
-        """`connect()`'s result, tried as the schedule allows, after `error` broke the link.
-
-        Without `wait`: keeps trying until `attempts` are spent, then raises.
-        With `wait`: tries for at most `wait` seconds and returns None if still down, so a
-        worker loop gets its turn to notice a shutdown while the broker is away.
-        """
-        if not self.retries(error):
-            raise error
-        deadline = None if wait is None else self.clock.monotonic() + wait
-        while True:
-            now = self.clock.monotonic()
-            if deadline is not None and self._retry_at > deadline:
-                self.clock.sleep(max(deadline - now, 0))
-                return None
-            if self._retry_at > now:
-                self.clock.sleep(self._retry_at - now)
-            self.attempt += 1
-            log.warning("connection lost (%s); reconnecting, attempt %d", error, self.attempt)
-            try:
-                connected = connect()
-            except (ConnectionLost, BrokerUnreachable) as exc:
-                error = exc
-                if self.attempts is not None and self.attempt >= self.attempts:
-                    raise
-                self._retry_at = self.clock.monotonic() + self._delay
-                self._delay = min(self._delay * 2, self.max_delay)
-                continue
-            self.attempt = 0
-            self._delay = self.FIRST_DELAY
-            return connected
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +51,11 @@ class _Handle:
 class RabbitBackend(Backend):
     """A task queue on RabbitMQ. Connects (and declares its queues) when built.
 
-    `reconnect_attempts`: how many times a lost connection is re-established before the
-    error reaches the caller (None: forever). A wrong password is never retried.
+    `wait_for_broker`: seconds to wait for a broker that is down, when built and after each
+    loss, trying again with capped, jittered backoff (see `Reconnect`); None: as long as it
+    takes; 0 (the default): not at all. A wrong password, a refused virtual host or a queue
+    declared with other arguments is never retried. `attempt_timeout`: how long one attempt
+    may take. `stop`: a flag that ends the waiting early (raising the last error).
     `clock`: what reconnect backoff reads and sleeps on.
     """
 
@@ -122,11 +68,12 @@ class RabbitBackend(Backend):
         *,
         prefetch: int = 100,
         want_results: bool = False,
-        connect_timeout: float = 10.0,
-        reconnect_attempts: int | None = 0,
+        wait_for_broker: float | None = 0.0,
+        attempt_timeout: float = 10.0,
         max_reconnect_delay: float = 10.0,
         queue_arguments: dict[str, Any] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        stop: StopFlag | None = None,
     ) -> None:
         self.names = QueueNames(queue_name)
         self.queue_name = queue_name
@@ -139,20 +86,34 @@ class RabbitBackend(Backend):
         #: Messages published again after a dropped connection (each may be a duplicate).
         self.republished = 0
         self.safe_url = redact_url(url)
-        self._params = pika.URLParameters(url)
+        try:
+            self._params = pika.URLParameters(url)
+        except Exception as exc:  # pika says ValueError, or worse, for a bad query value
+            raise ConfigError(f"malformed AMQP URL {self.safe_url!r}: {exc}") from None
         self._params.connection_attempts = 1
-        self._params.socket_timeout = connect_timeout
-        self._connect_timeout = connect_timeout
-        self._reconnect = Reconnect(reconnect_attempts, max_reconnect_delay, clock)
+        self._params.socket_timeout = attempt_timeout
+        self._attempt_timeout = attempt_timeout
+        self._reconnect = Reconnect(wait_for_broker, max_reconnect_delay, clock, stop=stop)
         self._consuming = False
         self.reply_queue = self.names.new_replies() if want_results else None
-        self._link = self._connect()
+        self._link = self._first_link()
 
     # -- connection ----------------------------------------------------------------------
+    def _first_link(self) -> Link:
+        """The first link, waited for as the policy allows if the broker is not there yet."""
+        try:
+            return self._connect()
+        except RETRYABLE as error:
+            self._reconnect.failed(error)  # raises if the policy does not wait
+            link = self._reconnect.run(self._connect, error, wait=None)
+        assert link is not None  # without `wait`, it raises rather than give up
+        log.warning("connected to %s", self.safe_url)
+        return link
+
     def _connect(self) -> Link:
         """A new link with this backend's queues declared and its consumer registered."""
         link = Link(self._params, self.safe_url, self.queue_name)
-        link.open(self._connect_timeout)
+        link.open(self._attempt_timeout)
         try:
             link.declare(self.queue_name, self.queue_arguments)
             link.declare(self.dlq_name)
@@ -190,7 +151,7 @@ class RabbitBackend(Backend):
         """A short-lived second connection, so admin work never touches the work channel
         (closing it gives back whatever it got and did not ack, in order)."""
         link = Link(self._params, self.safe_url, f"{self.queue_name}-admin")
-        link.open(self._connect_timeout)
+        link.open(self._attempt_timeout)
         try:
             yield link
         finally:
@@ -217,9 +178,10 @@ class RabbitBackend(Backend):
             link = self._link_now()
             remaining = link.publish_many(remaining, timeout)
             if remaining:
+                error = link.close_error or ConnectionLost("connection lost while publishing")
                 log.warning("connection lost with %d messages unconfirmed", len(remaining))
-                if self._reconnect.attempts == 0:
-                    raise link.close_error or ConnectionLost("connection lost while publishing")
+                if not self._reconnect.retries(error):
+                    raise error
                 self.republished += len(remaining)
 
     def receive_result(self, timeout: float) -> TaskResult | None:

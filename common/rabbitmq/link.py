@@ -1,8 +1,10 @@
 """One AMQP connection and its one confirm-mode channel, served by a private I/O thread.
 
-The only code that touches a pika connection or channel. A `Link` is an asynchronous
-`SelectConnection` whose ioloop runs in a thread of its own, so heartbeats keep flowing while a
-handler runs for minutes, and publisher confirms are pipelined, not one round trip each.
+The only code that touches a pika connection or channel, with its base class
+`connection.Connection`, which owns the connection's life (opening it, the I/O thread, dying
+cleanly). A `Link` is an asynchronous `SelectConnection` whose ioloop runs in a thread of its
+own, so heartbeats keep flowing while a handler runs for minutes, and publisher confirms are
+pipelined, not one round trip each.
 
 Threading rules (pika's own: a connection belongs to the thread that runs its ioloop, and
 ``add_callback_threadsafe`` is its one thread-safe method):
@@ -17,6 +19,8 @@ Threading rules (pika's own: a connection belongs to the thread that runs its io
   settles a link's deliveries, in the order they came (a worker does).
 - `inbox` is a thread-safe queue: the I/O thread puts what consumers receive, a caller takes.
 - **The I/O thread only** runs the methods ending in ``_io`` and pika's callbacks.
+
+Whatever way the link dies, every caller waiting on it learns at once (see `connection`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +38,9 @@ import pika
 import pika.exceptions
 from pika.spec import Basic, BasicProperties
 
-from common.errors import BrokerError, BrokerUnreachable, ConnectionLost
+from common.errors import BrokerError
 from common.rabbitmq.confirms import Batch, ConfirmTracker, publish_in_chunks
-from common.rabbitmq.errors import translate
+from common.rabbitmq.connection import Connection
 from common.rabbitmq.topology import Message
 
 log = logging.getLogger("taskshuttle.rabbitmq")
@@ -71,53 +74,17 @@ class NackOp:
 OutboxOp = PublishOp | AckOp | NackOp
 
 
-class Link:
+class Link(Connection):
     """One AMQP connection and its one confirm-mode channel; see the module's threading rules."""
 
     def __init__(self, params: pika.URLParameters, safe_url: str, name: str) -> None:
-        self.safe_url = safe_url
+        super().__init__(params, safe_url, name)
         self.inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
-        #: Why the link died (None while it lives, or after a close we asked for).
-        self.close_error: BrokerError | None = None
-        self._params = params
-        self._opened: Future[None] = Future()
-        self._dead = threading.Event()
-        self._closing = False
-        self._conn: pika.SelectConnection | None = None
-        self._channel: Any = None
-        self._waiting: set[Future[Any]] = set()
         self._confirms = ConfirmTracker()
         self._outbox: list[OutboxOp] = []
         self._outbox_lock = threading.Lock()
         self._flush_posted = False
         self._declared: set[str] = set()
-        self._thread = threading.Thread(target=self._run_io, name=f"amqp-{name}", daemon=True)
-
-    # -- any thread: life cycle ----------------------------------------------------------
-    @property
-    def alive(self) -> bool:
-        return not self._dead.is_set()
-
-    def open(self, timeout: float) -> None:
-        self._thread.start()
-        try:
-            self._opened.result(timeout)
-        except FutureTimeout:
-            self.close()
-            raise BrokerUnreachable(
-                f"cannot reach broker at {self.safe_url}: no answer within {timeout:g}s"
-            ) from None
-
-    def close(self) -> None:
-        if self._conn is None or self._dead.is_set():
-            self._dead.set()
-            return
-        self._closing = True
-        try:
-            self._post(self._close_io)
-        except BrokerError:
-            return
-        self._thread.join(10)
 
     # -- any thread: operations that wait for the broker's answer -------------------------
     def declare(self, name: str, arguments: dict[str, Any] | None = None) -> int:
@@ -158,7 +125,12 @@ class Link:
         return publish_in_chunks(messages, self._send_batch, timeout, self.safe_url)
 
     def _send_batch(self, batch: Batch) -> None:
-        self._post(functools.partial(self._publish_batch_io, batch))
+        self._wait_on(batch.future)
+        try:
+            self._post(functools.partial(self._publish_batch_io, batch))
+        except BrokerError:
+            self._forget(batch.future)
+            raise
 
     # -- one settling thread: the outbox --------------------------------------------------
     def ack(self, tag: int) -> None:
@@ -180,119 +152,16 @@ class Link:
             self._flush_posted = True
         self._post(self._flush_io)
 
-    # -- any thread: the two ways into the I/O thread -------------------------------------
-    def _post(self, fn: Callable[[], None]) -> None:
-        """Run `fn` in the I/O thread, soon; raises `ConnectionLost` if the link is dead."""
-        if self._dead.is_set() or self._conn is None:
-            raise self.close_error or ConnectionLost(f"connection to {self.safe_url} is closed")
-        try:
-            self._conn.ioloop.add_callback_threadsafe(fn)
-        except Exception as exc:  # the ioloop closed under us
-            raise self.close_error or ConnectionLost(str(exc)) from None
-
-    def _call(self, start: Callable[[Future[Any]], None], timeout: float = 30.0) -> Any:
-        """Run `start(future)` in the I/O thread and wait for it to resolve the future."""
-        future: Future[Any] = Future()
-
-        def run() -> None:
-            self._waiting.add(future)
-            future.add_done_callback(self._waiting.discard)
-            try:
-                start(future)
-            except Exception as exc:
-                if not future.done():
-                    future.set_exception(translate(exc, self.safe_url))
-
-        self._post(run)
-        try:
-            return future.result(timeout)
-        except FutureTimeout:
-            raise BrokerError(
-                f"broker at {self.safe_url} did not answer within {timeout:g}s"
-            ) from None
-
-    # -- I/O thread: the connection's life ------------------------------------------------
-    def _run_io(self) -> None:
-        try:
-            self._conn = pika.SelectConnection(
-                self._params,
-                on_open_callback=self._on_connection_open_io,
-                on_open_error_callback=self._on_open_error_io,
-                on_close_callback=self._on_connection_closed_io,
-            )
-            self._conn.ioloop.start()
-        except Exception as exc:  # pragma: no cover - a bug in a callback
-            self._fail_io(translate(exc, self.safe_url))
-        finally:
-            self._dead.set()
-            self._fail_io(self.close_error or ConnectionLost("connection closed"))
-            if self._conn is not None:
-                self._conn.ioloop.close()  # its wake-up socket pair, else they leak
-
-    def _on_connection_open_io(self, conn: pika.SelectConnection) -> None:
-        conn.channel(on_open_callback=self._on_channel_open_io)
-
-    def _on_channel_open_io(self, channel: Any) -> None:
-        self._channel = channel
-        channel.add_on_close_callback(self._on_channel_closed_io)
-        channel.add_on_return_callback(self._on_return_io)
-        channel.add_on_cancel_callback(self._on_cancelled_io)
+    # -- I/O thread: the channel ----------------------------------------------------------
+    def _prepare_channel_io(self, channel: Any, ready: Callable[[], None]) -> None:
+        channel.add_on_return_callback(self._guard(self._on_return_io))
         channel.confirm_delivery(
-            ack_nack_callback=self._on_confirm_io,
-            callback=lambda _frame: self._opened.set_result(None),
+            ack_nack_callback=self._guard(self._on_confirm_io), callback=lambda _frame: ready()
         )
 
-    def _on_open_error_io(self, conn: pika.SelectConnection, exc: BaseException) -> None:
-        self.close_error = translate(exc, self.safe_url)
-        if not self._opened.done():
-            self._opened.set_exception(self.close_error)
-        conn.ioloop.stop()
-
-    def _on_connection_closed_io(self, conn: pika.SelectConnection, reason: BaseException) -> None:
-        if not self._closing and self.close_error is None:
-            self.close_error = (
-                translate(reason, self.safe_url)
-                if isinstance(reason, pika.exceptions.ChannelClosedByBroker)
-                else ConnectionLost(f"connection to {self.safe_url} lost: {reason}")
-            )
-            log.warning("%s", self.close_error)
-        if not self._opened.done():
-            self._opened.set_exception(self.close_error or ConnectionLost(str(reason)))
-        self._dead.set()
-        self._fail_io(self.close_error or ConnectionLost("connection closed"))
-        conn.ioloop.stop()
-
-    def _on_channel_closed_io(self, channel: Any, reason: BaseException) -> None:
-        # One channel per link: when the broker closes it, the link is done.
-        if not self._closing and self.close_error is None:
-            self.close_error = translate(reason, self.safe_url)
-        self._fail_io(self.close_error or ConnectionLost("channel closed"))
-        if self._conn is not None and self._conn.is_open:
-            self._closing = True
-            self._conn.close()
-
-    def _on_cancelled_io(self, frame: Any) -> None:
-        # The broker cancelled our consumer (queue deleted): treat the link as lost.
-        self.close_error = ConnectionLost("the broker cancelled the consumer (queue deleted?)")
-        if self._conn is not None and self._conn.is_open:
-            self._conn.close()
-
-    def _close_io(self) -> None:
-        if self._conn is None:
-            return
-        if self._conn.is_open:
-            self._conn.close()
-        elif self._conn.is_closed:
-            self._conn.ioloop.stop()
-        # else it is closing already: its close callback stops the loop once the socket is shut
-
-    def _fail_io(self, error: BrokerError) -> None:
-        for future in list(self._waiting):
-            if not future.done():
-                future.set_exception(error)
+    def _lost_io(self, error: BrokerError) -> None:
         self._confirms.connection_lost(error)
 
-    # -- I/O thread: the channel ----------------------------------------------------------
     def _declare_io(
         self, name: str, arguments: dict[str, Any] | None, passive: bool, future: Future[Any]
     ) -> None:
@@ -312,7 +181,7 @@ class Link:
         def consume(_frame: Any = None) -> None:
             channel.basic_consume(
                 name,
-                self._on_message_io,
+                self._guard(self._on_message_io),
                 consumer_tag=tag,
                 callback=lambda _frame: future.set_result(None),
             )

@@ -24,6 +24,7 @@ from tests.helpers import (
     run,
     start,
     stop,
+    wait_for_output,
     wait_until,
 )
 from tests.rabbit_node import RabbitNode
@@ -273,11 +274,17 @@ def test_task_longer_than_three_heartbeats_is_acked_once_without_reconnect(
         assert backend.pending() == 0
 
 
+def _connections(node: RabbitNode) -> int:
+    """Client connections the node has open (one pid, ``<...>``, a line)."""
+    return sum("<" in line for line in node.ctl("list_connections", "pid").splitlines())
+
+
 def test_broker_restart_while_5000_tasks_flow_loses_none(own_broker: RabbitNode) -> None:
     url = own_broker.url
     queue = "restart-test"
     consumer = start("consumer", "--queue", queue, "--workers", "2", "--url", url)
     try:
+        wait_for_output(consumer, "consuming", timeout=90)  # its workers are connected
         producer = start(
             "producer",
             "--backend",
@@ -295,7 +302,11 @@ def test_broker_restart_while_5000_tasks_flow_loses_none(own_broker: RabbitNode)
             "1000",
             "--timeout",
             "90",
+            "--connect-timeout",  # a restart on a busy machine can pass the default 30 s
+            "120",
         )
+        # On a busy machine a program takes seconds to start: restart once it is connected.
+        assert wait_until(lambda: _connections(own_broker) >= 3, 90)
         time.sleep(2.0)  # tasks are flowing
         own_broker.restart(timeout=60)
         code, out, err = finish(producer, timeout=150)

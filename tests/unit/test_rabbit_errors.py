@@ -26,6 +26,13 @@ pytestmark = pytest.mark.timeout(10)
 URL = "amqp://guest:***@broker:5672/%2F"
 
 
+#: What pika says when RabbitMQ refuses a password: the broker's own close, wrapped.
+LOGIN_REFUSED = (
+    "ConnectionClosedByBroker: (403) 'ACCESS_REFUSED - Login was refused using "
+    "authentication mechanism PLAIN. For details see the broker logfile.'"
+)
+
+
 def _workflow_failed(inner: BaseException) -> px.AMQPConnectionError:
     """How a `SelectConnection` reports a failed open: three wrappers deep."""
     return px.AMQPConnectionError(AMQPConnectionWorkflowFailed([inner]))
@@ -46,7 +53,7 @@ def test_pika_authentication_errors_are_connection_errors() -> None:
             "ConnectionClosedByBroker: (403) 'ACCESS_REFUSED - Login was refused'"
         ),
         _workflow_failed(AMQPConnectorAMQPHandshakeError(px.AuthenticationError("PLAIN"))),
-        AMQPConnectionWorkflowFailed([px.ProbableAuthenticationError("refused at login")]),
+        AMQPConnectionWorkflowFailed([px.ProbableAuthenticationError(LOGIN_REFUSED)]),
         px.AMQPConnectionError(px.AuthenticationError("PLAIN")),
     ],
     ids=["authentication", "probable", "in-handshake", "in-workflow", "wrapped"],
@@ -57,6 +64,32 @@ def test_refused_credentials_are_authentication_failed_never_unreachable(
     error = translate(exc, URL)
     assert type(error) is AuthenticationFailed
     assert str(error) == f"broker at {URL} refused the credentials"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        px.ProbableAuthenticationError(
+            'ConnectionClosedByBroker: (320) "CONNECTION_FORCED - broker forced connection '
+            "closure with reason 'shutdown'\""
+        ),
+        px.ProbableAuthenticationError("StreamLostError: ('Transport indicated EOF',)"),
+        _workflow_failed(
+            AMQPConnectorAMQPHandshakeError(
+                px.ProbableAccessDeniedError("StreamLostError: ('Transport indicated EOF',)")
+            )
+        ),
+    ],
+    ids=["forced-close-at-login", "eof-at-login", "eof-at-vhost"],
+)
+def test_a_broker_that_hangs_up_during_the_login_is_unreachable_not_a_wrong_password(
+    exc: BaseException,
+) -> None:
+    # pika calls any close during the login a "probable" authentication error; a broker
+    # that is stopping or starting does that too, and must be waited for, not given up on.
+    error = translate(exc, URL)
+    assert type(error) is BrokerUnreachable
+    assert "closed the connection during the login" in str(error)
 
 
 def test_refused_virtual_host_is_authentication_failed() -> None:
@@ -114,10 +147,20 @@ def test_a_channel_refused_access_is_authentication_failed() -> None:
     assert str(error) == f"access refused: {text}"
 
 
-def test_another_channel_closure_is_a_broker_error() -> None:
+def test_a_deleted_queue_closing_the_channel_is_recoverable() -> None:
     error = translate(px.ChannelClosedByBroker(404, "NOT_FOUND - no queue 'q'"), URL)
-    assert type(error) is BrokerError
+    assert type(error) is ConnectionLost
     assert str(error) == "broker closed the channel: 404 NOT_FOUND - no queue 'q'"
+
+
+def test_a_delivery_past_the_consumer_timeout_is_recoverable_and_explained() -> None:
+    text = (
+        "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. "
+        "Timeout value used: 3000 ms."
+    )
+    error = translate(px.ChannelClosedByBroker(406, text), URL)
+    assert type(error) is ConnectionLost
+    assert text in str(error) and "lower --prefetch" in str(error)
 
 
 def test_anything_else_is_a_broker_error_that_names_the_class() -> None:
