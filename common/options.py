@@ -184,3 +184,11 @@ def settings_from(ctx: typer.Context, *, with_url: bool = True) -> Settings:
 def _source(ctx: typer.Context, name: str) -> str | None:
     source = ctx.get_parameter_source(name)
     return source.name if source is not None else None
+
+
+DlqLimit = Annotated[
+    int,
+    typer.Option(
+        "--limit", min=0, help="Show at most this many dead letters, oldest first (0: all)."
+    ),
+]
