@@ -66,8 +66,9 @@ def run_case(cfg: CaseConfig) -> dict[str, Any]:
 
 
 def _known_queues(cfg: CaseConfig) -> list[str]:
-    names = [cfg.queue, f"{cfg.queue}.dlq", f"{cfg.queue}.DQ", f"{cfg.queue}.XQ"]
-    return names + [f"{cfg.queue}.wait.{n}" for n in range(11)]
+    from common.rabbitmq.topology import QueueNames
+
+    return [*QueueNames(cfg.queue).with_companions(), f"{cfg.queue}.DQ", f"{cfg.queue}.XQ"]
 
 
 def main(argv: list[str]) -> int:

@@ -10,9 +10,19 @@ object. Both backends honour these rules, and `tests/contract/` runs one suite a
 - A delivery is handed out again (``redelivered=True``) until it is acked: a worker that dies
   before `ack` loses nothing. `ack` happens only after the handler has finished. Acks and
   results may be sent in batches, but no later than the worker's next `receive` that has to
-  wait, or `close`.
+  wait, or `close` (which waits for them).
+- Results are at least once, like tasks: a task is acked only once its result is stored; a
+  result the broker refuses or loses sends its task back to be run again. The worker does
+  not wait for that.
 - `retry_later`, `dead_letter` and `requeue` each settle the delivery; after them the delivery
   must not be acked. `retry_later` and `dead_letter` return once the new copy is stored.
+- Deliveries may be settled in any order and from any thread (a watchdog settles a task that
+  ran too long while the worker goes on): settling one never settles another.
+- A delivery whose connection is gone cannot be settled: the settling methods then do
+  nothing and raise nothing (no `ConnectionLost`), store no copy, and the broker hands the
+  delivery out again. Other errors (a copy the broker refuses) are raised.
+- A result goes only where this queue's producers asked for results (on RabbitMQ, a reply
+  queue of this work queue); a task asking for it elsewhere runs, and gets no result.
 - Bodies are opaque bytes here; `common.schemas` turns them into tasks and results.
 """
 
@@ -46,7 +56,8 @@ class _Side(ABC):
 
     @abstractmethod
     def pending(self) -> int:
-        """Tasks waiting in the queue (not counting the ones handed out)."""
+        """Tasks waiting to be handed out: in the queue, and retries waiting out their delay
+        (not counting the ones handed out). A burst worker leaves only when this is 0."""
 
     def close(self) -> None:  # noqa: B027 - closing is optional for in-memory backends
         """Release connections; safe to call twice."""
@@ -78,11 +89,14 @@ class ProducerBackend(_Side):
 
     @abstractmethod
     def dead_letters(self) -> list[DeadLetter]:
-        """The dead letters kept so far (without removing them)."""
+        """The dead letters kept so far, oldest first (without removing them). Whatever
+        another client wrote into a dead letter's metadata, reading it never raises."""
 
     @abstractmethod
     def replay_dead_letters(self) -> int:
-        """Move every dead letter back to the work queue as a first attempt; how many moved."""
+        """Move every dead letter back to the work queue as a first attempt; how many moved.
+        Each leaves the dead letters only once its copy is stored; one dead-lettered again
+        meanwhile is not replayed again by the same call."""
 
 
 class WorkerBackend(_Side):

@@ -214,3 +214,9 @@ ConnectTimeout = Annotated[
         show_default=False,
     ),
 ]
+DlqLimit = Annotated[
+    int,
+    typer.Option(
+        "--limit", min=0, help="Show at most this many dead letters, oldest first (0: all)."
+    ),
+]

@@ -6,19 +6,23 @@ supervisor, the backends, pydantic, pika) is imported only by the command that r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from common import defaults, options
-from common.cli import invalid, new_app, print_table, run_app, setup_logging
+from common.cli import invalid, new_app, run_app, setup_logging
 from common.defaults import BackendName
 
 if TYPE_CHECKING:
     from common.backend import Backend
+    from common.rabbitmq import RabbitBackend
+    from common.schemas import DeadLetter
     from common.settings import Settings
     from consumer.worker import WorkerOptions
 
@@ -174,6 +178,14 @@ def _dlq_settings(ctx: typer.Context) -> Settings:
     return options.settings_from(ctx)
 
 
+def _dlq_admin(ctx: typer.Context) -> RabbitBackend:
+    from common.rabbitmq import RabbitBackend
+
+    admin = _admin(_dlq_settings(ctx))
+    assert isinstance(admin, RabbitBackend)  # _dlq_settings refused the local backend
+    return admin
+
+
 @dlq_app.command("list")
 def dlq_list(
     ctx: typer.Context,
@@ -181,27 +193,46 @@ def dlq_list(
     queue: options.Queue = defaults.QUEUE,
     url: options.Url = defaults.DEFAULT_AMQP_URL,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    limit: options.DlqLimit = 100,
 ) -> None:
-    """Show every dead letter with why it is there (they stay in the DLQ)."""
-    with _admin(_dlq_settings(ctx)) as admin:
-        letters = admin.dead_letters()
-    if as_json:
-        for letter in letters:
+    """Show the dead letters, oldest first, with why each is there (they stay in the DLQ)."""
+    with _dlq_admin(ctx) as admin:
+        total = admin.dead_letter_count()
+        with contextlib.closing(admin.iter_dead_letters(limit or None)) as letters:
+            shown = _print_letters(letters, as_json)
+    if not as_json:
+        print(f"{shown} of {total} dead letters shown")
+
+
+#: The columns of `dlq list`, and how wide each is.
+_LETTER_COLUMNS = {"task id": 32, "reason": 16, "attempts": 8, "when": 25, "error": 80}
+
+
+def _print_letters(letters: Iterable[DeadLetter], as_json: bool) -> int:
+    """Print each letter as it comes (the DLQ may be long); how many were printed."""
+    from common.rabbitmq.topology import UNKNOWN_ATTEMPTS
+
+    if not as_json:
+        print("  ".join(name.ljust(width) for name, width in _LETTER_COLUMNS.items()).rstrip())
+    shown = 0
+    for letter in letters:
+        shown += 1
+        if as_json:  # json.dumps escapes whatever a header holds
             print(json.dumps(letter.model_dump(mode="json")))
-        return
-    rows = [
-        [
-            letter.task_id or "-",
-            letter.reason,
-            str(letter.attempts),
-            letter.error[:80],
-            letter.dead_lettered_at.isoformat(timespec="seconds"),
-        ]
-        for letter in letters
-    ]
-    print_table(
-        f"{len(letters)} dead letters", ["task id", "reason", "attempts", "error", "when"], rows
-    )
+            continue
+        attempts = "?" if letter.attempts == UNKNOWN_ATTEMPTS else str(letter.attempts)
+        when = letter.dead_lettered_at.isoformat(timespec="seconds")
+        cells = [letter.task_id or "-", letter.reason, attempts, when, letter.error]
+        widths = _LETTER_COLUMNS.values()
+        print("  ".join(map(_cell, cells, widths)).rstrip())
+    return shown
+
+
+def _cell(text: str, width: int) -> str:
+    """`text` in a column `width` wide, cut short, with anything a terminal would act on
+    (escape sequences, newlines: a header may hold any bytes) shown escaped."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: width + 1])
+    return (text[: width - 1] + "~" if len(text) > width else text).ljust(width)
 
 
 @dlq_app.command("replay")
@@ -211,7 +242,7 @@ def dlq_replay(
     queue: options.Queue = defaults.QUEUE,
     url: options.Url = defaults.DEFAULT_AMQP_URL,
 ) -> None:
-    """Move every dead letter back to the work queue, as a first attempt."""
+    """Move the dead letters back to the work queue, as first attempts."""
     settings = _dlq_settings(ctx)
     with _admin(settings) as admin:
         moved = admin.replay_dead_letters()

@@ -158,6 +158,8 @@ class LocalBroker(ProducerBackend):
                     unfinished[event.new_key] = event.body
                     due = self._clock.monotonic() + event.delay
                     heapq.heappush(self._retries, (due, event.new_key, event.body))
+                    with self._queued.get_lock():  # `pending` counts scheduled retries too
+                        self._queued.value += 1
                 case Dead():
                     unfinished.pop(event.key, None)
                     self._dead.append(DeadLetter.model_validate_json(event.letter))
@@ -170,6 +172,8 @@ class LocalBroker(ProducerBackend):
         now = self._clock.monotonic()
         while self._retries and self._retries[0][0] <= now:
             _, key, body = heapq.heappop(self._retries)
+            with self._queued.get_lock():  # `_enqueue` counts it again
+                self._queued.value -= 1
             self._enqueue([(key, body, False)])
 
     def _put_back(self, keys: list[str], running: str = "", worker: str = "a worker") -> int:

@@ -13,15 +13,17 @@ A backend plays one of two roles on its connection, chosen when it is built:
   `start_consuming` and `receive` raise rather than hand out its results as tasks.
 
 Both can publish, count, list and replay dead letters, and delete the queues.
+
+Settling a delivery follows one rule: it is done on the link the delivery came on, and if
+that link is gone, the delivery is left alone and nothing raises: the broker hands it out
+again, so acking it, or storing its retry copy or dead letter, would make a second copy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -29,23 +31,18 @@ import pika
 from common.backend import Backend, Delivery
 from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import BrokerError, ConfigError, ConnectionLost
-from common.rabbitmq import topology
+from common.rabbitmq import dlq, topology
+from common.rabbitmq.delivery import Handle, ReplyCheck, take, unless_gone
 from common.rabbitmq.link import Link
 from common.rabbitmq.reconnect import RETRYABLE, Reconnect, StopFlag
 from common.rabbitmq.topology import Message, QueueNames
-from common.schemas import DeadLetter, TaskEnvelope, TaskResult, as_first_attempt, decode_result
+from common.schemas import DeadLetter, TaskEnvelope, TaskResult, decode_result
 from common.settings import redact_url
 
 log = logging.getLogger("taskshuttle.rabbitmq")
 
-
-@dataclass(frozen=True, slots=True)
-class _Handle:
-    """What settles a delivery: the link it came on, its tag, where its result goes."""
-
-    link: Link
-    tag: int
-    reply_to: str | None
+#: How long `close` waits for results' confirms, so their tasks' acks go out first.
+CLOSE_SETTLE_TIMEOUT = 5.0
 
 
 class RabbitBackend(Backend):
@@ -95,6 +92,7 @@ class RabbitBackend(Backend):
         self._attempt_timeout = attempt_timeout
         self._reconnect = Reconnect(wait_for_broker, max_reconnect_delay, clock, stop=stop)
         self._consuming = False
+        self._replies = ReplyCheck(self.names)
         self.reply_queue = self.names.new_replies() if want_results else None
         self._link = self._first_link()
 
@@ -188,7 +186,7 @@ class RabbitBackend(Backend):
         if not self.want_results:
             raise BrokerError("this backend was built without want_results=True")
         link = self._live_link(wait=timeout)
-        delivery = None if link is None else self._take(link, timeout)
+        delivery = None if link is None else take(link, timeout, self._replies)
         if delivery is None:
             return None
         self.ack(delivery)
@@ -217,108 +215,106 @@ class RabbitBackend(Backend):
             return None
         if not self._consuming:
             self.start_consuming()
-        return self._take(link, timeout)
+        return take(link, timeout, self._replies)
 
-    @staticmethod
-    def _take(link: Link, timeout: float) -> Delivery | None:
-        """The next message `link`'s consumer received, within `timeout` seconds."""
-        try:
-            tag, redelivered, props, body = link.inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        return Delivery(
-            body=body,
-            redelivered=redelivered,
-            handle=_Handle(link, tag, props.reply_to),
-            wants_result=props.reply_to is not None,
-        )
+    @property
+    def refused_replies(self) -> int:
+        """Tasks taken whose ``reply_to`` was not a reply queue of this queue (no result)."""
+        return self._replies.refused
 
-    def _live_handle(self, delivery: Delivery) -> _Handle | None:
+    def _live_handle(self, delivery: Delivery) -> Handle | None:
         """The delivery's handle; None when it came on a connection that is gone: the broker
         hands it out again, so settling it (or publishing its retry) would make a duplicate."""
-        handle: _Handle = delivery.handle
+        handle: Handle = delivery.handle
         if handle.link is not self._link or not handle.link.alive:
             return None
         return handle
 
     def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
+        """Ack; with a result, only once the broker has confirmed the result (at least once,
+        like tasks). The caller does not wait for that confirm."""
         handle = self._live_handle(delivery)
         if handle is None:
             return
-        try:  # not contextlib.suppress: this runs once per delivery
+        try:  # not a context manager: this runs once per delivery
             if result is not None and handle.reply_to:
-                handle.link.publish_later(topology.result_message(handle.reply_to, result))
-            handle.link.ack(handle.tag)
-        except ConnectionLost:
-            return  # the delivery goes back to the queue by itself
+                message = topology.result_message(handle.reply_to, result)
+                handle.link.ack_with_result(handle.tag, message)
+            else:
+                handle.link.ack(handle.tag)
+        except BrokerError:
+            if handle.link.alive:
+                raise
+            # else the delivery goes back to the queue by itself
 
     def requeue(self, delivery: Delivery) -> None:
         handle = self._live_handle(delivery)
         if handle is None:
             return
-        try:
+        with unless_gone(handle.link):
             handle.link.nack(handle.tag)
-        except ConnectionLost:
-            return
 
     def retry_later(self, delivery: Delivery, task: TaskEnvelope, delay: float) -> None:
+        """Store the retry copy in the wait queue of its delay, then ack the delivery: both on
+        the delivery's own link, so a copy is never stored while the original comes back."""
         handle = self._live_handle(delivery)
         if handle is None:
             return
-        link = self._link_now()
-        wait_queue = self.names.wait(task.attempt)
-        link.declare_once(wait_queue, topology.wait_queue_arguments(self.queue_name))
-        self._publish_confirmed(
-            link, topology.retry_message(wait_queue, task, handle.reply_to, delay)
-        )
-        self.ack(delivery)
+        link, wait_queue = handle.link, self.names.wait_for(delay)
+        with unless_gone(link):
+            link.declare_once(wait_queue, topology.wait_queue_arguments(self.queue_name))
+            retry = topology.retry_message(wait_queue, task, handle.reply_to, delay)
+            if self._publish_confirmed(link, retry):
+                self.ack(delivery)
 
     def dead_letter(
         self, delivery: Delivery, letter: DeadLetter, result: TaskResult | None = None
     ) -> None:
-        if self._live_handle(delivery) is None:
+        handle = self._live_handle(delivery)
+        if handle is None:
             return
-        link = self._link_now()
-        self._publish_confirmed(link, topology.dead_letter_message(self.dlq_name, letter))
-        self.ack(delivery, result)
+        with unless_gone(handle.link):
+            dead = topology.dead_letter_message(self.dlq_name, letter)
+            if self._publish_confirmed(handle.link, dead):
+                self.ack(delivery, result)
 
     @staticmethod
-    def _publish_confirmed(link: Link, message: Message) -> None:
-        """One message, waiting for its confirm (retries and dead letters)."""
-        if link.publish_many([message], timeout=30):
-            raise link.close_error or ConnectionLost("connection lost while publishing")
+    def _publish_confirmed(link: Link, message: Message) -> bool:
+        """One message, confirmed (retries, dead letters); False if the connection dropped."""
+        return not link.publish_many([message], timeout=30)
 
     # -- both ----------------------------------------------------------------------------
     def pending(self) -> int:
-        return self._link_now().queue_length(self.queue_name)
+        """Tasks in the work queue and retries waiting in its wait queues (declared here if
+        absent: asking for a missing queue's length would close the channel)."""
+        arguments = topology.wait_queue_arguments(self.queue_name)
+        waits = [(name, arguments) for name in self.names.wait_queues()]
+        return self._link_now().count([(self.queue_name, self.queue_arguments), *waits])
+
+    def dead_letter_count(self) -> int:
+        """Dead letters in the DLQ (not counting those an `iter_dead_letters` holds)."""
+        return self._link_now().queue_length(self.dlq_name)
 
     def dead_letters(self) -> list[DeadLetter]:
+        return list(self.iter_dead_letters())
+
+    def iter_dead_letters(self, limit: int | None = None) -> Iterator[DeadLetter]:
+        """The dead letters, oldest first, one at a time (at most `limit`), on a connection
+        of their own: see `dlq.read_letters`."""
         with self._side_link() as link:
-            return [
-                topology.letter_from(props, body, self.queue_name)
-                for _tag, _redelivered, props, body in iter(lambda: link.get(self.dlq_name), None)
-            ]
+            yield from dlq.read_letters(link, self.names, limit)
 
     def replay_dead_letters(self) -> int:
-        """Move every dead letter back to the work queue, as a fresh first attempt."""
-        moved = 0
+        """Move the dead letters back to the work queue as fresh first attempts (a chunk at
+        a time, on a connection of their own: see `dlq.replay_letters`)."""
         with self._side_link() as link:
-            for tag, _redelivered, _props, body in list(
-                iter(lambda: link.get(self.dlq_name), None)
-            ):
-                replay = topology.raw_message(self.queue_name, as_first_attempt(body))
-                self._publish_confirmed(link, replay)
-                link.ack(tag)
-                moved += 1
-        return moved
+            return dlq.replay_letters(link, self.names)
 
-    def delete_queues(self, max_attempts: int = 10) -> None:
-        """Delete this queue and its companions (tests, clean-ups).
-
-        On a connection of its own: deleting a queue cancels its consumers, and the work
-        link would take that for a lost queue.
-        """
-        names = self.names.with_companions(max_attempts)
+    def delete_queues(self) -> None:
+        """Delete this queue, every companion the topology creates for it and this backend's
+        reply queue (tests, clean-ups). On a connection of its own: deleting a queue cancels
+        its consumers, and the work link would take that for a lost queue."""
+        names = self.names.with_companions()
         if self.reply_queue:
             names.append(self.reply_queue)
         with self._side_link() as link:
@@ -326,9 +322,12 @@ class RabbitBackend(Backend):
                 link.delete(name)
 
     def close(self) -> None:
-        """Close the connection; a producer's reply queue is deleted first (its results
-        were taken), rather than left to expire."""
+        """Close the connection, once the acks still waiting for their results' confirms are
+        out (for at most `CLOSE_SETTLE_TIMEOUT`); a producer's reply queue is deleted first
+        (its results were taken), rather than left to expire."""
         link = self._link
+        if link.alive:
+            link.settle_pending(CLOSE_SETTLE_TIMEOUT)
         if self.reply_queue and link.alive:
             with contextlib.suppress(BrokerError):
                 link.cancel(self.reply_queue, then_delete=self.reply_queue, timeout=5)

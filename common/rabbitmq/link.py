@@ -13,10 +13,10 @@ Threading rules (pika's own: a connection belongs to the thread that runs its io
   operations (`declare`, `declare_once`, `consume`, `queue_length`, `get`, `delete`,
   `cancel`, `publish_many`): each hands its work to the I/O thread and waits on a future,
   raising `ConnectionLost` (or the broker's reason) if the link dies first.
-- **Any one thread** may queue deliveries' outcomes in the outbox (`ack`, `nack`,
-  `publish_later`): they go out in order, with one wake-up of the I/O thread per batch, and
-  consecutive acks become one ``multiple=True`` ack. That is safe only because one thread
-  settles a link's deliveries, in the order they came (a worker does).
+- **Any thread** may queue deliveries' outcomes in the outbox (`ack`, `nack`,
+  `ack_with_result`): they go out with one wake-up of the I/O thread per batch, acks
+  coalesced into ``multiple=True`` acks where every earlier delivery is settled, and a task's
+  ack only after its result is confirmed (see `outbox`); `settle_pending` waits for all that.
 - `inbox` is a thread-safe queue: the I/O thread puts what consumers receive, a caller takes.
 - **The I/O thread only** runs the methods ending in ``_io`` and pika's callbacks.
 
@@ -28,10 +28,9 @@ from __future__ import annotations
 import functools
 import logging
 import queue
-import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -41,6 +40,7 @@ from pika.spec import Basic, BasicProperties
 from common.errors import BrokerError
 from common.rabbitmq.confirms import Batch, ConfirmTracker, publish_in_chunks
 from common.rabbitmq.connection import Connection
+from common.rabbitmq.outbox import AckOp, NackOp, Outbox, OutboxOp, ResultOp
 from common.rabbitmq.topology import Message
 
 log = logging.getLogger("taskshuttle.rabbitmq")
@@ -51,29 +51,6 @@ log = logging.getLogger("taskshuttle.rabbitmq")
 Received = tuple[int, bool, BasicProperties, bytes]
 
 
-# -- the outbox: what a caller queues for the I/O thread to send, in order ----------------
-@dataclass(frozen=True, slots=True)
-class PublishOp:
-    """Publish without waiting for its confirm (a result)."""
-
-    message: Message
-
-
-@dataclass(frozen=True, slots=True)
-class AckOp:
-    tag: int
-
-
-@dataclass(frozen=True, slots=True)
-class NackOp:
-    """Give the delivery back to the queue."""
-
-    tag: int
-
-
-OutboxOp = PublishOp | AckOp | NackOp
-
-
 class Link(Connection):
     """One AMQP connection and its one confirm-mode channel; see the module's threading rules."""
 
@@ -81,9 +58,7 @@ class Link(Connection):
         super().__init__(params, safe_url, name)
         self.inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
         self._confirms = ConfirmTracker()
-        self._outbox: list[OutboxOp] = []
-        self._outbox_lock = threading.Lock()
-        self._flush_posted = False
+        self._outbox = Outbox()
         self._declared: set[str] = set()
 
     # -- any thread: operations that wait for the broker's answer -------------------------
@@ -104,6 +79,13 @@ class Link(Connection):
 
     def queue_length(self, name: str) -> int:
         return int(self._call(functools.partial(self._declare_io, name, None, True)))
+
+    def count(self, queues: Sequence[tuple[str, dict[str, Any] | None]]) -> int:
+        """Declare each (durable) queue, with its arguments, in one hand-over to the I/O
+        thread; how many messages they hold in all."""
+        total = int(self._call(functools.partial(self._count_io, list(queues))))
+        self._declared.update(name for name, _ in queues)
+        return total
 
     def get(self, name: str) -> Received | None:
         """One message from `name`, unacked (closing the link gives it back); None if empty."""
@@ -132,7 +114,7 @@ class Link(Connection):
             self._forget(batch.future)
             raise
 
-    # -- one settling thread: the outbox --------------------------------------------------
+    # -- any thread: the outbox -----------------------------------------------------------
     def ack(self, tag: int) -> None:
         self._enqueue(AckOp(tag))
 
@@ -140,17 +122,27 @@ class Link(Connection):
         """Give a delivery back to its queue, to be handed out again."""
         self._enqueue(NackOp(tag))
 
-    def publish_later(self, message: Message) -> None:
-        """Publish in order with the acks around it; nobody waits for its confirm."""
-        self._enqueue(PublishOp(message))
+    def ack_with_result(self, tag: int, message: Message) -> None:
+        """Publish `message` (a result); ack `tag` once the broker confirms it, or give the
+        delivery back if the broker refuses it. Nobody waits."""
+        self._enqueue(ResultOp(message, tag))
+
+    def settle_pending(self, timeout: float) -> bool:
+        """Wait until the outbox is sent and every result's confirm (and so its task's ack) is
+        in; False if `timeout` passed first or the link died (its deliveries go back)."""
+        deadline = time.monotonic() + timeout
+        try:  # runs after the flushes posted before it
+            self._call(lambda future: future.set_result(None), timeout)
+        except BrokerError:
+            return False
+        while not self._outbox.results_settled.wait(0.05):
+            if not self.alive or time.monotonic() > deadline:
+                return False
+        return self.alive
 
     def _enqueue(self, op: OutboxOp) -> None:
-        with self._outbox_lock:
-            self._outbox.append(op)
-            if self._flush_posted:
-                return
-            self._flush_posted = True
-        self._post(self._flush_io)
+        if self._outbox.put(op):
+            self._post(self._flush_io)
 
     # -- I/O thread: the channel ----------------------------------------------------------
     def _prepare_channel_io(self, channel: Any, ready: Callable[[], None]) -> None:
@@ -192,19 +184,32 @@ class Link(Connection):
             channel.basic_qos(prefetch_count=prefetch, callback=consume)
 
     def _get_io(self, name: str, future: Future[Any]) -> None:
-        self._channel.basic_get(
-            name,
-            callback=lambda _ch, method, props, body: future.set_result(
-                (method.delivery_tag, method.redelivered, props, body)
-            ),
-            auto_ack=False,
-        )
+        def got(channel: Any, method: Any, props: BasicProperties, body: bytes) -> None:
+            self._outbox.delivered_io(channel, method.delivery_tag)
+            future.set_result((method.delivery_tag, method.redelivered, props, body))
+
+        self._channel.basic_get(name, callback=got, auto_ack=False)
         # basic_get_empty has no callback of its own in pika: ask for the length too.
         self._channel.queue_declare(
             name,
             passive=True,
             callback=lambda _frame: None if future.done() else future.set_result(None),
         )
+
+    def _count_io(
+        self, queues: list[tuple[str, dict[str, Any] | None]], future: Future[Any]
+    ) -> None:
+        counts: list[int] = []
+
+        def counted(frame: Any) -> None:
+            counts.append(frame.method.message_count)
+            if len(counts) == len(queues):
+                future.set_result(sum(counts))
+
+        if not queues:
+            future.set_result(0)
+        for name, arguments in queues:
+            self._channel.queue_declare(name, durable=True, arguments=arguments, callback=counted)
 
     def _delete_io(self, name: str, future: Future[Any]) -> None:
         self._channel.queue_delete(name, callback=lambda _frame: future.set_result(None))
@@ -230,28 +235,12 @@ class Link(Connection):
             self._publish_io(message, batch, index, mandatory=True)
 
     def _flush_io(self) -> None:
-        with self._outbox_lock:
-            ops, self._outbox = self._outbox, []
-            self._flush_posted = False
-        if self._channel is None or not self._channel.is_open:
-            return  # deliveries of a closed channel go back to the queue by themselves
-        last_ack: int | None = None
-        for op in ops:  # isinstance, not `match`: this runs once per delivery
-            if isinstance(op, AckOp):
-                last_ack = op.tag
-            elif isinstance(op, PublishOp):
-                self._publish_io(op.message, None)
-            else:
-                if last_ack is not None:
-                    self._channel.basic_ack(last_ack, multiple=True)
-                    last_ack = None
-                self._channel.basic_nack(op.tag, multiple=False, requeue=True)
-        if last_ack is not None:
-            self._channel.basic_ack(last_ack, multiple=True)
+        self._outbox.send_io(self._channel, self._publish_io)
 
     def _on_message_io(
         self, channel: Any, method: Any, props: BasicProperties, body: bytes
     ) -> None:
+        self._outbox.delivered_io(channel, method.delivery_tag)
         self.inbox.put((method.delivery_tag, method.redelivered, props, body))
 
     def _on_return_io(self, channel: Any, method: Any, props: BasicProperties, body: bytes) -> None:

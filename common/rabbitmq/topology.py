@@ -6,15 +6,24 @@ Topology for a work queue ``Q``:
 
 - ``Q``: durable classic queue; tasks are persistent, published with ``mandatory``.
 - ``Q.dlq``: dead letters, the original body with why in headers (``x-reason`` ...).
-- ``Q.wait.N``: where attempt N+1 of a failed task waits out its backoff. A message there
-  carries its delay as a per-message TTL; when it expires the queue dead-letters it back to
-  ``Q``. The waiting happens in the broker, not in a sleeping consumer.
+- ``Q.wait.K``, K = 0 .. `LAST_WAIT_STEP`: where a failed task waits out its retry delay. A
+  message there carries its delay as a per-message TTL; when it expires the queue
+  dead-letters it back to ``Q``. The waiting happens in the broker, not in a sleeping
+  consumer. The broker expires messages only at the head of a queue, so each wait queue
+  holds delays of one doubling step: ``Q.wait.0`` up to 1 s, ``Q.wait.K`` from 2**(K-1) to
+  2**K seconds, and the last one every longer delay. A message then waits at most about twice
+  its delay (behind a longer one of its step), whatever its attempt number, and the set of
+  wait queues stays fixed and small.
 - ``Q.replies.<id>``: one producer's results (``reply_to`` + ``correlation_id``, RabbitMQ's
-  RPC pattern); durable so a broker restart keeps them, deleted after 10 idle minutes.
+  RPC pattern); durable so a broker restart keeps them, deleted after 10 idle minutes. A
+  worker publishes a result only to a reply queue of its own work queue (`is_reply_queue`):
+  whoever may publish a task must not be able to make workers write into any other queue.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +38,14 @@ PERSISTENT = pika.DeliveryMode.Persistent
 REPLY_QUEUE_EXPIRES_MS = 600_000
 #: A dead letter keeps this much of the error's text (headers travel in every frame).
 ERROR_HEADER_CHARS = 4000
+#: The last wait queue's step: ``Q.wait.15`` holds delays over 2**14 s (4.5 hours).
+LAST_WAIT_STEP = 15
+#: The longest per-message TTL sent (about 49 days): the broker refuses much longer ones
+#: by closing the channel.
+MAX_TTL_MS = 2**32 - 1
+#: What follows ``Q.replies.`` in a reply queue's name (`QueueNames.new_replies` makes 12 hex
+#: digits; any plain name is taken, never one with another dot).
+_REPLY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Message(NamedTuple):
@@ -49,18 +66,54 @@ class QueueNames:
     def dlq(self) -> str:
         return f"{self.work}.dlq"
 
-    def wait(self, attempt: int) -> str:
-        """Where attempt `attempt` (2 or more) of a task waits out its delay."""
-        return f"{self.work}.wait.{attempt - 1}"
+    def wait_for(self, delay: float) -> str:
+        """Where a task waits `delay` seconds before it comes back: the step of its delay."""
+        return f"{self.work}.wait.{wait_step(delay)}"
+
+    def wait_queues(self) -> list[str]:
+        """Every wait queue a retry can go to, shortest delays first."""
+        return [f"{self.work}.wait.{step}" for step in range(LAST_WAIT_STEP + 1)]
 
     def new_replies(self) -> str:
         """A reply queue of one producer's own."""
         return f"{self.work}.replies.{uuid.uuid4().hex[:12]}"
 
-    def with_companions(self, max_attempts: int) -> list[str]:
-        """The work queue, its dead letters and every wait queue up to `max_attempts`."""
-        waits = [self.wait(attempt) for attempt in range(1, max_attempts + 2)]
-        return [self.work, self.dlq, *waits]
+    def is_reply_queue(self, name: object) -> bool:
+        """Whether `name` (a ``reply_to`` as received: text, bytes or anything) names a reply
+        queue of this work queue, as `new_replies` makes them.
+
+        A worker sends a task's result only there. A task with any other ``reply_to`` still
+        runs (whoever published it may publish tasks, and an older or foreign client may
+        have sent a sound task), but gets no result: a ``reply_to`` must not let a publisher
+        write into any queue with the workers' credentials. Not dead-lettered either: the
+        task is not at fault, only where it asked its result to go."""
+        prefix = f"{self.work}.replies."
+        return (
+            isinstance(name, str)
+            and name.startswith(prefix)
+            and _REPLY_ID.fullmatch(name[len(prefix) :]) is not None
+        )
+
+    def with_companions(self) -> list[str]:
+        """The work queue and every queue of its own the topology creates beside it (not the
+        producers' reply queues, which each producer deletes, or which expire)."""
+        return [self.work, self.dlq, *self.wait_queues()]
+
+
+def ttl_ms(delay: float) -> int:
+    """A delay in seconds as a per-message TTL the broker takes: whole milliseconds, from 0
+    to `MAX_TTL_MS` (a NaN is 0)."""
+    if not delay > 0:  # also NaN
+        return 0
+    return int(min(delay * 1000, MAX_TTL_MS))
+
+
+def wait_step(delay: float) -> int:
+    """The wait queue step of `delay`: 0 up to 1 s, K from 2**(K-1) to 2**K s, capped."""
+    ms = ttl_ms(delay)
+    if ms <= 1000:
+        return 0
+    return min(math.ceil(math.log2(ms / 1000)), LAST_WAIT_STEP)
 
 
 def wait_queue_arguments(work_queue: str) -> dict[str, Any]:
@@ -110,7 +163,7 @@ def retry_message(
         delivery_mode=PERSISTENT,
         message_id=task.id,
         reply_to=reply_to,
-        expiration=str(max(int(delay * 1000), 0)),
+        expiration=str(ttl_ms(delay)),
     )
     return Message(wait_queue, encode(task), properties)
 
@@ -135,22 +188,54 @@ def dead_letter_headers(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
+#: A dead letter's ``attempts`` when its ``x-attempts`` header holds no count.
+UNKNOWN_ATTEMPTS = -1
+_MAX_ATTEMPTS_READ = 10**9
+
+
 def letter_from(properties: BasicProperties, body: bytes, queue: str) -> DeadLetter:
-    """A dead letter read back from the DLQ; headers another client left out get defaults
-    (pika hands a header over as bytes when it was sent as a byte array)."""
-    headers = properties.headers or {}
+    """A dead letter read back from the DLQ. Any client may have written it, so this never
+    raises: a header left out gets its default; text that is not UTF-8 keeps its bytes as
+    ``\\xNN`` escapes (pika hands such a header over as bytes, as it does a byte array); any
+    other value is shown as Python prints it; an ``x-attempts`` that is not a whole count from
+    0 to 10**9 reads as `UNKNOWN_ATTEMPTS`; an unreadable time as now."""
+    headers = properties.headers if isinstance(properties.headers, dict) else {}
 
     def text(key: str, default: str = "") -> str:
         value = headers.get(key, default)
-        return value.decode() if isinstance(value, bytes) else str(value)
+        if isinstance(value, bytes):
+            return value.decode(errors="backslashreplace")
+        return value if isinstance(value, str) else str(value)
 
-    stamp = text("x-dead-lettered-at")
     return DeadLetter(
         reason=text("x-reason", "unknown"),
         error=text("x-error"),
         queue=text("x-queue", queue),
-        attempts=int(headers.get("x-attempts", 0) or 0),
+        attempts=_attempts(headers.get("x-attempts", 0)),
         task_id=text("x-task-id") or None,
-        dead_lettered_at=datetime.fromisoformat(stamp) if stamp else utcnow(),
+        dead_lettered_at=_stamp(headers.get("x-dead-lettered-at")),
         body=body,
     )
+
+
+def _attempts(value: object) -> int:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace")
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_ATTEMPTS_READ:
+        return value
+    return UNKNOWN_ATTEMPTS
+
+
+def _stamp(value: object) -> datetime:
+    if isinstance(value, datetime):  # an AMQP timestamp
+        return value
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    return utcnow()

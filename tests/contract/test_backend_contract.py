@@ -213,3 +213,15 @@ def test_pending_counts_waiting_tasks(make_backend: MakeBackend) -> None:
     while producer.pending() != 7 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert producer.pending() == 7
+
+
+def test_pending_counts_retries_waiting_out_their_delay(make_backend: MakeBackend) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    task = TaskEnvelope(kind="fail")
+    producer.publish([task])
+    delivery = _receive(worker)
+    worker.retry_later(delivery, task.model_copy(update={"attempt": 2}), delay=30)
+    if isinstance(producer, LocalBroker):
+        producer.drain_events()
+    assert producer.pending() == 1  # not in the queue yet, but not done either
+    assert worker.pending() == 1  # what a burst worker asks before it leaves

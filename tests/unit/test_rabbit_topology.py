@@ -3,6 +3,9 @@ travel to the broker and come back from the DLQ); queue names and message proper
 
 from __future__ import annotations
 
+import decimal
+from datetime import UTC, datetime
+
 import pytest
 from pika.spec import BasicProperties
 
@@ -92,20 +95,80 @@ def test_an_absent_header_gets_its_default_and_the_rest_are_kept() -> None:
 def test_queue_names() -> None:
     names = QueueNames("work")
     assert names.dlq == "work.dlq"
-    assert names.wait(2) == "work.wait.1"  # attempt 2 waits after the first failure
     assert names.new_replies().startswith("work.replies.")
     assert names.new_replies() != names.new_replies()
-    assert names.with_companions(2) == [
-        "work",
-        "work.dlq",
-        "work.wait.0",
-        "work.wait.1",
-        "work.wait.2",
-    ]
+    waits = [f"work.wait.{step}" for step in range(topology.LAST_WAIT_STEP + 1)]
+    assert names.wait_queues() == waits
+    assert names.with_companions() == ["work", "work.dlq", *waits]
     assert topology.wait_queue_arguments("work") == {
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": "work",
     }
+
+
+@pytest.mark.parametrize(
+    ("delay", "step"),
+    [
+        (-5.0, 0),
+        (float("nan"), 0),
+        (0.0, 0),
+        (0.25, 0),
+        (1.0, 0),
+        (1.01, 1),
+        (2.0, 1),
+        (3.0, 2),
+        (300.0, 9),  # the default cap on retry delays
+        (2.0**14, 14),
+        (2.0**14 + 1, 15),
+        (10.0**9, 15),
+        (float("inf"), 15),
+    ],
+)
+def test_a_delay_waits_in_the_queue_of_its_doubling_step_up_to_the_last(
+    delay: float, step: int
+) -> None:
+    assert topology.wait_step(delay) == step
+    assert QueueNames("work").wait_for(delay) == f"work.wait.{step}"
+
+
+def test_every_delay_maps_to_one_of_the_fixed_wait_queues() -> None:
+    names = QueueNames("q")
+    queues = set(names.wait_queues())
+    delays = [0.001 * 1.7**k for k in range(60)]  # 1 ms to far past the last step
+    assert {names.wait_for(delay) for delay in delays} == queues
+
+
+@pytest.mark.parametrize(
+    ("delay", "expiration"),
+    [(-1, "0"), (float("nan"), "0"), (1.5, "1500"), (10.0**12, str(2**32 - 1))],
+)
+def test_a_ttl_is_whole_milliseconds_the_broker_takes(delay: float, expiration: str) -> None:
+    message = topology.retry_message("work.wait.1", TaskEnvelope(kind="echo"), None, delay)
+    assert message.properties.expiration == expiration
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "ok"),
+    [
+        ("work.replies.0123456789ab", True),
+        ("work.replies.my-own_id", True),
+        ("work.replies.", False),
+        ("work.replies.a.b", False),
+        ("work.replies.a/b", False),
+        ("work.replies." + "a" * 65, False),
+        ("work.dlq", False),
+        ("work", False),
+        ("other.replies.0123456789ab", False),
+        ("workx.replies.0123456789ab", False),
+        ("amq.gen-abc", False),
+        (b"work.replies.0123456789ab", False),  # not text: pika could not decode it
+        (None, False),
+    ],
+)
+def test_results_go_only_to_reply_queues_of_the_work_queue(reply_to: object, ok: bool) -> None:
+    names = QueueNames("work")
+    assert names.is_reply_queue(reply_to) is ok
+    assert names.is_reply_queue(names.new_replies())
 
 
 def test_a_retry_waits_its_delay_as_a_ttl_and_keeps_its_reply_queue() -> None:
@@ -118,10 +181,52 @@ def test_a_retry_waits_its_delay_as_a_ttl_and_keeps_its_reply_queue() -> None:
         "work.replies.r",
     )
     assert props.delivery_mode == topology.PERSISTENT.value
-    assert topology.retry_message("w", task, None, delay=-1).properties.expiration == "0"
 
 
 def test_a_raw_body_is_persistent_with_a_fresh_message_id() -> None:
     first, second = (topology.raw_message("work", b"x").properties for _ in range(2))
     assert first.message_id and first.message_id != second.message_id
     assert first.delivery_mode == topology.PERSISTENT.value
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-attempts": "abc"}, {"attempts": topology.UNKNOWN_ATTEMPTS}),
+        ({"x-attempts": "12"}, {"attempts": 12}),
+        ({"x-attempts": b"7"}, {"attempts": 7}),
+        ({"x-attempts": "\u00b2"}, {"attempts": topology.UNKNOWN_ATTEMPTS}),  # a digit, not ASCII
+        ({"x-attempts": "9" * 5000}, {"attempts": topology.UNKNOWN_ATTEMPTS}),
+        ({"x-attempts": 10**18}, {"attempts": topology.UNKNOWN_ATTEMPTS}),
+        ({"x-attempts": -3}, {"attempts": topology.UNKNOWN_ATTEMPTS}),
+        ({"x-attempts": True}, {"attempts": topology.UNKNOWN_ATTEMPTS}),
+        ({"x-attempts": decimal.Decimal("2.5")}, {"attempts": topology.UNKNOWN_ATTEMPTS}),
+        ({"x-attempts": {"a": [1]}}, {"attempts": topology.UNKNOWN_ATTEMPTS}),
+        ({"x-reason": b"\xff\xfe bad"}, {"reason": "\\xff\\xfe bad"}),
+        ({"x-task-id": b"\x80"}, {"task_id": "\\x80"}),
+        ({"x-queue": 7}, {"queue": "7"}),
+        ({"x-error": ["a", 1]}, {"error": "['a', 1]"}),
+    ],
+)
+def test_hostile_headers_read_as_text_or_an_unknown_count_never_an_error(
+    headers: dict[str, object], expected: dict[str, object]
+) -> None:
+    back = letter_from(_over_the_wire(BasicProperties(headers=headers)), b"x", "work")
+    assert {key: getattr(back, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize("stamp", ["yesterday", b"\xff", "", 12, {"a": 1}])
+def test_an_unreadable_time_reads_as_now(stamp: object) -> None:
+    before = utcnow()
+    back = letter_from(
+        _over_the_wire(BasicProperties(headers={"x-dead-lettered-at": stamp})), b"x", "work"
+    )
+    assert before <= back.dead_lettered_at <= utcnow()
+
+
+def test_an_amqp_timestamp_reads_as_that_time() -> None:
+    when = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+    back = letter_from(
+        _over_the_wire(BasicProperties(headers={"x-dead-lettered-at": when})), b"x", "work"
+    )
+    assert back.dead_lettered_at == when

@@ -1,0 +1,337 @@
+"""The RabbitMQ delivery path against the shared broker: what is settled when, where results
+and retries may go, and what the dead-letter commands show. Each test has queues of its own."""
+
+from __future__ import annotations
+
+import base64
+import decimal
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+
+from common.backend import Delivery
+from common.rabbitmq import RabbitBackend
+from common.rabbitmq.topology import QueueNames
+from common.schemas import TaskEnvelope, TaskResult, TaskStatus, decode_task, encode, utcnow
+from consumer.handlers import Registry, TaskContext
+from consumer.worker import Worker, WorkerOptions
+from tests.helpers import run, wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+def raw(broker_url: str) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
+    """A plain pika channel, as any client of the broker has."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        yield connection.channel()
+    finally:
+        connection.close()
+
+
+def _receive(backend: RabbitBackend, timeout: float = 10.0) -> Delivery:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        delivery = backend.receive(0.2)
+        if delivery is not None:
+            return delivery
+    raise AssertionError(f"nothing received within {timeout}s")
+
+
+def _drain(backend: RabbitBackend, seconds: float) -> list[Delivery]:
+    """Every delivery that comes within `seconds`, acked."""
+    got = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        delivery = backend.receive(0.2)
+        if delivery is not None:
+            got.append(delivery)
+            backend.ack(delivery)
+    return got
+
+
+def _result_for(task: TaskEnvelope) -> TaskResult:
+    now = utcnow()
+    return TaskResult(
+        task_id=task.id,
+        kind=task.kind,
+        status=TaskStatus.DONE,
+        attempt=task.attempt,
+        worker_pid=1,
+        worker_ppid=0,
+        worker_host="h",
+        worker_name="w",
+        started_at=now,
+        finished_at=now,
+        created_at=task.created_at,
+    )
+
+
+def _count(broker_url: str, name: str) -> int | None:
+    """Messages in `name`, or None when no such queue exists (a channel of its own: a
+    passive declare of a missing queue closes it)."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        frame = connection.channel().queue_declare(name, passive=True)
+        return int(frame.method.message_count)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        assert exc.reply_code == 404, exc
+        return None
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def _publish_task(raw: Any, queue: str, task: TaskEnvelope, reply_to: str | None) -> None:
+    properties = pika.BasicProperties(delivery_mode=2, message_id=task.id, reply_to=reply_to)
+    raw.basic_publish("", queue, encode(task), properties)
+
+
+# -- results: confirmed before the task's ack ------------------------------------------------
+def test_a_task_whose_result_the_broker_refuses_is_not_acked_but_handed_out_again(
+    broker_url: str, queue_name: str, raw: Any
+) -> None:
+    replies = f"{queue_name}.replies.{uuid.uuid4().hex[:12]}"
+    # A reply queue that refuses every message: the broker nacks the result.
+    raw.queue_declare(replies, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    try:
+        with RabbitBackend(broker_url, queue_name) as worker:
+            task = TaskEnvelope(kind="echo")
+            _publish_task(raw, queue_name, task, replies)
+            first = _receive(worker)
+            worker.ack(first, _result_for(task))
+            again = _receive(worker, timeout=10)  # acked with its result lost: never again
+            assert (decode_task(again.body).id, again.redelivered) == (task.id, True)
+            worker.ack(again)
+            assert worker.receive(1.0) is None
+    finally:
+        raw.queue_delete(replies)
+
+
+def test_results_of_many_tasks_all_arrive_and_every_task_is_acked(
+    broker_url: str, queue_name: str
+) -> None:
+    with (
+        RabbitBackend(broker_url, queue_name, want_results=True) as producer,
+        RabbitBackend(broker_url, queue_name) as worker,
+    ):
+        tasks = [TaskEnvelope(kind="echo", payload={"n": i}) for i in range(300)]
+        producer.publish(tasks)
+        for _ in tasks:
+            delivery = _receive(worker)
+            worker.ack(delivery, _result_for(decode_task(delivery.body)))
+        results = set()
+        deadline = time.monotonic() + 20
+        while len(results) < len(tasks) and time.monotonic() < deadline:
+            result = producer.receive_result(0.2)
+            if result is not None:
+                results.add(result.task_id)
+        assert results == {t.id for t in tasks}
+        worker.close()  # sends the acks still waiting for their results' confirms
+        with RabbitBackend(broker_url, queue_name) as again:
+            assert _drain(again, 1.0) == []  # none of them comes back
+
+
+# -- reply_to: only this queue's reply queues ------------------------------------------------
+def test_a_result_is_never_published_to_a_queue_that_is_not_a_reply_queue_of_this_queue(
+    broker_url: str, queue_name: str, raw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    victim = f"{queue_name}-victim"
+    other_replies = f"{queue_name}x.replies.{uuid.uuid4().hex[:12]}"  # another queue's
+    good = f"{queue_name}.replies.{uuid.uuid4().hex[:12]}"
+    raw.queue_declare(queue_name, durable=True)
+    for name in (victim, other_replies, good):
+        raw.queue_declare(name)
+    try:
+        forged = [TaskEnvelope(kind="echo") for _ in range(3)]
+        for task, reply_to in zip(forged, [victim, victim, other_replies], strict=True):
+            _publish_task(raw, queue_name, task, reply_to)
+        honest = TaskEnvelope(kind="echo")
+        _publish_task(raw, queue_name, honest, good)
+        with (
+            caplog.at_level(logging.WARNING, logger="taskshuttle.rabbitmq"),
+            RabbitBackend(broker_url, queue_name) as backend,
+        ):
+            from consumer.handlers import registry
+
+            options = WorkerOptions(burst_idle=0.5)
+            processed = Worker(backend, registry, options, threading.Event()).run()
+        assert processed == 4  # the forged tasks were run all the same
+        assert wait_until(lambda: _count(broker_url, good) == 1, 5)  # an honest one arrives
+        assert _count(broker_url, victim) == 0
+        assert _count(broker_url, other_replies) == 0
+        assert backend.refused_replies == 3
+        warnings = [r.getMessage() for r in caplog.records if "reply_to" in r.getMessage()]
+        assert len(warnings) == 2, warnings  # once per distinct reply_to
+        assert victim in warnings[0] and other_replies in warnings[1]
+    finally:
+        for name in (victim, other_replies, good):
+            raw.queue_delete(name)
+
+
+# -- wait queues: a fixed, small set -------------------------------------------------------------
+def test_a_retry_of_attempt_2000_waits_in_one_of_a_fixed_set_of_wait_queues(
+    broker_url: str, queue_name: str
+) -> None:
+    with RabbitBackend(broker_url, queue_name) as backend:
+        backend.publish([TaskEnvelope(kind="fail", max_attempts=5000)])
+        delivery = _receive(backend)
+        task = decode_task(delivery.body)
+        # Built without validation: however the schema bounds attempts, the queue it waits
+        # in must not depend on the attempt number.
+        late = TaskEnvelope.model_construct(**{**dict(task), "attempt": 2000})
+        for delay in (5.0, 70.0, 3600.0, 10.0**9):  # each longer than this test
+            backend.retry_later(delivery, late, delay=delay)
+            backend.publish([task])
+            delivery = _receive(backend)
+        backend.ack(delivery)
+        assert _count(broker_url, f"{queue_name}.wait.1999") is None
+        bounded = QueueNames(queue_name).wait_queues()
+        assert len(bounded) <= 20
+        counts = {name: _count(broker_url, name) for name in bounded}
+        assert sum(c or 0 for c in counts.values()) == 4, counts  # all four wait, in the set
+        backend.delete_queues()
+    assert {name: _count(broker_url, name) for name in bounded} == dict.fromkeys(bounded)
+
+
+# -- ack coalescing: never over a delivery whose settlement is not final ---------------------
+class _RetryStalls(RabbitBackend):
+    """`retry_later` waits until the worker has acked the next task, then loses the
+    connection before the retry copy is stored (as a process killed there would)."""
+
+    acked = 0
+
+    def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
+        super().ack(delivery, result)
+        self.acked += 1
+
+    def retry_later(self, delivery: Delivery, task: TaskEnvelope, delay: float) -> None:
+        assert wait_until(lambda: self.acked >= 1, 10), "the next task was never acked"
+        time.sleep(0.5)  # the I/O thread sends that ack
+        delivery.handle.link.close()
+        super().retry_later(delivery, task, delay)
+
+
+def test_an_ack_after_a_timed_out_task_does_not_cover_it_before_its_retry_is_stored(
+    broker_url: str, queue_name: str
+) -> None:
+    registry = Registry()
+    runs: list[tuple[str, bool]] = []
+
+    @registry.task("overrun")
+    def overrun(payload: dict[str, Any], context: TaskContext) -> None:
+        runs.append((context.task_id, context.redelivered))
+        if not context.redelivered:
+            time.sleep(1.5)  # just past the limit: returns while the watchdog settles it
+
+    @registry.task("quick")
+    def quick_task(payload: dict[str, Any]) -> None:
+        return None
+
+    slow, quick = TaskEnvelope(kind="overrun"), TaskEnvelope(kind="quick")
+    stop = threading.Event()
+    with _RetryStalls(broker_url, queue_name, reconnect_attempts=None) as backend:
+        backend.publish([slow, quick])
+        worker = Worker(
+            backend,
+            registry,
+            WorkerOptions(task_timeout=1.0),
+            stop,
+            on_timeout=lambda _backend: stop.set(),
+        )
+        worker.run()
+    with RabbitBackend(broker_url, queue_name) as after:
+        left = [decode_task(d.body).id for d in _drain(after, 2.0)]
+    came_back = [task_id for task_id, redelivered in runs if redelivered] + left
+    assert slow.id in came_back  # not lost under the next task's ack
+    assert quick.id not in came_back  # and the next task was acked once
+
+
+# -- burst mode waits for the retries in the wait queues ------------------------------------
+def test_burst_consumer_stays_until_a_waiting_retry_is_done(
+    broker_url: str, queue_name: str
+) -> None:
+    task = TaskEnvelope(kind="chaos-flaky", payload={"succeed_on": 2})
+    with RabbitBackend(broker_url, queue_name, want_results=True) as producer:
+        producer.publish([task])
+        # The retry waits 3 to 6 s: longer than the burst idle time (1 s), so a consumer
+        # that forgot the wait queues would leave before it comes back.
+        completed = run(
+            "consumer",
+            *("--queue", queue_name, "--url", broker_url, "--burst", "--workers", "1"),
+            *("--retry-delay", "6", "--retry-max-delay", "6"),
+            *("--handlers", "tests.chaos_tasks"),
+            timeout=60,
+        )
+        assert completed.returncode == 0, completed.stderr
+        result = producer.receive_result(2.0)
+        assert result is not None, completed.stderr
+        assert (result.task_id, result.status, result.attempt) == (task.id, "done", 2)
+        assert producer.pending() == 0
+
+
+# -- dlq list and replay: streamed, hostile headers shown, never a traceback -----------------
+HOSTILE_HEADERS: list[dict[str, Any]] = [
+    {"x-reason": "bad-count", "x-attempts": "abc"},
+    {"x-reason": "huge", "x-attempts": 10**18, "x-error": "x" * 5000},
+    {"x-reason": "decimal", "x-attempts": decimal.Decimal("2.5")},
+    {"x-reason": b"\xff\xfe not utf-8", "x-task-id": b"\x80\x81", "x-error": b"\xc3\x28"},
+    {"x-reason": "markup", "x-error": "[/bold] \x1b[31mred\x1b[0m", "x-dead-lettered-at": "now"},
+    {"x-reason": "nested", "x-attempts": {"a": [1, 2]}, "x-queue": 7},
+]
+
+
+def test_dlq_list_shows_hostile_headers_without_a_traceback_and_keeps_every_letter(
+    broker_url: str, queue_name: str, raw: Any
+) -> None:
+    dlq = QueueNames(queue_name).dlq
+    raw.queue_declare(dlq, durable=True)
+    for index, headers in enumerate(HOSTILE_HEADERS):
+        raw.basic_publish("", dlq, f"body {index}".encode(), pika.BasicProperties(headers=headers))
+    listed = run("consumer", "dlq", "list", "--queue", queue_name, "--url", broker_url)
+    assert listed.returncode == 0, listed.stderr
+    assert "Traceback" not in listed.stderr + listed.stdout
+    for reason in ("bad-count", "huge", "decimal", "\\xff\\xfe", "markup", "nested"):
+        assert reason in listed.stdout
+    assert "\x1b" not in listed.stdout  # a header cannot drive the terminal
+    as_json = run("consumer", "dlq", "list", "--json", "--queue", queue_name, "--url", broker_url)
+    assert as_json.returncode == 0, as_json.stderr
+    lines = [json.loads(line) for line in as_json.stdout.splitlines()]
+    bodies = [base64.b64decode(line["body"]) for line in lines]
+    assert bodies == [f"body {i}".encode() for i in range(len(HOSTILE_HEADERS))]  # in order
+    assert _count(broker_url, dlq) == len(HOSTILE_HEADERS)  # listing removes none
+    replayed = run("consumer", "dlq", "replay", "--queue", queue_name, "--url", broker_url)
+    assert replayed.returncode == 0, replayed.stderr
+    assert f"replayed {len(HOSTILE_HEADERS)} dead letters" in replayed.stdout
+    assert _count(broker_url, dlq) == 0
+    assert _count(broker_url, queue_name) == len(HOSTILE_HEADERS)
+
+
+def test_dlq_list_stops_at_its_limit_and_leaves_every_letter_in_order(
+    broker_url: str, queue_name: str, raw: Any
+) -> None:
+    dlq = QueueNames(queue_name).dlq
+    raw.queue_declare(dlq, durable=True)
+    for index in range(250):
+        raw.basic_publish("", dlq, f"{index}".encode(), pika.BasicProperties(message_id=str(index)))
+    args = ("dlq", "list", "--json", "--queue", queue_name, "--url", broker_url)
+    first = run("consumer", *args, "--limit", "5")
+    assert first.returncode == 0, first.stderr
+    bodies = [json.loads(line)["body"] for line in first.stdout.splitlines()]
+    assert len(bodies) == 5
+    table = run("consumer", *args[:2], *args[3:], "--limit", "5")
+    assert table.returncode == 0, table.stderr
+    assert "5 of 250 dead letters shown" in table.stdout
+    whole = run("consumer", *args)  # the default limit is 100
+    assert [json.loads(line)["body"] for line in whole.stdout.splitlines()][:5] == bodies
+    assert len(whole.stdout.splitlines()) == 100
+    assert _count(broker_url, dlq) == 250
