@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,7 @@ class _LosingBackend(WorkerBackend):
     name = "losing"
 
     def receive(self, timeout: float) -> Delivery | None:
+        time.sleep(0.05)  # a task now and then, not a hot loop
         return Delivery(encode(TaskEnvelope(kind="echo")), redelivered=False, handle=None)
 
     def ack(self, delivery: Delivery, result: object = None) -> None:
@@ -102,11 +104,15 @@ def test_a_worker_that_loses_its_broker_mid_task_does_not_count_toward_the_budge
     pool = WorkerPool(spec, 1, restart_budget=1)
     pool.start()
     try:
-        # Each worker dies with its task in hand, of a lost connection: replaced (at once,
-        # then after growing pauses), never a crash loop.
-        assert wait_until(lambda: (pool.check(0.1), len(pool.deaths) >= 3)[1], 30)
-        assert {code for _pid, code in pool.deaths} == {3}
+        assert pool.wait_ready(30)
+        # Every task's settlement meets a lost connection: the delivery is left for the
+        # broker to hand out again, and the worker goes on; nothing dies, nothing is counted.
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            pool.check(0.1)
+        assert pool.deaths == []
         assert not pool.restarts.counted
+        assert pool.alive() == 1
     finally:
         pool.stop(timeout=5)
 
