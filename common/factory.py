@@ -92,7 +92,10 @@ def open_backend(
         from common.local import LocalBroker
 
         return LocalBroker(
-            slots=settings.workers, queue_name=settings.queue, batch_size=settings.prefetch
+            slots=settings.workers,
+            queue_name=settings.queue,
+            batch_size=settings.prefetch,
+            max_deaths=settings.max_deaths,
         )
     from common.rabbitmq import RabbitBackend  # only this path needs pika
 
