@@ -142,3 +142,13 @@ def wait_until(condition: Any, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return bool(condition())
+
+
+def receive_within(backend: Any, timeout: float = 10.0) -> Any:
+    """The next delivery a worker backend hands out within `timeout` seconds, or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        delivery = backend.receive(0.2)
+        if delivery is not None:
+            return delivery
+    raise AssertionError(f"nothing received within {timeout}s")

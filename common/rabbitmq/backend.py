@@ -285,11 +285,17 @@ class RabbitBackend(Backend):
 
     # -- both ----------------------------------------------------------------------------
     def pending(self) -> int:
-        """Tasks in the work queue and retries waiting in its wait queues (declared here if
-        absent: asking for a missing queue's length would close the channel)."""
+        """Tasks in the work queue, retries waiting in its wait queues (declared here if
+        absent: asking for a missing queue's length would close the channel), and tasks this
+        worker received and did not take yet. Those are counted last: a retry whose delay
+        ends goes from its wait queue straight to a consumer, and would be counted nowhere
+        if it came while the queues were counted (so they are counted in the order a retry
+        travels, too)."""
+        link = self._link_now()
         arguments = topology.wait_queue_arguments(self.queue_name)
         waits = [(name, arguments) for name in self.names.wait_queues()]
-        return self._link_now().count([(self.queue_name, self.queue_arguments), *waits])
+        queued = link.count([*waits, (self.queue_name, self.queue_arguments)])
+        return queued + (link.inbox.qsize() if self._consuming else 0)
 
     def dead_letter_count(self) -> int:
         """Dead letters in the DLQ (not counting those an `iter_dead_letters` holds)."""

@@ -16,20 +16,12 @@ import pytest
 from common.backend import Delivery
 from common.rabbitmq import RabbitBackend
 from common.schemas import DeadLetter, TaskEnvelope, decode_task, utcnow
+from tests.helpers import receive_within
 from tests.rabbit_node import RabbitNode
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
 
 QUEUE = "settle-test"
-
-
-def _receive(backend: RabbitBackend, timeout: float = 20.0) -> Delivery:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        delivery = backend.receive(0.2)
-        if delivery is not None:
-            return delivery
-    raise AssertionError(f"nothing received within {timeout}s")
 
 
 def _retry(backend: RabbitBackend, delivery: Delivery, task: TaskEnvelope) -> None:
@@ -63,7 +55,7 @@ def test_a_settlement_cut_by_a_lost_connection_stores_nothing_and_the_task_comes
     task = TaskEnvelope(kind="fail")
     with RabbitBackend(alarmed.url, QUEUE, reconnect_attempts=None) as worker:
         worker.publish([task])
-        delivery = _receive(worker)
+        delivery = receive_within(worker, timeout=30)
         alarmed.ctl("set_vm_memory_high_watermark", "0")  # publishes wait, unconfirmed
         outcome: list[BaseException | None] = []
 
@@ -84,7 +76,7 @@ def test_a_settlement_cut_by_a_lost_connection_stores_nothing_and_the_task_comes
         assert outcome == [None]  # no ConnectionLost for a delivery that is not settled
         alarmed.ctl("set_vm_memory_high_watermark", "0.4")
 
-        again = _receive(worker)  # after a reconnect: the original, handed out again
+        again = receive_within(worker, timeout=30)  # the original, after a reconnect
         assert (decode_task(again.body).id, decode_task(again.body).attempt) == (task.id, 1)
         assert again.redelivered
         worker.ack(again)

@@ -23,7 +23,7 @@ from common.rabbitmq.topology import QueueNames
 from common.schemas import TaskEnvelope, TaskResult, TaskStatus, decode_task, encode, utcnow
 from consumer.handlers import Registry, TaskContext
 from consumer.worker import Worker, WorkerOptions
-from tests.helpers import run, wait_until
+from tests.helpers import receive_within, run, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
 
@@ -36,15 +36,6 @@ def raw(broker_url: str) -> Iterator[pika.adapters.blocking_connection.BlockingC
         yield connection.channel()
     finally:
         connection.close()
-
-
-def _receive(backend: RabbitBackend, timeout: float = 10.0) -> Delivery:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        delivery = backend.receive(0.2)
-        if delivery is not None:
-            return delivery
-    raise AssertionError(f"nothing received within {timeout}s")
 
 
 def _drain(backend: RabbitBackend, seconds: float) -> list[Delivery]:
@@ -107,9 +98,9 @@ def test_a_task_whose_result_the_broker_refuses_is_not_acked_but_handed_out_agai
         with RabbitBackend(broker_url, queue_name) as worker:
             task = TaskEnvelope(kind="echo")
             _publish_task(raw, queue_name, task, replies)
-            first = _receive(worker)
+            first = receive_within(worker)
             worker.ack(first, _result_for(task))
-            again = _receive(worker, timeout=10)  # acked with its result lost: never again
+            again = receive_within(worker, timeout=10)  # acked with its result lost: never again
             assert (decode_task(again.body).id, again.redelivered) == (task.id, True)
             worker.ack(again)
             assert worker.receive(1.0) is None
@@ -127,7 +118,7 @@ def test_results_of_many_tasks_all_arrive_and_every_task_is_acked(
         tasks = [TaskEnvelope(kind="echo", payload={"n": i}) for i in range(300)]
         producer.publish(tasks)
         for _ in tasks:
-            delivery = _receive(worker)
+            delivery = receive_within(worker)
             worker.ack(delivery, _result_for(decode_task(delivery.body)))
         results = set()
         deadline = time.monotonic() + 20
@@ -184,7 +175,7 @@ def test_a_retry_of_attempt_2000_waits_in_one_of_a_fixed_set_of_wait_queues(
 ) -> None:
     with RabbitBackend(broker_url, queue_name) as backend:
         backend.publish([TaskEnvelope(kind="fail", max_attempts=5000)])
-        delivery = _receive(backend)
+        delivery = receive_within(backend)
         task = decode_task(delivery.body)
         # Built without validation: however the schema bounds attempts, the queue it waits
         # in must not depend on the attempt number.
@@ -192,7 +183,7 @@ def test_a_retry_of_attempt_2000_waits_in_one_of_a_fixed_set_of_wait_queues(
         for delay in (5.0, 70.0, 3600.0, 10.0**9):  # each longer than this test
             backend.retry_later(delivery, late, delay=delay)
             backend.publish([task])
-            delivery = _receive(backend)
+            delivery = receive_within(backend)
         backend.ack(delivery)
         assert _count(broker_url, f"{queue_name}.wait.1999") is None
         bounded = QueueNames(queue_name).wait_queues()
@@ -277,6 +268,19 @@ def test_burst_consumer_stays_until_a_waiting_retry_is_done(
         assert result is not None, completed.stderr
         assert (result.task_id, result.status, result.attempt) == (task.id, "done", 2)
         assert producer.pending() == 0
+
+
+def test_pending_counts_a_task_already_sent_to_this_worker_and_not_taken_yet(
+    broker_url: str, queue_name: str
+) -> None:
+    """A retry whose delay ends goes from its wait queue straight to a consumer: counted in
+    no queue, it must still count, or a burst worker that asks just then leaves without it."""
+    with RabbitBackend(broker_url, queue_name) as worker:
+        worker.start_consuming()
+        worker.publish([TaskEnvelope(kind="echo")])
+        assert wait_until(lambda: worker.pending() == 1, 5)
+        worker.ack(receive_within(worker))
+        assert worker.pending() == 0
 
 
 # -- dlq list and replay: streamed, hostile headers shown, never a traceback -----------------
