@@ -16,6 +16,7 @@ from common.errors import ConnectionLost
 from common.local import LocalBroker
 from common.schemas import TaskEnvelope, encode
 from common.settings import load_settings
+from consumer.restarts import Restarts
 from consumer.supervisor import CrashLoop, WorkerPool, WorkerSpec
 from consumer.worker import WorkerOptions, backoff_delay
 from tests.helpers import ROOT, children_of, process_state, program, wait_until
@@ -76,7 +77,7 @@ def test_crash_loop_stops_with_a_clear_error() -> None:
 
 @dataclass(frozen=True)
 class LosesItsBroker:
-    """A worker's backend whose connection drops as it acks its first task."""
+    """A worker's backend whose connection drops as the worker acks its first task."""
 
     def connect(self, settings: object) -> WorkerBackend:
         return _LosingBackend()
@@ -85,10 +86,16 @@ class LosesItsBroker:
 class _LosingBackend(WorkerBackend):
     name = "losing"
 
+    def __init__(self) -> None:
+        self.lost = False
+
     def receive(self, timeout: float) -> Delivery | None:
+        if self.lost:
+            raise ConnectionLost("connection lost (the broker restarted)")
         return Delivery(encode(TaskEnvelope(kind="echo")), redelivered=False, handle=None)
 
     def ack(self, delivery: Delivery, result: object = None) -> None:
+        self.lost = True
         raise ConnectionLost("connection lost (the broker restarted)")
 
     retry_later = dead_letter = requeue = ack  # type: ignore[assignment]
@@ -178,3 +185,25 @@ def test_ctrl_c_while_local_workers_start_stops_cleanly() -> None:
     assert producer.returncode == 130, err
     assert "died with exit code" not in err  # no worker died of it, none was replaced
     assert wait_until(lambda: not _session(producer.pid), 10), _session(producer.pid)
+
+
+def test_the_restart_budget_forgives_a_task_dead_lettered_for_killing_workers() -> None:
+    now = [0.0]
+    restarts = Restarts(budget=2, window=60, clock=lambda: now[0])
+    restarts.crashed("poison")
+    restarts.crashed("other")
+    restarts.forgive("poison")  # dead-lettered: what it cost is given back
+    restarts.crashed("another")
+    with pytest.raises(CrashLoop, match="2 workers died within 60s while running a task"):
+        restarts.crashed("one more")
+    now[0] = 61.0  # the window moved on
+    restarts.crashed("later")
+
+
+def test_a_worker_that_dies_with_no_task_is_replaced_at_once_then_after_growing_pauses() -> None:
+    now = [0.0]
+    restarts = Restarts(budget=1, window=60, clock=lambda: now[0])
+    assert [restarts.pause() for _ in range(9)] == [0, 0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert not restarts.counted
+    now[0] = 61.0
+    assert restarts.pause() == 0  # quiet for a window: at once again
