@@ -127,7 +127,7 @@ def test_the_second_signal_stops_a_stuck_handler_at_once_and_its_task_comes_back
     took = time.monotonic() - stopped
     assert code == 1, err
     assert err.strip().splitlines()[-1] == (
-        "consumer: error: stopped at the second signal (SIGTERM): 1 workers killed with "
+        "consumer: error: stopped at the second signal (SIGTERM): 1 worker killed with "
         "1 task in hand, which the broker hands out again"
     )
     assert took < 10
@@ -152,7 +152,7 @@ def test_the_shutdown_timeout_stops_a_stuck_handler(broker_url: str, queue_name:
     took = time.monotonic() - stopped
     assert code == 1, err
     assert "finishing 1 task in hand" in err
-    assert "stopped after waiting 2s (--shutdown-timeout): 1 workers killed" in err
+    assert "stopped after waiting 2s (--shutdown-timeout): 1 worker killed" in err
     assert 2 <= took < 2 + 8
     assert all(process_state(pid) is None for pid in workers)
     _the_task_comes_back(broker_url, queue_name)
