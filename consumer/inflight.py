@@ -126,16 +126,23 @@ class InHand:
 class InFlight:
     """Every slot's record, seen from the supervisor, and the deaths it counted.
 
-    `max_deaths`: after that many deaths while running the same task id, workers dead-letter
-    it when it comes back; None leaves that to the backend (the local one does it itself).
+    `max_deaths`: after that many deaths while running the same task id, the task is
+    dead-lettered (None: never). With `publish`, the supervisor writes such ids into the
+    death table and the workers dead-letter the task when it comes back; without, the
+    backend does it itself (the local broker, which sees its workers die).
     """
 
     def __init__(
-        self, slots: int, max_deaths: int | None = None, context: BaseContext = MP_CONTEXT
+        self,
+        slots: int,
+        max_deaths: int | None = None,
+        *,
+        publish: bool = True,
+        context: BaseContext = MP_CONTEXT,
     ) -> None:
         self._cells = [context.RawArray(ctypes.c_char, _CELL) for _ in range(slots)]
         self.max_deaths = max_deaths
-        self.table = DeathTable(context) if max_deaths is not None else None
+        self.table = DeathTable(context) if max_deaths is not None and publish else None
         self._deaths: OrderedDict[str, int] = OrderedDict()
 
     def record(self, slot: int) -> InHand:
@@ -166,6 +173,7 @@ class InFlight:
         self._deaths[task_id] = deaths
         if len(self._deaths) > _COUNTED:
             self._deaths.popitem(last=False)
-        if self.table is not None and self.max_deaths is not None and deaths >= self.max_deaths:
+        limit = self.max_deaths
+        if self.table is not None and limit is not None and deaths >= limit:
             self.table.put(task_id, deaths)
         return task_id, deaths

@@ -63,10 +63,13 @@ class Restarts:
     """The restart budget, and when a dead worker's replacement starts.
 
     Only a worker that died running a task counts: more than `budget` of those within
-    `window` seconds is a crash loop, and the supervisor gives up. A worker that died with no
-    task in hand (it lost its broker, it failed to start) never counts: its replacement
-    starts at once the first time in a window, then after a pause that doubles up to
-    `MAX_PAUSE`, so a cause that persists costs no busy loop.
+    `window` seconds is a crash loop, and the supervisor gives up. Once a task has killed
+    `max_deaths` workers it is dead-lettered, and the deaths it caused are forgiven: a task
+    that kills what runs it costs a bounded number of deaths, so no message can spend the
+    budget (a handler that kills its worker on every task still does). A worker that died
+    with no task in hand (it lost its broker, it failed to start) never counts: its
+    replacement starts at once the first time in a window, then after a pause that doubles
+    up to `MAX_PAUSE`, so a cause that persists costs no busy loop.
     """
 
     FIRST_PAUSE = 0.5
@@ -78,30 +81,34 @@ class Restarts:
         self.budget = budget
         self.window = window
         self._clock = clock
-        self.counted: deque[float] = deque()
-        self._uncounted: deque[float] = deque()
+        self.counted: deque[tuple[float, str]] = deque()  # (when, task id)
+        self._uncounted: deque[tuple[float, str]] = deque()
 
-    def _recent(self, times: deque[float]) -> float:
+    def _recent(self, times: deque[tuple[float, str]]) -> float:
         now = self._clock()
-        while times and now - times[0] > self.window:
+        while times and now - times[0][0] > self.window:
             times.popleft()
         return now
 
-    def crashed(self) -> None:
-        """A worker died running a task: count it, or raise `CrashLoop` if none are left."""
+    def crashed(self, task_id: str) -> None:
+        """A worker died running `task_id`: count it, or raise `CrashLoop` if none are left."""
         now = self._recent(self.counted)
         if len(self.counted) >= self.budget:
             raise CrashLoop(
                 f"{len(self.counted)} workers died within {self.window:g}s while running a "
                 "task; giving up (see the errors above)"
             )
-        self.counted.append(now)
+        self.counted.append((now, task_id))
+
+    def forgive(self, task_id: str) -> None:
+        """`task_id` is dead-lettered for killing workers: its deaths no longer count."""
+        self.counted = deque(entry for entry in self.counted if entry[1] != task_id)
 
     def pause(self) -> float:
         """A worker died with no task in hand: seconds before its replacement starts."""
         now = self._recent(self._uncounted)
         before = len(self._uncounted)
-        self._uncounted.append(now)
+        self._uncounted.append((now, ""))
         if not before:
             return 0.0
         return min(self.FIRST_PAUSE * 2 ** min(before - 1, 16), self.MAX_PAUSE)
@@ -117,10 +124,16 @@ class WorkerSlots:
     the restart budget, and the replacements that are due."""
 
     def __init__(
-        self, count: int, restart_budget: int, budget_window: float, max_deaths: int | None
+        self,
+        count: int,
+        restart_budget: int,
+        budget_window: float,
+        max_deaths: int | None,
+        *,
+        publish: bool = True,
     ) -> None:
         self.count = count
-        self.in_flight = InFlight(count, max_deaths)
+        self.in_flight = InFlight(count, max_deaths, publish=publish)
         self.restarts = Restarts(restart_budget, budget_window)
         self.deaths: list[tuple[int, int | None]] = []  # (pid, exit code) of unexpected exits
         self._due: dict[int, float] = {}  # slot -> when its replacement starts
@@ -156,10 +169,19 @@ class WorkerSlots:
             self._due[slot] = time.monotonic() + pause
             return
         task_id, deaths = held
-        limit = self.in_flight.max_deaths
-        then = "; dead-lettered when it comes back" if limit and deaths >= limit else ""
-        log.warning("%s while running task %s (deaths: %d%s)", what, task_id, deaths, then)
-        self.restarts.crashed()
+        if deaths != self.in_flight.max_deaths:
+            log.warning("%s while running task %s (deaths: %d)", what, task_id, deaths)
+            self.restarts.crashed(task_id)
+        else:
+            # Dead-lettered now: its cost is bounded, so its deaths are forgiven (should it
+            # kill again all the same, those deaths count).
+            log.warning(
+                "%s while running task %s (deaths: %d): it is dead-lettered as killed-worker",
+                what,
+                task_id,
+                deaths,
+            )
+            self.restarts.forgive(task_id)
         self._due[slot] = time.monotonic()
 
     def _start_due(self) -> None:

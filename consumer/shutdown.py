@@ -32,8 +32,8 @@ class Stoppable(Protocol):
     def stop(self, timeout: float, now: Callable[[], bool]) -> Cut: ...
 
 
-def _tasks(count: int) -> str:
-    return f"{count} task" if count == 1 else f"{count} tasks"
+def _count(count: int, thing: str) -> str:
+    return f"{count} {thing}" if count == 1 else f"{count} {thing}s"
 
 
 class Shutdown:
@@ -76,7 +76,7 @@ class Shutdown:
             log.warning(
                 "%s: finishing %s in hand; press Ctrl-C again to stop now",
                 self.signals[0].name,
-                _tasks(pool.in_hand()),
+                _count(pool.in_hand(), "task"),
             )
         cut = pool.stop(self.timeout, self.now)
         if not cut.workers:
@@ -87,6 +87,7 @@ class Shutdown:
             else f"after waiting {self.timeout:g}s (--shutdown-timeout)"
         )
         raise StoppedNow(
-            f"stopped {why}: {cut.workers} workers killed with {_tasks(cut.tasks)} in hand, "
+            f"stopped {why}: {_count(cut.workers, 'worker')} killed with "
+            f"{_count(cut.tasks, 'task')} in hand, "
             "which the broker hands out again"
         )

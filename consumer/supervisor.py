@@ -196,8 +196,8 @@ class WorkerPool(WorkerSlots):
     With `slots` (the local backend's `LocalBroker.slots`), each worker takes its own end of
     a queue that lives in this process, and a dead worker's tasks are put back before its
     replacement starts. Without, every worker connects on its own (`spec.backend`).
-    `max_deaths`: see `consumer.inflight.InFlight` (None with the local backend, which
-    counts deaths itself).
+    `max_deaths`: see `consumer.inflight.InFlight`; with `slots`, the local broker
+    dead-letters such a task itself (give it the same limit), and the pool only counts.
     """
 
     def __init__(
@@ -211,7 +211,8 @@ class WorkerPool(WorkerSlots):
         daemon: bool = True,
         max_deaths: int | None = None,
     ) -> None:
-        super().__init__(count, restart_budget, budget_window, max_deaths)
+        publish = slots is None
+        super().__init__(count, restart_budget, budget_window, max_deaths, publish=publish)
         self.spec = spec
         self.slots = slots
         self.daemon = daemon

@@ -154,7 +154,13 @@ def run_local(
     backend = open_backend(settings, Role.PRODUCER, backend=BackendName.local)
     assert isinstance(backend, LocalBroker)
     spec = WorkerSpec(settings, options, handler_modules)
-    pool = WorkerPool(spec, settings.workers, slots=backend.slots, daemon=daemon)
+    pool = WorkerPool(
+        spec,
+        settings.workers,
+        slots=backend.slots,
+        daemon=daemon,
+        max_deaths=settings.max_deaths,  # the broker's limit: such deaths do not count
+    )
     ledger = Ledger()
     pool.start()
     try:
