@@ -244,7 +244,7 @@ def test_a_worker_waiting_for_its_broker_at_start_up_stops_on_sigterm(
         waiting = [p for p in _workers_of(consumer.pid) if p not in _worker_pids(consumer)]
         assert waiting, output_of(consumer)[1]
         consumer.send_signal(signal.SIGTERM)
-        wait_for_output(consumer, "finishing tasks in hand", timeout=30)
+        wait_for_output(consumer, "in hand; press Ctrl-C again to stop now", timeout=30)
         time.sleep(1.0)  # the supervisor now waits for its workers to finish
         for pid in waiting:  # as a service manager stops every process of the unit
             os.kill(pid, signal.SIGTERM)

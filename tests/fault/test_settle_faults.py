@@ -53,7 +53,7 @@ def test_a_settlement_cut_by_a_lost_connection_stores_nothing_and_the_task_comes
     alarmed: RabbitNode, settle: Callable[[RabbitBackend, Delivery, TaskEnvelope], None]
 ) -> None:
     task = TaskEnvelope(kind="fail")
-    with RabbitBackend(alarmed.url, QUEUE, reconnect_attempts=None) as worker:
+    with RabbitBackend(alarmed.url, QUEUE, wait_for_broker=None) as worker:
         worker.publish([task])
         delivery = receive_within(worker, timeout=30)
         alarmed.ctl("set_vm_memory_high_watermark", "0")  # publishes wait, unconfirmed

@@ -174,7 +174,7 @@ def test_a_retry_of_attempt_2000_waits_in_one_of_a_fixed_set_of_wait_queues(
     broker_url: str, queue_name: str
 ) -> None:
     with RabbitBackend(broker_url, queue_name) as backend:
-        backend.publish([TaskEnvelope(kind="fail", max_attempts=5000)])
+        backend.publish([TaskEnvelope(kind="fail", max_attempts=100)])
         delivery = receive_within(backend)
         task = decode_task(delivery.body)
         # Built without validation: however the schema bounds attempts, the queue it waits
@@ -230,7 +230,7 @@ def test_an_ack_after_a_timed_out_task_does_not_cover_it_before_its_retry_is_sto
 
     slow, quick = TaskEnvelope(kind="overrun"), TaskEnvelope(kind="quick")
     stop = threading.Event()
-    with _RetryStalls(broker_url, queue_name, reconnect_attempts=None) as backend:
+    with _RetryStalls(broker_url, queue_name, wait_for_broker=None) as backend:
         backend.publish([slow, quick])
         worker = Worker(
             backend,
