@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import signal
 
+import pika
 import pytest
 
 from common.rabbitmq import RabbitBackend
+from common.schemas import TaskEnvelope
 from tests.helpers import run, start, stop, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -97,3 +99,21 @@ def test_consumer_warns_when_prefetched_tasks_can_outlast_the_consumer_timeout(
         assert "consumer_timeout" not in completed.stderr
     else:
         assert warned in completed.stderr
+
+
+def test_a_worker_whose_queue_is_deleted_declares_it_again_and_goes_on(
+    broker_url: str, queue_name: str
+) -> None:
+    with RabbitBackend(broker_url, queue_name, wait_for_broker=30) as worker:
+        worker.start_consuming()
+        connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+        connection.channel().queue_delete(queue_name)  # the broker cancels the consumer
+        connection.close()
+        assert wait_until(lambda: worker.receive(0.2) is None and worker.reconnects == 1, 20)
+        task = TaskEnvelope(kind="echo")
+        with RabbitBackend(broker_url, queue_name) as producer:
+            producer.publish([task])
+        delivery = None
+        for _ in range(50):
+            delivery = delivery or worker.receive(0.2)
+        assert delivery is not None and task.id.encode() in delivery.body
