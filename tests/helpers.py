@@ -152,3 +152,25 @@ def receive_within(backend: Any, timeout: float = 10.0) -> Any:
         if delivery is not None:
             return delivery
     raise AssertionError(f"nothing received within {timeout}s")
+
+
+def result_for(task: Any, *, redelivered: bool = False, value: Any = None) -> Any:
+    """A done `TaskResult` for `task`, as a worker would send it back."""
+    from common.schemas import TaskResult, TaskStatus, utcnow
+
+    now = utcnow()
+    return TaskResult(
+        task_id=task.id,
+        kind=task.kind,
+        status=TaskStatus.DONE,
+        attempt=task.attempt,
+        redelivered=redelivered,
+        worker_pid=1,
+        worker_ppid=0,
+        worker_host="h",
+        worker_name="w",
+        started_at=now,
+        finished_at=now,
+        created_at=task.created_at,
+        value=value,
+    )

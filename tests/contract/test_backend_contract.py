@@ -18,10 +18,10 @@ from common.schemas import (
     DeadLetter,
     TaskEnvelope,
     TaskResult,
-    TaskStatus,
     decode_task,
     utcnow,
 )
+from tests.helpers import receive_within, result_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,32 +41,8 @@ def _worker_side(backend: ProducerBackend) -> WorkerBackend:
     return backend
 
 
-def _receive(backend: WorkerBackend, timeout: float = 10.0) -> Delivery:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        delivery = backend.receive(0.2)
-        if delivery is not None:
-            return delivery
-    raise AssertionError(f"nothing received within {timeout}s")
-
-
 def _result_for(task: TaskEnvelope, delivery: Delivery) -> TaskResult:
-    now = utcnow()
-    return TaskResult(
-        task_id=task.id,
-        kind=task.kind,
-        status=TaskStatus.DONE,
-        attempt=task.attempt,
-        redelivered=delivery.redelivered,
-        worker_pid=1,
-        worker_ppid=0,
-        worker_host="h",
-        worker_name="w",
-        started_at=now,
-        finished_at=now,
-        created_at=task.created_at,
-        value=task.payload,
-    )
+    return result_for(task, redelivered=delivery.redelivered, value=task.payload)
 
 
 def _results(backend: ProducerBackend, n: int, timeout: float = 10.0) -> list[TaskResult]:
@@ -83,7 +59,7 @@ def test_published_tasks_arrive_intact_in_order(make_backend: MakeBackend) -> No
     producer, worker = _producer_and_worker(make_backend)
     tasks = [TaskEnvelope(kind="echo", payload={"seq": i}) for i in range(20)]
     producer.publish(tasks)
-    received = [decode_task(_receive(worker).body) for _ in tasks]
+    received = [decode_task(receive_within(worker).body) for _ in tasks]
     assert received == tasks  # one producer, one consumer: FIFO
     assert worker.receive(0.3) is None
 
@@ -100,7 +76,7 @@ def test_ack_sends_the_result_back_to_the_producer(make_backend: MakeBackend) ->
     tasks = [TaskEnvelope(kind="echo", payload={"seq": i}) for i in range(5)]
     producer.publish(tasks)
     for _ in tasks:
-        delivery = _receive(worker)
+        delivery = receive_within(worker)
         worker.ack(delivery, _result_for(decode_task(delivery.body), delivery))
     assert worker.receive(0.1) is None  # a worker that waits has sent what it finished
     results = _results(producer, len(tasks))
@@ -112,12 +88,12 @@ def test_requeued_delivery_comes_back_marked_redelivered(make_backend: MakeBacke
     producer, worker = _producer_and_worker(make_backend)
     task = TaskEnvelope(kind="echo")
     producer.publish([task])
-    first = _receive(worker)
+    first = receive_within(worker)
     assert not first.redelivered
     worker.requeue(first)
     if isinstance(producer, LocalBroker):
         producer.drain_events()  # the parent is the broker here: let it act on the requeue
-    again = _receive(worker)
+    again = receive_within(worker)
     assert again.redelivered
     assert decode_task(again.body) == task
     worker.ack(again)
@@ -129,7 +105,7 @@ def test_unacked_delivery_of_a_dead_worker_is_handed_out_again(
     producer, worker = _producer_and_worker(make_backend)
     task = TaskEnvelope(kind="echo")
     producer.publish([task])
-    held = _receive(worker)
+    held = receive_within(worker)
     assert decode_task(held.body) == task
     survivor: WorkerBackend
     if isinstance(producer, LocalBroker):
@@ -138,7 +114,7 @@ def test_unacked_delivery_of_a_dead_worker_is_handed_out_again(
     else:
         worker.close()  # the connection goes away with the task unacked
         survivor = _worker_side(make_backend())
-    again = _receive(survivor)
+    again = receive_within(survivor)
     assert again.redelivered
     assert decode_task(again.body).id == task.id
 
@@ -149,12 +125,12 @@ def test_retry_later_comes_back_after_its_delay_as_the_next_attempt(
     producer, worker = _producer_and_worker(make_backend)
     task = TaskEnvelope(kind="fail")
     producer.publish([task])
-    delivery = _receive(worker)
+    delivery = receive_within(worker)
     sent_at = time.monotonic()
     worker.retry_later(delivery, task.model_copy(update={"attempt": 2}), delay=0.5)
     if isinstance(producer, LocalBroker):
         producer.receive_result(0.8)  # the parent releases due retries while it listens
-    again = decode_task(_receive(worker, timeout=10).body)
+    again = decode_task(receive_within(worker, timeout=10).body)
     assert time.monotonic() - sent_at >= 0.45
     assert again.id == task.id
     assert again.attempt == 2
@@ -164,7 +140,7 @@ def test_retry_later_comes_back_after_its_delay_as_the_next_attempt(
 def test_dead_letter_keeps_the_body_and_the_reason(make_backend: MakeBackend) -> None:
     producer, worker = _producer_and_worker(make_backend)
     producer.publish_raw([b"\xff not json at all"])
-    delivery = _receive(worker)
+    delivery = receive_within(worker)
     letter = DeadLetter(
         reason="not-json",
         error="body is not valid JSON",
@@ -187,7 +163,7 @@ def test_replayed_dead_letters_return_as_first_attempts(make_backend: MakeBacken
     producer, worker = _producer_and_worker(make_backend)
     task = TaskEnvelope(kind="fail", attempt=3)
     producer.publish([task])
-    delivery = _receive(worker)
+    delivery = receive_within(worker)
     letter = DeadLetter(
         reason="max-attempts",
         error="RuntimeError: x",
@@ -201,7 +177,7 @@ def test_replayed_dead_letters_return_as_first_attempts(make_backend: MakeBacken
     if isinstance(producer, LocalBroker):
         producer.drain_events()
     assert producer.replay_dead_letters() == 1
-    replayed = decode_task(_receive(worker).body)
+    replayed = decode_task(receive_within(worker).body)
     assert (replayed.id, replayed.attempt) == (task.id, 1)
     assert producer.dead_letters() == []
 
@@ -219,7 +195,7 @@ def test_pending_counts_retries_waiting_out_their_delay(make_backend: MakeBacken
     producer, worker = _producer_and_worker(make_backend)
     task = TaskEnvelope(kind="fail")
     producer.publish([task])
-    delivery = _receive(worker)
+    delivery = receive_within(worker)
     worker.retry_later(delivery, task.model_copy(update={"attempt": 2}), delay=30)
     if isinstance(producer, LocalBroker):
         producer.drain_events()

@@ -20,10 +20,10 @@ import pytest
 from common.backend import Delivery
 from common.rabbitmq import RabbitBackend
 from common.rabbitmq.topology import QueueNames
-from common.schemas import TaskEnvelope, TaskResult, TaskStatus, decode_task, encode, utcnow
+from common.schemas import TaskEnvelope, TaskResult, decode_task, encode
 from consumer.handlers import Registry, TaskContext
 from consumer.worker import Worker, WorkerOptions
-from tests.helpers import receive_within, run, wait_until
+from tests.helpers import receive_within, result_for, run, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
 
@@ -48,23 +48,6 @@ def _drain(backend: RabbitBackend, seconds: float) -> list[Delivery]:
             got.append(delivery)
             backend.ack(delivery)
     return got
-
-
-def _result_for(task: TaskEnvelope) -> TaskResult:
-    now = utcnow()
-    return TaskResult(
-        task_id=task.id,
-        kind=task.kind,
-        status=TaskStatus.DONE,
-        attempt=task.attempt,
-        worker_pid=1,
-        worker_ppid=0,
-        worker_host="h",
-        worker_name="w",
-        started_at=now,
-        finished_at=now,
-        created_at=task.created_at,
-    )
 
 
 def _count(broker_url: str, name: str) -> int | None:
@@ -99,7 +82,7 @@ def test_a_task_whose_result_the_broker_refuses_is_not_acked_but_handed_out_agai
             task = TaskEnvelope(kind="echo")
             _publish_task(raw, queue_name, task, replies)
             first = receive_within(worker)
-            worker.ack(first, _result_for(task))
+            worker.ack(first, result_for(task))
             again = receive_within(worker, timeout=10)  # acked with its result lost: never again
             assert (decode_task(again.body).id, again.redelivered) == (task.id, True)
             worker.ack(again)
@@ -119,7 +102,7 @@ def test_results_of_many_tasks_all_arrive_and_every_task_is_acked(
         producer.publish(tasks)
         for _ in tasks:
             delivery = receive_within(worker)
-            worker.ack(delivery, _result_for(decode_task(delivery.body)))
+            worker.ack(delivery, result_for(decode_task(delivery.body)))
         results = set()
         deadline = time.monotonic() + 20
         while len(results) < len(tasks) and time.monotonic() < deadline:
