@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import pika
@@ -48,6 +49,9 @@ def test_persistent_message_survives_sigkill(tmp_path: Path) -> None:
         channel.basic_publish(
             "", queue, b"survivor", pika.BasicProperties(delivery_mode=2), mandatory=True
         )  # confirmed: the broker has written it to disk
+        # ... but a queue's own record reaches disk a moment after it is declared (seen here:
+        # a queue declared just before a SIGKILL came back missing on a loaded machine).
+        time.sleep(1.5)
 
         vm_pid = node.vm_pid()
         assert vm_pid is not None and pid_alive(vm_pid)

@@ -298,8 +298,8 @@ def test_broker_restart_while_5000_tasks_flow_loses_none(own_broker: RabbitNode)
             "--quiet",
             "--count",
             "5000",
-            "--rate",
-            "1000",
+            "--rate",  # 10 s of sending: the restart below lands mid-flow, even when slow
+            "500",
             "--timeout",
             "90",
             "--connect-timeout",  # a restart on a busy machine can pass the default 30 s
