@@ -3,40 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 
 import pika
 import pytest
 
+from tests.fault.conftest import require_rabbitmq_server
 from tests.rabbit_node import (
-    RABBITMQ_BIN,
     RabbitNode,
     free_port,
     pid_alive,
     port_open,
-    rabbitmq_available,
 )
-
-
-def _need_rabbitmq_server() -> None:
-    if rabbitmq_available():
-        return
-    reason = (
-        f"{RABBITMQ_BIN / 'rabbitmq-server'} is absent: install Debian's rabbitmq-server "
-        "(scripts/broker.sh start does) to run fault tests on a node of their own"
-    )
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " (CI=true: failing instead of skipping)")
-    pytest.skip(reason)
 
 
 @pytest.mark.broker
 @pytest.mark.fault
 @pytest.mark.timeout(120)
 def test_persistent_message_survives_sigkill(tmp_path: Path) -> None:
-    _need_rabbitmq_server()
+    require_rabbitmq_server()
     queue = "ts-fault-durable"
     with RabbitNode(free_port(), "ts-fault-test", tmp_path) as node:
         assert node.port != 5672

@@ -42,14 +42,20 @@ def _busy_machine() -> Iterator[int]:
         assert not stuck, f"busy loops {stuck} did not die on SIGKILL"
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[RabbitNode]:
-    """A RabbitMQ node of this test's own, to stop, restart or kill (never the shared one)."""
+def require_rabbitmq_server() -> None:
+    """Skip (outside CI) or fail (in CI) unless Debian's RabbitMQ scripts are installed, which
+    a node of a test's own needs."""
     if not rabbitmq_available():
         reason = f"{RABBITMQ_BIN / 'rabbitmq-server'} is absent (scripts/broker.sh installs it)"
         if IN_CI:
             pytest.fail(f"CI=true and {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[RabbitNode]:
+    """A RabbitMQ node of this test's own, to stop, restart or kill (never the shared one)."""
+    require_rabbitmq_server()
     with RabbitNode(free_port(), f"ts-restart-{os.getpid()}", tmp_path) as node:
         node.start(timeout=60)
         yield node

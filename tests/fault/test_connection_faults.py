@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from common.rabbitmq import RabbitBackend
-from tests.conftest import IN_CI
+from tests.fault.conftest import require_rabbitmq_server
 from tests.helpers import (
     children_of,
     finish,
@@ -35,7 +35,7 @@ from tests.helpers import (
     wait_for_output,
     wait_until,
 )
-from tests.rabbit_node import RABBITMQ_BIN, RabbitNode, free_port, rabbitmq_available
+from tests.rabbit_node import RabbitNode, free_port
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
@@ -50,11 +50,7 @@ FAST_TICK = "[{rabbit, [{channel_tick_interval, 1000}]}].\n"
 @pytest.fixture
 def stopped_node(tmp_path: Path) -> Iterator[RabbitNode]:
     """A node of this test's own, not started yet."""
-    if not rabbitmq_available():
-        reason = f"{RABBITMQ_BIN / 'rabbitmq-server'} is absent (scripts/broker.sh installs it)"
-        if IN_CI:
-            pytest.fail(f"CI=true and {reason}")
-        pytest.skip(reason)
+    require_rabbitmq_server()
     with RabbitNode(free_port(), f"ts-late-{os.getpid()}", tmp_path) as node:
         yield node
 
@@ -191,8 +187,7 @@ def test_producer_gives_up_after_the_connect_timeout_and_says_what_was_confirmed
 def test_a_delivery_past_the_consumer_timeout_reopens_the_channel_and_the_work_goes_on(
     tmp_path: Path,
 ) -> None:
-    if not rabbitmq_available():
-        pytest.skip(f"{RABBITMQ_BIN / 'rabbitmq-server'} is absent")
+    require_rabbitmq_server()
     name = f"ts-ctimeout-{os.getpid()}"
     with RabbitNode(
         free_port(), name, tmp_path, extra_config=SHORT_CONSUMER_TIMEOUT, advanced_config=FAST_TICK
