@@ -72,6 +72,8 @@ class Feeder(threading.Thread):
         self.bad_results = 0
         self.publishing = threading.Event()
         self.publishing.set()
+        #: Held for the whole of a publish call, so the harness can wait for the last one.
+        self._publish_call = threading.Lock()
         self.stopping = threading.Event()
         self.error: BaseException | None = None
         self.outages = 0
@@ -113,13 +115,26 @@ class Feeder(threading.Thread):
                 if int(owed) > 0:
                     # While the library fails, one task per call probes for its return.
                     n = 1 if self._failing_since is not None else int(owed)
-                    self._publish(backend, n)
+                    with self._publish_call:
+                        if not self.publishing.is_set():
+                            continue
+                        self._publish(backend, n)
                     owed -= n
                     self._recovered()
                 self._take(backend, 0.1)
             except Exception as exc:
                 self._trouble(backend, exc)
                 self.stopping.wait(0.5)
+
+    def stop_publishing(self, timeout: float) -> bool:
+        """Publish nothing more, and wait for a publish call in progress to return (it may
+        still be confirming tasks across an outage: they belong in the drain). False if it
+        is still going after `timeout` seconds."""
+        self.publishing.clear()
+        if not self._publish_call.acquire(timeout=timeout):
+            return False
+        self._publish_call.release()
+        return True
 
     def _current(self) -> Backend | None:
         if self._backend is None:

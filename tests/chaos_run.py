@@ -277,8 +277,9 @@ class ChaosRun:
         for load in self.loads:
             stop_busy(load[1])
         self.loads.clear()
-        self.feeder.publishing.clear()
         ledger = self.feeder.ledger
+        if not self.feeder.stop_publishing(timeout=self.o.drain):
+            raise HarnessError(f"a publish call was still going {self.o.drain}s after the end")
         self.events.add("stop-sending", f"{len(ledger.sent)} tasks confirmed; draining")
         drain_end = self.events.now() + self.o.drain
         unsettled: dict[str, int] = {}

@@ -41,6 +41,8 @@ pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
 QUEUE = "connection-test"
 RETRYING = "broker unreachable, retrying in "
+#: The outage of the long test: as long as a broker upgrade or a host reboot.
+OUTAGE = 60
 #: RabbitMQ 3.10 checks consumer_timeout on each channel tick, every `channel_tick_interval`
 #: ms (60 s by default): a tick of 1 s makes a 3 s timeout fire after 3 to 4 s.
 SHORT_CONSUMER_TIMEOUT = "consumer_timeout = 3000"
@@ -94,7 +96,7 @@ def test_consumer_started_before_its_broker_waits_for_it_then_processes_tasks(
     assert "***@" in err and "guest:guest" not in err
 
 
-def test_a_15s_outage_with_a_worker_replaced_meanwhile_leaves_the_consumer_running(
+def test_a_60s_outage_with_a_worker_replaced_meanwhile_leaves_the_consumer_running(
     own_broker: RabbitNode,
 ) -> None:
     url = own_broker.url
@@ -111,22 +113,25 @@ def test_a_15s_outage_with_a_worker_replaced_meanwhile_leaves_the_consumer_runni
         own_broker.stop(timeout=60)
         down = time.monotonic()
         os.kill(victim, signal.SIGKILL)  # its replacement starts while the broker is away
-        time.sleep(max(15 - (time.monotonic() - down), 0))
+        time.sleep(max(OUTAGE - (time.monotonic() - down), 0))
         own_broker.start(timeout=90)
         code, out, err = finish(producer, timeout=240)
         assert consumer.poll() is None, output_of(consumer)[1]
+        # The surviving worker may still be in its last pause (up to 10 s, jittered) when
+        # the replacement alone has finished the work: it must come back all the same.
+        wait_for_output(consumer, "reconnected", timeout=60)
     finally:
         consumer_code, _, consumer_err = stop(consumer, timeout=60)
     assert code == 0, f"producer: {err}\nconsumer: {consumer_err}"
     summary = json.loads(out)
-    print(f"\n[15 s outage] sent={summary['sent']} ledger={json.dumps(summary['ledger'])}")
+    print(f"\n[{OUTAGE} s outage] sent={summary['sent']} ledger={json.dumps(summary['ledger'])}")
     assert summary["sent"] == 3000 and summary["done"] == 3000
     assert summary["ledger"]["lost"] == 0
     assert consumer_code == 0, consumer_err
     # One death, the SIGKILL; its replacement waited for the broker instead of dying.
     assert consumer_err.count("died with exit code") == 1, consumer_err
     assert "died with exit code -9" in consumer_err and "giving up" not in consumer_err
-    assert RETRYING in consumer_err and "reconnected" in consumer_err
+    assert RETRYING in consumer_err, consumer_err
 
 
 def _workers_of(pid: int) -> list[int]:
