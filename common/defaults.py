@@ -17,10 +17,19 @@ class BackendName(StrEnum):
     rabbitmq = "rabbitmq"
 
 
+class QueueType(StrEnum):
+    """How RabbitMQ keeps a queue it creates: ``quorum`` replicates it over the cluster's
+    nodes (Raft) and counts deliveries; ``classic`` keeps it on one node."""
+
+    quorum = "quorum"
+    classic = "classic"
+
+
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 LOG_FORMAT = "%(asctime)s %(processName)s %(levelname)s %(message)s"
 
 QUEUE = "tasks"
+QUEUE_TYPE = QueueType.quorum
 PREFETCH = 100
 WORKERS = 2
 MAX_ATTEMPTS = 3
@@ -40,6 +49,7 @@ PRODUCER_CONNECT_TIMEOUT = 30.0
 ENVIRONMENT = {
     "amqp_url": "AMQP_URL",
     "queue": "TASKSHUTTLE_QUEUE",
+    "queue_type": "TASKSHUTTLE_QUEUE_TYPE",
     "workers": "TASKSHUTTLE_WORKERS",
     "prefetch": "TASKSHUTTLE_PREFETCH",
     "max_attempts": "TASKSHUTTLE_MAX_ATTEMPTS",

@@ -106,6 +106,7 @@ def open_backend(
             prefetch=settings.prefetch,
             want_results=results,
             wait_for_broker=broker_wait(role, settings),
+            queue_type=settings.queue_type,
             queue_arguments=queue_arguments,
             stop=stop,
         )

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from common.defaults import ENVIRONMENT, BackendName
+from common.defaults import ENVIRONMENT, BackendName, QueueType
 
 if TYPE_CHECKING:
     from common.settings import Settings
@@ -50,6 +50,15 @@ Queue = Annotated[
     str,
     typer.Option(
         envvar=ENVIRONMENT["queue"], help="Work queue (with <queue>.dlq, <queue>.wait.N)."
+    ),
+]
+QueueTypeOption = Annotated[
+    QueueType,
+    typer.Option(
+        "--queue-type",
+        envvar=ENVIRONMENT["queue_type"],
+        help="rabbitmq: the type of the queues created (quorum: replicated over a cluster; "
+        "classic: one node). A queue that exists already is used as it is.",
     ),
 ]
 Workers = Annotated[int, typer.Option(envvar=ENVIRONMENT["workers"], help="Worker processes.")]
@@ -103,6 +112,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 SETTINGS_FIELDS = {
     "amqp_url": "url",
     "queue": "queue",
+    "queue_type": "queue_type",
     "workers": "workers",
     "prefetch": "prefetch",
     "max_attempts": "max_attempts",

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from common import defaults
-from common.defaults import DEFAULT_AMQP_URL, ENVIRONMENT, LOG_FORMAT, BackendName
+from common.defaults import DEFAULT_AMQP_URL, ENVIRONMENT, LOG_FORMAT, BackendName, QueueType
 from common.errors import ConfigError
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "ENVIRONMENT",
     "LOG_FORMAT",
     "BackendName",
+    "QueueType",
     "Settings",
     "check_amqp_url",
     "describe_error",
@@ -106,6 +107,8 @@ class Settings(BaseModel):
     queue: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] = (
         defaults.QUEUE
     )
+    #: The type of the queues this program creates (an existing queue is used as it is).
+    queue_type: QueueType = defaults.QUEUE_TYPE
     prefetch: Annotated[int, Field(ge=1, le=65535)] = defaults.PREFETCH
     workers: Annotated[int, Field(ge=1, le=256)] = defaults.WORKERS
     #: Tries per task before it is dead-lettered (a task may carry its own).

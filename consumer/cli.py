@@ -54,6 +54,7 @@ def main(
     ] = PoolKind.process,
     prefetch: options.Prefetch = defaults.PREFETCH,
     queue: options.Queue = defaults.QUEUE,
+    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
     url: options.Url = defaults.DEFAULT_AMQP_URL,
     max_attempts: options.MaxAttempts = defaults.MAX_ATTEMPTS,
     retry_delay: options.RetryDelay = defaults.RETRY_BASE_DELAY,
@@ -191,6 +192,7 @@ def dlq_list(
     ctx: typer.Context,
     backend: options.Backend = BackendName.rabbitmq,
     queue: options.Queue = defaults.QUEUE,
+    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
     url: options.Url = defaults.DEFAULT_AMQP_URL,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     limit: options.DlqLimit = 100,
@@ -240,6 +242,7 @@ def dlq_replay(
     ctx: typer.Context,
     backend: options.Backend = BackendName.rabbitmq,
     queue: options.Queue = defaults.QUEUE,
+    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
     url: options.Url = defaults.DEFAULT_AMQP_URL,
 ) -> None:
     """Move the dead letters back to the work queue, as first attempts."""

@@ -38,6 +38,7 @@ def main(
     wait: Annotated[bool, typer.Option(help="rabbitmq: wait for every result, summarise.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for results.")] = 300.0,
     queue: options.Queue = defaults.QUEUE,
+    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
     url: options.Url = defaults.DEFAULT_AMQP_URL,
     workers: options.Workers = defaults.WORKERS,
     prefetch: options.Prefetch = defaults.PREFETCH,

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from common.backend import ProducerBackend
+from common.defaults import QueueType
 from common.settings import DEFAULT_AMQP_URL
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -50,17 +51,28 @@ def queue_name(request: pytest.FixtureRequest) -> Iterator[str]:
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
     yield name
     if _broker_answers(BROKER_URL):
-        from common.rabbitmq import RabbitBackend
-
-        try:
-            with RabbitBackend(BROKER_URL, name) as backend:
-                backend.delete_queues()
-        except Exception:  # the test may have left the queue with other arguments
-            pass
+        delete_queues(BROKER_URL, name)
 
 
-@pytest.fixture(params=["local", "rabbitmq"])
+def delete_queues(url: str, work_queue: str) -> None:
+    """Delete a work queue and its companions, whatever their type or arguments (deleting
+    a queue that does not exist is no error in RabbitMQ)."""
+    import pika
+
+    from common.rabbitmq.topology import QueueNames
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for name in QueueNames(work_queue).with_companions():
+            channel.queue_delete(name)
+    finally:
+        connection.close()
+
+
+@pytest.fixture(params=["local", "rabbitmq-quorum", "rabbitmq-classic"])
 def backend_name(request: pytest.FixtureRequest) -> str:
+    """The contract suite's backends: local, and RabbitMQ on each queue type."""
     return str(request.param)
 
 
@@ -81,7 +93,13 @@ def make_backend(backend_name: str, queue_name: str) -> Iterator[Callable[..., P
         else:
             from common.rabbitmq import RabbitBackend
 
-            backend = RabbitBackend(require_broker(), queue_name, **kwargs)  # type: ignore[arg-type]
+            queue_type = QueueType(backend_name.removeprefix("rabbitmq-"))
+            backend = RabbitBackend(
+                require_broker(),
+                queue_name,
+                queue_type=queue_type,
+                **kwargs,  # type: ignore[arg-type]
+            )
         built.append(backend)
         return backend
 

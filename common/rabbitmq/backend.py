@@ -30,7 +30,8 @@ import pika
 
 from common.backend import Backend, Delivery
 from common.clock import SYSTEM_CLOCK, Clock
-from common.errors import BrokerError, ConfigError, ConnectionLost
+from common.defaults import QueueType
+from common.errors import BrokerError, ConfigError, ConnectionLost, QueueMismatch
 from common.rabbitmq import dlq, topology
 from common.rabbitmq.delivery import Handle, ReplyCheck, take, unless_gone
 from common.rabbitmq.link import Link
@@ -68,6 +69,7 @@ class RabbitBackend(Backend):
         wait_for_broker: float | None = 0.0,
         attempt_timeout: float = 10.0,
         max_reconnect_delay: float = 10.0,
+        queue_type: QueueType = QueueType.quorum,
         queue_arguments: dict[str, Any] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         stop: StopFlag | None = None,
@@ -75,8 +77,16 @@ class RabbitBackend(Backend):
         self.names = QueueNames(queue_name)
         self.queue_name = queue_name
         self.dlq_name = self.names.dlq
-        #: Arguments the work queue is declared with (e.g. ``x-single-active-consumer``).
-        self.queue_arguments = queue_arguments
+        self.queue_type = queue_type
+        #: Arguments the work queue is declared with: its type's, and the caller's
+        #: (`queue_arguments`, e.g. ``x-single-active-consumer``).
+        self.queue_arguments = topology.work_queue_arguments(
+            self.names, queue_type, queue_arguments
+        )
+        self._wait_arguments = topology.wait_queue_arguments(queue_name, queue_type)
+        #: Queues found with other arguments than asked for, used as they are: the broker's
+        #: words for each (each said once, not on every reconnect).
+        self.used_as_is: dict[str, str] = {}
         self.prefetch = prefetch
         self.want_results = want_results
         self.reconnects = 0
@@ -113,8 +123,8 @@ class RabbitBackend(Backend):
         link = Link(self._params, self.safe_url, self.queue_name)
         link.open(self._attempt_timeout)
         try:
-            link.declare(self.queue_name, self.queue_arguments)
-            link.declare(self.dlq_name)
+            self._declare(link, self.queue_name, self.queue_arguments)
+            self._declare(link, self.dlq_name, topology.dlq_arguments(self.queue_type))
             if self.reply_queue:
                 link.declare(self.reply_queue, topology.reply_queue_arguments())
                 link.consume(self.reply_queue, tag=self.reply_queue)
@@ -124,6 +134,24 @@ class RabbitBackend(Backend):
             link.close()
             raise
         return link
+
+    def _declare(self, link: Link, name: str, arguments: dict[str, Any] | None) -> None:
+        """Declare one of this queue's own (once per link); if it exists with other
+        arguments (another type, a queue made by another client), use it as it is, saying
+        so once, unless it cannot serve: a wait queue that does not send retries back."""
+        declared = link.declare_once(name, arguments)
+        if declared is None or declared.mismatch is None or name in self.used_as_is:
+            return
+        wait_queue = name not in (self.queue_name, self.dlq_name)
+        if wait_queue and not topology.serves_as_wait_queue(declared.mismatch):
+            raise QueueMismatch(
+                f"queue {name!r} exists but does not send expired retries back to "
+                f"{self.queue_name!r} ({declared.mismatch}); delete it"
+            )
+        self.used_as_is[name] = declared.mismatch
+        log.warning(
+            "queue %r exists with other arguments; used as it is: %s", name, declared.mismatch
+        )
 
     def _live_link(self, wait: float | None = None) -> Link | None:
         """The current link, re-established if it was lost (see `Reconnect.run`)."""
@@ -262,7 +290,7 @@ class RabbitBackend(Backend):
             return
         link, wait_queue = handle.link, self.names.wait_for(delay)
         with unless_gone(link):
-            link.declare_once(wait_queue, topology.wait_queue_arguments(self.queue_name))
+            self._declare(link, wait_queue, self._wait_arguments)
             retry = topology.retry_message(wait_queue, task, handle.reply_to, delay)
             if self._publish_confirmed(link, retry):
                 self.ack(delivery)
@@ -292,9 +320,10 @@ class RabbitBackend(Backend):
         if it came while the queues were counted (so they are counted in the order a retry
         travels, too)."""
         link = self._link_now()
-        arguments = topology.wait_queue_arguments(self.queue_name)
-        waits = [(name, arguments) for name in self.names.wait_queues()]
-        queued = link.count([*waits, (self.queue_name, self.queue_arguments)])
+        waits = self.names.wait_queues()
+        for name in waits:
+            self._declare(link, name, self._wait_arguments)
+        queued = link.count([*waits, self.queue_name])
         return queued + (link.inbox.qsize() if self._consuming else 0)
 
     def dead_letter_count(self) -> int:

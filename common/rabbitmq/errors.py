@@ -93,6 +93,17 @@ def innermost(exc: BaseException) -> BaseException:
     return exc
 
 
+def refused_declare(
+    name: str, exc: pika.exceptions.ChannelClosedByBroker, safe_url: str
+) -> BrokerError:
+    """A declare of queue `name` the broker refused for another reason than its arguments:
+    not something a retry fixes (an exclusive queue of another connection, 405; a queue
+    type or argument this broker does not know, 406 or 540)."""
+    if exc.reply_code == 403:
+        return translate(exc, safe_url)
+    return QueueMismatch(f"cannot use queue {name!r}: {exc.reply_code} {exc.reply_text}")
+
+
 def _channel_closed(exc: pika.exceptions.ChannelClosedByBroker) -> BrokerError:
     if exc.reply_code == 406 and "inequivalent arg" in exc.reply_text:
         return QueueMismatch(

@@ -31,7 +31,7 @@ import queue
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NamedTuple
 
 import pika
 import pika.exceptions
@@ -40,10 +40,28 @@ from pika.spec import Basic, BasicProperties
 from common.errors import BrokerError
 from common.rabbitmq.confirms import Batch, ConfirmTracker, publish_in_chunks
 from common.rabbitmq.connection import Connection
+from common.rabbitmq.errors import refused_declare
 from common.rabbitmq.outbox import AckOp, NackOp, Outbox, OutboxOp, ResultOp
 from common.rabbitmq.topology import Message
 
 log = logging.getLogger("taskshuttle.rabbitmq")
+
+
+class Declared(NamedTuple):
+    """A declared queue: how many messages it holds, and, when it existed with other
+    arguments than those asked for and is used as it is, the broker's words about that."""
+
+    messages: int
+    mismatch: str | None
+
+
+def _other_arguments(reason: BaseException) -> bool:
+    """Whether a declare was refused only because the queue exists with other arguments."""
+    return (
+        isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+        and reason.reply_code == 406
+        and "inequivalent arg" in reason.reply_text
+    )
 
 
 #: A message a consumer or a `get` received, not yet acked: delivery tag, redelivered,
@@ -62,30 +80,31 @@ class Link(Connection):
         self._declared: set[str] = set()
 
     # -- any thread: operations that wait for the broker's answer -------------------------
-    def declare(self, name: str, arguments: dict[str, Any] | None = None) -> int:
-        """Declare a durable queue; how many messages it holds."""
-        count = int(self._call(functools.partial(self._declare_io, name, arguments, False)))
+    def declare(self, name: str, arguments: dict[str, Any] | None = None) -> Declared:
+        """Declare a durable queue with `arguments`; if it exists with other ones, take it as
+        it is (`Declared.mismatch` then holds the broker's words). Tried on a channel of its
+        own, since a refused declare closes its channel: the link's channel never sees one.
+        Any other refusal (an exclusive queue of another connection) is `QueueMismatch`."""
+        declared: Declared = self._call(functools.partial(self._declare_io, name, arguments))
         self._declared.add(name)
-        return count
+        return declared
 
-    def declare_once(self, name: str, arguments: dict[str, Any] | None = None) -> None:
-        """Declare a queue unless this link declared it already."""
-        if name not in self._declared:
-            self.declare(name, arguments)
+    def declare_once(self, name: str, arguments: dict[str, Any] | None = None) -> Declared | None:
+        """Declare a queue unless this link declared it already (then None)."""
+        return None if name in self._declared else self.declare(name, arguments)
 
     def consume(self, name: str, *, prefetch: int | None = None, tag: str | None = None) -> None:
         """Deliver `name`'s messages to `inbox` (at most `prefetch` unacked, if given)."""
         self._call(functools.partial(self._consume_io, name, prefetch, tag))
 
     def queue_length(self, name: str) -> int:
-        return int(self._call(functools.partial(self._declare_io, name, None, True)))
+        """How many messages the queue `name` holds (it must exist)."""
+        return int(self._call(functools.partial(self._count_io, [name])))
 
-    def count(self, queues: Sequence[tuple[str, dict[str, Any] | None]]) -> int:
-        """Declare each (durable) queue, with its arguments, in one hand-over to the I/O
-        thread; how many messages they hold in all."""
-        total = int(self._call(functools.partial(self._count_io, list(queues))))
-        self._declared.update(name for name, _ in queues)
-        return total
+    def count(self, names: Sequence[str]) -> int:
+        """How many messages the queues hold in all (they must exist), asked in one
+        hand-over to the I/O thread."""
+        return int(self._call(functools.partial(self._count_io, list(names))))
 
     def get(self, name: str) -> Received | None:
         """One message from `name`, unacked (closing the link gives it back); None if empty."""
@@ -154,16 +173,39 @@ class Link(Connection):
     def _lost_io(self, error: BrokerError) -> None:
         self._confirms.connection_lost(error)
 
-    def _declare_io(
-        self, name: str, arguments: dict[str, Any] | None, passive: bool, future: Future[Any]
-    ) -> None:
-        self._channel.queue_declare(
-            name,
-            passive=passive,
-            durable=not passive,
-            arguments=arguments,
-            callback=lambda frame: future.set_result(frame.method.message_count),
-        )
+    def _declare_io(self, name: str, arguments: dict[str, Any] | None, future: Future[Any]) -> None:
+        assert self._conn is not None
+        counted: list[int] = []
+        probe: list[Any] = []
+
+        def opened(channel: Any) -> None:
+            probe.append(channel)
+            channel.add_on_close_callback(self._guard(closed))
+            channel.queue_declare(name, durable=True, arguments=arguments, callback=declared)
+
+        def declared(frame: Any) -> None:
+            counted.append(frame.method.message_count)
+            probe[0].close()
+
+        def closed(_channel: Any, reason: BaseException) -> None:
+            if future.done():
+                return
+            if counted:
+                future.set_result(Declared(counted[0], None))
+            elif _other_arguments(reason):
+                text = reason.reply_text.removeprefix("PRECONDITION_FAILED - ")  # type: ignore[attr-defined]
+                self._channel.queue_declare(
+                    name,
+                    passive=True,
+                    callback=lambda frame: future.set_result(
+                        Declared(frame.method.message_count, text)
+                    ),
+                )
+            elif isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+                future.set_exception(refused_declare(name, reason, self.safe_url))
+            # else the connection is closing: its death fails the future
+
+        self._conn.channel(on_open_callback=self._guard(opened))
 
     def _consume_io(
         self, name: str, prefetch: int | None, tag: str | None, future: Future[Any]
@@ -196,20 +238,18 @@ class Link(Connection):
             callback=lambda _frame: None if future.done() else future.set_result(None),
         )
 
-    def _count_io(
-        self, queues: list[tuple[str, dict[str, Any] | None]], future: Future[Any]
-    ) -> None:
+    def _count_io(self, names: list[str], future: Future[Any]) -> None:
         counts: list[int] = []
 
         def counted(frame: Any) -> None:
             counts.append(frame.method.message_count)
-            if len(counts) == len(queues):
+            if len(counts) == len(names):
                 future.set_result(sum(counts))
 
-        if not queues:
+        if not names:
             future.set_result(0)
-        for name, arguments in queues:
-            self._channel.queue_declare(name, durable=True, arguments=arguments, callback=counted)
+        for name in names:
+            self._channel.queue_declare(name, passive=True, callback=counted)
 
     def _delete_io(self, name: str, future: Future[Any]) -> None:
         self._channel.queue_delete(name, callback=lambda _frame: future.set_result(None))

@@ -2,9 +2,13 @@
 message properties and dead-letter headers. No connection here, only functions of their
 arguments, so the wire format can be read, and tested, in one screen.
 
-Topology for a work queue ``Q``:
+Topology for a work queue ``Q``, each queue of the type asked for (`QueueType`, quorum by
+default) when this program creates it; a queue that exists already is used as it is:
 
-- ``Q``: durable classic queue; tasks are persistent, published with ``mandatory``.
+- ``Q``: durable; tasks are persistent, published with ``mandatory``. As a quorum queue it
+  also has a delivery limit (`DELIVERY_LIMIT`): a message handed out that many times and
+  never acked (its consumers keep dying before they can count it) is dead-lettered by the
+  broker itself to ``Q.dlq``, with reason ``delivery_limit`` in its ``x-death`` header.
 - ``Q.dlq``: dead letters, the original body with why in headers (``x-reason`` ...).
 - ``Q.wait.K``, K = 0 .. `LAST_WAIT_STEP`: where a failed task waits out its retry delay. A
   message there carries its delay as a per-message TTL; when it expires the queue
@@ -13,9 +17,14 @@ Topology for a work queue ``Q``:
   holds delays of one doubling step: ``Q.wait.0`` up to 1 s, ``Q.wait.K`` from 2**(K-1) to
   2**K seconds, and the last one every longer delay. A message then waits at most about twice
   its delay (behind a longer one of its step), whatever its attempt number, and the set of
-  wait queues stays fixed and small.
+  wait queues stays fixed and small. Quorum wait queues dead-letter "at least once": an
+  expired retry leaves its wait queue only once the work queue has confirmed it.
 - ``Q.replies.<id>``: one producer's results (``reply_to`` + ``correlation_id``, RabbitMQ's
-  RPC pattern); durable so a broker restart keeps them, deleted after 10 idle minutes. A
+  RPC pattern); durable so a broker restart keeps them, deleted after 10 idle minutes. Always
+  classic: a reply queue lives as long as one producer, on the node it is connected to, and
+  replicating it would double the cost of every result for a copy nobody reads after a
+  failover (the producer reconnects with the same reply queue only if its node comes back;
+  the ledger counts what a lost reply queue took with it). A
   worker publishes a result only to a reply queue of its own work queue (`is_reply_queue`):
   whoever may publish a task must not be able to make workers write into any other queue.
 """
@@ -32,9 +41,15 @@ from typing import Any, NamedTuple
 import pika
 from pika.spec import BasicProperties
 
+from common.defaults import QueueType
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult, encode, utcnow
 
 PERSISTENT = pika.DeliveryMode.Persistent
+#: Deliveries of one message a quorum work queue allows before it dead-letters the message
+#: itself (RabbitMQ 4.0's own default). Far above what a task meets in normal life (each
+#: lost connection or killed consumer hands its prefetched messages out again), it only
+#: stops a message that kills every consumer before the consumer can count the deaths.
+DELIVERY_LIMIT = 20
 REPLY_QUEUE_EXPIRES_MS = 600_000
 #: A dead letter keeps this much of the error's text (headers travel in every frame).
 ERROR_HEADER_CHARS = 4000
@@ -116,9 +131,49 @@ def wait_step(delay: float) -> int:
     return min(math.ceil(math.log2(ms / 1000)), LAST_WAIT_STEP)
 
 
-def wait_queue_arguments(work_queue: str) -> dict[str, Any]:
+def work_queue_arguments(
+    names: QueueNames, queue_type: QueueType, extra: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The work queue's arguments: its type's, plus the caller's (`extra`, e.g. a lesson's
+    ``x-single-active-consumer``). A classic work queue has none of its own, as before
+    queue types were chosen, so a queue an older version created is declared alike."""
+    if queue_type is QueueType.classic:
+        return extra
+    return {
+        **_quorum_dead_lettering(names.dlq),
+        "x-delivery-limit": DELIVERY_LIMIT,
+        **(extra or {}),
+    }
+
+
+def dlq_arguments(queue_type: QueueType) -> dict[str, Any] | None:
+    return None if queue_type is QueueType.classic else {"x-queue-type": "quorum"}
+
+
+def wait_queue_arguments(work_queue: str, queue_type: QueueType) -> dict[str, Any]:
     """A wait queue sends each message back to the work queue when its TTL runs out."""
-    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": work_queue}
+    if queue_type is QueueType.classic:
+        return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": work_queue}
+    return _quorum_dead_lettering(work_queue)
+
+
+def _quorum_dead_lettering(to_queue: str) -> dict[str, Any]:
+    """A quorum queue that dead-letters to `to_queue` at least once: the broker keeps a
+    message until `to_queue` has confirmed it (which needs ``reject-publish`` overflow)."""
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": to_queue,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def serves_as_wait_queue(mismatch: str) -> bool:
+    """Whether a wait queue that exists with other arguments (the broker's `mismatch`
+    text, which names the first argument that differs) still sends expired retries back:
+    not if it differs in where it dead-letters to."""
+    return "x-dead-letter-exchange" not in mismatch and "x-dead-letter-routing-key" not in mismatch
 
 
 def reply_queue_arguments() -> dict[str, Any]:
@@ -198,8 +253,14 @@ def letter_from(properties: BasicProperties, body: bytes, queue: str) -> DeadLet
     raises: a header left out gets its default; text that is not UTF-8 keeps its bytes as
     ``\\xNN`` escapes (pika hands such a header over as bytes, as it does a byte array); any
     other value is shown as Python prints it; an ``x-attempts`` that is not a whole count from
-    0 to 10**9 reads as `UNKNOWN_ATTEMPTS`; an unreadable time as now."""
+    0 to 10**9 reads as `UNKNOWN_ATTEMPTS`; an unreadable time as now.
+
+    A message the broker dead-lettered itself (a quorum work queue past its delivery limit)
+    has none of our headers but RabbitMQ's ``x-first-death-*`` ones: its reason is the
+    broker's (``delivery-limit``), its task id the message's id."""
     headers = properties.headers if isinstance(properties.headers, dict) else {}
+    if "x-reason" not in headers and "x-first-death-reason" in headers:
+        headers = _from_broker(headers, properties)
 
     def text(key: str, default: str = "") -> str:
         value = headers.get(key, default)
@@ -216,6 +277,25 @@ def letter_from(properties: BasicProperties, body: bytes, queue: str) -> DeadLet
         dead_lettered_at=_stamp(headers.get("x-dead-lettered-at")),
         body=body,
     )
+
+
+def _from_broker(headers: dict[str, Any], properties: BasicProperties) -> dict[str, Any]:
+    """RabbitMQ's dead-lettering headers, as the ones we write."""
+    reason = headers["x-first-death-reason"]
+    if isinstance(reason, bytes):
+        reason = reason.decode(errors="backslashreplace")
+    ours = {
+        "x-reason": str(reason).replace("_", "-"),
+        "x-error": f"dead-lettered by the broker: {reason}",
+        "x-attempts": UNKNOWN_ATTEMPTS,
+        "x-task-id": properties.message_id or "",
+    }
+    if headers.get("x-first-death-queue"):
+        ours["x-queue"] = headers["x-first-death-queue"]
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        ours["x-dead-lettered-at"] = deaths[0].get("time")
+    return {**headers, **ours}
 
 
 def _attempts(value: object) -> int:

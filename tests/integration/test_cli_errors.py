@@ -6,7 +6,6 @@ import socket
 import subprocess
 import time
 
-import pika
 import pytest
 
 from tests.helpers import run
@@ -226,26 +225,3 @@ def test_unknown_virtual_host_is_an_access_error(broker_url: str) -> None:
         "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
     )
     _one_line_error(completed, 1, "producer", "refused access to the virtual host")
-
-
-@pytest.mark.parametrize("prog", ["producer", "consumer"])
-def test_queue_declared_as_quorum_elsewhere_is_a_mismatch(
-    prog: str, broker_url: str, queue_name: str
-) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
-    try:
-        connection.channel().queue_declare(
-            queue_name, durable=True, arguments={"x-queue-type": "quorum"}
-        )
-        completed = run(
-            prog,
-            "--backend",
-            "rabbitmq",
-            "--queue",
-            queue_name,
-            *(["--count", "1"] if prog == "producer" else []),
-        )
-        _one_line_error(completed, 1, prog, "queue exists with other arguments", "x-queue-type")
-    finally:
-        connection.channel().queue_delete(queue_name)
-        connection.close()

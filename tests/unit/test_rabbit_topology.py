@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from pika.spec import BasicProperties
 
+from common.defaults import QueueType
 from common.rabbitmq import topology
 from common.rabbitmq.topology import QueueNames, letter_from
 from common.schemas import DeadLetter, TaskEnvelope, utcnow
@@ -100,10 +101,64 @@ def test_queue_names() -> None:
     waits = [f"work.wait.{step}" for step in range(topology.LAST_WAIT_STEP + 1)]
     assert names.wait_queues() == waits
     assert names.with_companions() == ["work", "work.dlq", *waits]
-    assert topology.wait_queue_arguments("work") == {
+
+
+def test_classic_queues_are_declared_as_before_queue_types_were_chosen() -> None:
+    names = QueueNames("work")
+    assert topology.work_queue_arguments(names, QueueType.classic) is None
+    assert topology.work_queue_arguments(names, QueueType.classic, {"x-a": 1}) == {"x-a": 1}
+    assert topology.dlq_arguments(QueueType.classic) is None
+    assert topology.wait_queue_arguments("work", QueueType.classic) == {
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": "work",
     }
+
+
+def test_quorum_queues_dead_letter_at_least_once_and_limit_deliveries() -> None:
+    names = QueueNames("work")
+    at_least_once = {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    work = topology.work_queue_arguments(
+        names, QueueType.quorum, {"x-single-active-consumer": True}
+    )
+    assert work == {
+        **at_least_once,
+        "x-dead-letter-routing-key": "work.dlq",  # past its delivery limit
+        "x-delivery-limit": topology.DELIVERY_LIMIT,
+        "x-single-active-consumer": True,
+    }
+    assert topology.wait_queue_arguments("work", QueueType.quorum) == {
+        **at_least_once,
+        "x-dead-letter-routing-key": "work",  # expired retries go back
+    }
+    assert topology.dlq_arguments(QueueType.quorum) == {"x-queue-type": "quorum"}
+
+
+def test_a_message_the_broker_dead_lettered_reads_as_a_dead_letter_with_its_reason() -> None:
+    died = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    headers = {
+        "x-first-death-reason": "delivery_limit",
+        "x-first-death-queue": "work",
+        "x-first-death-exchange": "",
+        "x-death": [{"reason": "delivery_limit", "queue": "work", "count": 1, "time": died}],
+    }
+    props = _over_the_wire(BasicProperties(headers=headers, message_id="t-1"))
+    letter = letter_from(props, b"{}", "fallback")
+    assert (letter.reason, letter.queue, letter.task_id) == ("delivery-limit", "work", "t-1")
+    assert letter.attempts == topology.UNKNOWN_ATTEMPTS
+    assert "delivery_limit" in letter.error
+    assert letter.dead_lettered_at == died
+
+
+def test_a_wait_queue_that_dead_letters_elsewhere_cannot_serve() -> None:
+    other_type = "inequivalent arg 'x-queue-type' for queue 'q.wait.0' in vhost '/'"
+    other_target = "inequivalent arg 'x-dead-letter-routing-key' for queue 'q.wait.0'"
+    assert topology.serves_as_wait_queue(other_type)
+    assert not topology.serves_as_wait_queue(other_target)
 
 
 @pytest.mark.parametrize(
