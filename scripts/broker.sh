@@ -4,6 +4,7 @@
 #   scripts/broker.sh start    start it (no-op when it already answers) and wait for AMQP
 #   scripts/broker.sh stop     stop it (no-op when it is not running)
 #   scripts/broker.sh status   one line; exit 0 when AMQP answers on 127.0.0.1:5672
+#   scripts/broker.sh install  apt-install Debian's rabbitmq-server when missing (root); no start
 #
 # Where a Docker engine answers (`docker info`), the `rabbitmq` service of docker-compose.yml
 # is used. Otherwise Debian's rabbitmq-server is used (installed with apt-get when missing and
@@ -295,8 +296,9 @@ case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
+    install) ensure_installed ;;
     *)
-        echo "usage: $0 start|stop|status" >&2
+        echo "usage: $0 start|stop|status|install" >&2
         exit 2
         ;;
 esac
