@@ -31,12 +31,12 @@
 #   CLUSTER_DIR=/var/tmp/taskshuttle-cluster   state folder (config, cookie, Mnesia, logs)
 #   CLUSTER_WAIT=120                           seconds `start`/`start-node` wait at most
 #
-# Timings on a 2-core machine busy with other test runs (load average 3-6):
-#   start, from nothing (empty CLUSTER_DIR):     about 30 s (boot in parallel, then two joins)
-#   start, all three stopped (kept Mnesia):      about 15 s
-#   start, already running and clustered:        about 2 s (three AMQP probes, one CLI call)
-#   kill N + start-node N:                       about 8 s
-#   stop:                                        about 6 s
+# Timings on a 2-core machine busy with other test runs (load average 4-8):
+#   start, from nothing (empty CLUSTER_DIR):     34-35 s (three boots in parallel, two joins)
+#   start, all three stopped (Mnesia kept):      18-21 s
+#   start, already running and clustered:        1.2-2.3 s (three AMQP probes, one CLI call)
+#   kill N: 0.2 s; start-node N after it:        8-14 s
+#   stop:                                        6 s
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
