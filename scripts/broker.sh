@@ -17,6 +17,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 COMPOSE_FILE="$ROOT/docker-compose.yml"
+# shellcheck source=lib/amqp.sh
+source "$ROOT/scripts/lib/amqp.sh"
 HOST=127.0.0.1
 PORT=5672
 WAIT="${BROKER_WAIT:-90}"
@@ -38,16 +40,9 @@ die() {
 
 # --- probes ----------------------------------------------------------------------------------
 
-# True when something on HOST:PORT answers the AMQP 0-9-1 protocol header with a frame
-# (Connection.Start begins with frame type 1). Plain bash and coreutils: no client needed.
+# True when something on HOST:PORT answers AMQP (see scripts/lib/amqp.sh).
 amqp_ok() {
-    local first
-    first="$(timeout 3 bash -c '
-        exec 3<>"/dev/tcp/$0/$1" || exit 1
-        printf "AMQP\000\000\011\001" >&3
-        head -c 1 <&3 | od -An -tx1
-    ' "$HOST" "$PORT" 2>/dev/null)" || return 1
-    [[ "${first// /}" == "01" ]]
+    amqp_answers "$HOST" "$PORT"
 }
 
 docker_engine() {

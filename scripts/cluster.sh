@@ -40,6 +40,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=lib/amqp.sh
+source "$ROOT/scripts/lib/amqp.sh"
 BIN=/usr/lib/rabbitmq/bin
 SHARED_COOKIE=/var/lib/rabbitmq/.erlang.cookie
 HOST=127.0.0.1
@@ -119,15 +121,9 @@ cli() {
 
 # --- probes ----------------------------------------------------------------------------------
 
-# True when 127.0.0.1:PORT answers the AMQP 0-9-1 header with a frame (as in broker.sh).
+# True when node N answers AMQP on its port (see scripts/lib/amqp.sh).
 amqp_ok() {
-    local first
-    first="$(timeout 3 bash -c '
-        exec 3<>"/dev/tcp/$0/$1" || exit 1
-        printf "AMQP\000\000\011\001" >&3
-        head -c 1 <&3 | od -An -tx1
-    ' "$HOST" "$(amqp_port "$1")" 2>/dev/null)" || return 1
-    [[ "${first// /}" == "01" ]]
+    amqp_answers "$HOST" "$(amqp_port "$1")"
 }
 
 # The pid of node N's Erlang VM, when it runs (read from its pid file, checked in /proc).

@@ -16,6 +16,7 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
+from tests.chaos_amqp import publish, take
 from tests.helpers import wait_until
 from tests.rabbit_cluster import NODES, SCRIPT, Cluster
 
@@ -112,17 +113,8 @@ def test_confirmed_messages_survive_sigkill_of_the_leader(
     bodies = {f"task-{i}".encode() for i in range(MESSAGES)}
     # Publish through a node that is not the leader, so the connection outlives the kill.
     survivor = next(n for n in NODES if n != leader)
-    with channel_on(cluster.url_of(survivor)) as ch:
-        ch.confirm_delivery()
-        for body in sorted(bodies):
-            # Raises on a nack or an unroutable message: every one returned is confirmed.
-            ch.basic_publish(
-                "",
-                cluster_queue,
-                body,
-                pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent),
-                mandatory=True,
-            )
+    # Persistent, mandatory, with confirms: returns once the cluster has stored every one.
+    publish(cluster.url_of(survivor), cluster_queue, sorted(bodies), timeout=120)
 
     cluster.kill(leader)
     try:
@@ -135,14 +127,8 @@ def test_confirmed_messages_survive_sigkill_of_the_leader(
             return counts[-1] == MESSAGES
 
         assert wait_until(all_there, timeout=60, interval=0.5), f"counts seen: {counts[-5:]}"
-        got = set()
-        with channel_on(cluster.url_of(survivor)) as ch:
-            while True:
-                method, _props, body = ch.basic_get(cluster_queue, auto_ack=True)
-                if method is None:
-                    break
-                got.add(body)
-        assert got == bodies
+        got = take(cluster.url_of(survivor), cluster_queue)
+        assert got is not None and sorted(got) == sorted(bodies)
         new_leader = cluster.leader_of(cluster_queue)
         assert new_leader != leader
     finally:
