@@ -4,6 +4,7 @@
 #   scripts/broker.sh start    start it (no-op when it already answers) and wait for AMQP
 #   scripts/broker.sh stop     stop it (no-op when it is not running)
 #   scripts/broker.sh status   one line; exit 0 when AMQP answers on 127.0.0.1:5672
+#   scripts/broker.sh install  apt-install Debian's rabbitmq-server when missing (root); no start
 #
 # Where a Docker engine answers (`docker info`), the `rabbitmq` service of docker-compose.yml
 # is used. Otherwise Debian's rabbitmq-server is used (installed with apt-get when missing and
@@ -16,6 +17,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 COMPOSE_FILE="$ROOT/docker-compose.yml"
+# shellcheck source=lib/amqp.sh
+source "$ROOT/scripts/lib/amqp.sh"
 HOST=127.0.0.1
 PORT=5672
 WAIT="${BROKER_WAIT:-90}"
@@ -37,16 +40,9 @@ die() {
 
 # --- probes ----------------------------------------------------------------------------------
 
-# True when something on HOST:PORT answers the AMQP 0-9-1 protocol header with a frame
-# (Connection.Start begins with frame type 1). Plain bash and coreutils: no client needed.
+# True when something on HOST:PORT answers AMQP (see scripts/lib/amqp.sh).
 amqp_ok() {
-    local first
-    first="$(timeout 3 bash -c '
-        exec 3<>"/dev/tcp/$0/$1" || exit 1
-        printf "AMQP\000\000\011\001" >&3
-        head -c 1 <&3 | od -An -tx1
-    ' "$HOST" "$PORT" 2>/dev/null)" || return 1
-    [[ "${first// /}" == "01" ]]
+    amqp_answers "$HOST" "$PORT"
 }
 
 docker_engine() {
@@ -295,8 +291,9 @@ case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
+    install) ensure_installed ;;
     *)
-        echo "usage: $0 start|stop|status" >&2
+        echo "usage: $0 start|stop|status|install" >&2
         exit 2
         ;;
 esac

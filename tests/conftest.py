@@ -14,6 +14,7 @@ import pytest
 from common.backend import ProducerBackend
 from common.defaults import QueueType
 from common.settings import DEFAULT_AMQP_URL
+from tests.rabbit_node import RABBITMQ_BIN, rabbitmq_available
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BROKER_URL = os.environ.get("AMQP_URL", DEFAULT_AMQP_URL)
@@ -37,6 +38,16 @@ def require_broker(url: str = BROKER_URL) -> str:
     if IN_CI:
         pytest.fail(f"CI=true and {reason}")
     pytest.skip(reason)
+
+
+def require_rabbitmq_server() -> None:
+    """Skip (outside CI) or fail (in CI) unless Debian's RabbitMQ scripts are installed, which
+    a node of a test's own (or the local cluster of scripts/cluster.sh) needs."""
+    if not rabbitmq_available():
+        reason = f"{RABBITMQ_BIN / 'rabbitmq-server'} is absent (scripts/broker.sh installs it)"
+        if IN_CI:
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
 
 
 @pytest.fixture

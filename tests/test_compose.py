@@ -19,6 +19,8 @@ from jsonschema import validators
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
+CLUSTER_SERVICES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
+BROKER_SERVICES = ("rabbitmq", *CLUSTER_SERVICES)
 SHARED_SCHEMA = Path(__file__).resolve().parents[2] / "shared/data/compose-spec.json"
 LOCAL_SCHEMA = Path(__file__).resolve().parent / "data/compose-spec.json"
 
@@ -157,8 +159,9 @@ def test_short_port_syntax_parsing() -> None:
 # --- what the project needs from its compose file ----------------------------------------------
 
 
-def test_rabbitmq_image_is_pinned_management(services: dict[str, Any]) -> None:
-    image = services["rabbitmq"]["image"]
+@pytest.mark.parametrize("name", BROKER_SERVICES)
+def test_rabbitmq_image_is_pinned_management(services: dict[str, Any], name: str) -> None:
+    image = services[name]["image"]
     name, _, tag = image.rpartition("/")[2].partition(":")
     assert name == "rabbitmq", image
     assert tag and tag != "latest", f"unpinned image {image!r}"
@@ -166,9 +169,10 @@ def test_rabbitmq_image_is_pinned_management(services: dict[str, Any]) -> None:
     assert pinned, f"want rabbitmq:X.Y.Z-management, got {image!r}"
 
 
-def test_rabbitmq_has_healthcheck(services: dict[str, Any]) -> None:
-    check = services["rabbitmq"].get("healthcheck")
-    assert check, "rabbitmq needs a healthcheck for depends_on: service_healthy"
+@pytest.mark.parametrize("name", BROKER_SERVICES)
+def test_rabbitmq_has_healthcheck(services: dict[str, Any], name: str) -> None:
+    check = services[name].get("healthcheck")
+    assert check, f"{name} needs a healthcheck for depends_on: service_healthy"
     assert not check.get("disable", False)
     test = check["test"]
     command = " ".join(test) if isinstance(test, list) else str(test)
@@ -230,3 +234,107 @@ def test_commands_use_the_rabbitmq_backend(services: dict[str, Any]) -> None:
 
 def test_producer_is_not_started_by_plain_up(services: dict[str, Any]) -> None:
     assert services["producer"].get("profiles"), "producer should sit behind a profile"
+
+
+# --- the `cluster` profile: three clustered brokers --------------------------------------------
+
+
+def _host_path(compose: dict[str, Any], kind: str, name: str) -> Path:
+    """The file behind a top-level `secrets:` or `configs:` entry (relative to the compose
+    file)."""
+    entry = (compose.get(kind) or {}).get(name)
+    assert entry and entry.get("file"), f"{kind}.{name} must name a file"
+    return (COMPOSE_FILE.parent / entry["file"]).resolve()
+
+
+def _sources(service: dict[str, Any], kind: str) -> list[str]:
+    return [item if isinstance(item, str) else item["source"] for item in service.get(kind) or []]
+
+
+def test_cluster_nodes_use_the_single_broker_image(services: dict[str, Any]) -> None:
+    for name in CLUSTER_SERVICES:
+        assert services[name]["image"] == services["rabbitmq"]["image"], name
+
+
+def test_cluster_sits_behind_its_profile(services: dict[str, Any]) -> None:
+    for name in CLUSTER_SERVICES:
+        assert services[name].get("profiles") == ["cluster"], name
+    # Plain `docker compose up` is unchanged: nothing else joins the profile.
+    others = [n for n, s in services.items() if "cluster" in (s.get("profiles") or [])]
+    assert sorted(others) == sorted(CLUSTER_SERVICES)
+    assert not services["rabbitmq"].get("profiles")
+
+
+def test_cluster_ports_are_distinct_from_each_other_and_the_single_broker(
+    services: dict[str, Any],
+) -> None:
+    seen: dict[str, str] = {}
+    for name in BROKER_SERVICES:
+        for port in services[name].get("ports") or []:
+            _, published = _published(port)
+            assert published, f"{name}: {port!r} publishes no fixed host port"
+            assert published not in seen, f"{name} and {seen[published]} both publish {published}"
+            seen[published] = name
+    amqp = {name: {_published(p)[1] for p in services[name]["ports"]} for name in CLUSTER_SERVICES}
+    for n, name in enumerate(CLUSTER_SERVICES, start=1):
+        assert str(5680 + n) in amqp[name], f"{name} should publish AMQP on {5680 + n}"
+
+
+def test_cluster_services_share_one_cookie(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    secrets = {name: tuple(_sources(services[name], "secrets")) for name in CLUSTER_SERVICES}
+    assert len(set(secrets.values())) == 1, secrets
+    (sources,) = set(secrets.values())
+    assert len(sources) == 1, f"one cookie secret expected, got {sources}"
+    cookie_file = _host_path(compose, "secrets", sources[0])
+    cookie = cookie_file.read_text(encoding="ascii").strip()
+    assert re.fullmatch(r"[A-Za-z0-9]{20,255}", cookie), f"{cookie_file}: not a usable cookie"
+    for name in CLUSTER_SERVICES:
+        service = services[name]
+        # The cookie reaches RabbitMQ as a file, not through the deprecated variable.
+        assert "RABBITMQ_ERLANG_COOKIE" not in _environment(service), name
+        entrypoint = service.get("entrypoint")
+        command = " ".join(entrypoint) if isinstance(entrypoint, list) else str(entrypoint)
+        assert f"/run/secrets/{sources[0]}" in command, f"{name}: the cookie is never installed"
+        assert "/var/lib/rabbitmq/.erlang.cookie" in command, name
+        assert "-m 0400" in command and "-o rabbitmq" in command, name
+        assert "exec docker-entrypoint.sh" in command, f"{name}: the image's entrypoint must run"
+
+
+def test_cluster_services_list_each_other_as_peers(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    configs = {name: tuple(_sources(services[name], "configs")) for name in CLUSTER_SERVICES}
+    assert len(set(configs.values())) == 1 and len(configs["rabbitmq-1"]) == 1, configs
+    conf_file = _host_path(compose, "configs", configs["rabbitmq-1"][0])
+    settings = {}
+    for line in conf_file.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    assert settings.get("cluster_formation.peer_discovery_backend") in (
+        "classic_config",
+        "rabbit_peer_discovery_classic_config",
+    )
+    peers = {v for k, v in settings.items() if k.startswith("cluster_formation.classic_config.")}
+    # Each node is rabbit@<hostname>, and the hostname is the service name, which the compose
+    # network resolves.
+    for name in CLUSTER_SERVICES:
+        assert services[name].get("hostname") == name
+        assert not _environment(services[name]).get("RABBITMQ_NODENAME"), name
+    assert peers == {f"rabbit@{name}" for name in CLUSTER_SERVICES}
+    for name in CLUSTER_SERVICES:
+        targets = [c.get("target") for c in services[name]["configs"] if isinstance(c, dict)]
+        assert targets and all(t.startswith("/etc/rabbitmq/conf.d/") for t in targets), name
+
+
+def test_cluster_nodes_keep_their_data_apart(services: dict[str, Any]) -> None:
+    data = {}
+    for name in BROKER_SERVICES:
+        mounts = [str(v).split(":")[0] for v in services[name].get("volumes") or []]
+        targets = [str(v).split(":")[1] for v in services[name].get("volumes") or []]
+        assert "/var/lib/rabbitmq" in targets, f"{name} keeps no data volume"
+        data[name] = mounts[targets.index("/var/lib/rabbitmq")]
+    assert len(set(data.values())) == len(BROKER_SERVICES), data

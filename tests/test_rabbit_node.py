@@ -9,7 +9,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.fault.conftest import require_rabbitmq_server
+from tests.conftest import require_rabbitmq_server
 from tests.rabbit_node import (
     RabbitNode,
     free_port,

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.busy import start_busy, stop_busy
-from tests.conftest import IN_CI
-from tests.rabbit_node import RABBITMQ_BIN, RabbitNode, free_port, rabbitmq_available
+from tests.conftest import require_rabbitmq_server
+from tests.rabbit_node import RabbitNode, free_port
 
 BUSY_ENV = "TASKSHUTTLE_TEST_BUSY"
 
@@ -40,16 +40,6 @@ def _busy_machine() -> Iterator[int]:
     finally:
         stuck = stop_busy(procs)
         assert not stuck, f"busy loops {stuck} did not die on SIGKILL"
-
-
-def require_rabbitmq_server() -> None:
-    """Skip (outside CI) or fail (in CI) unless Debian's RabbitMQ scripts are installed, which
-    a node of a test's own needs."""
-    if not rabbitmq_available():
-        reason = f"{RABBITMQ_BIN / 'rabbitmq-server'} is absent (scripts/broker.sh installs it)"
-        if IN_CI:
-            pytest.fail(f"CI=true and {reason}")
-        pytest.skip(reason)
 
 
 @pytest.fixture

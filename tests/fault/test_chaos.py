@@ -19,9 +19,8 @@ import pytest
 
 from tests import chaos_hostile
 from tests.chaos_plan import WEIGHTS, make_plan
-from tests.conftest import IN_CI
+from tests.conftest import require_rabbitmq_server
 from tests.helpers import ROOT
-from tests.rabbit_node import RABBITMQ_BIN, rabbitmq_available
 
 SECONDS = 70
 DRAIN = 60
@@ -52,11 +51,7 @@ def _interrupt(harness: subprocess.Popen[str]) -> tuple[str, str]:
 
 @pytest.mark.timeout(HARNESS_LIMIT + 180)
 def test_chaos_run_loses_no_confirmed_task_and_the_consumer_stays_up(tmp_path: Path) -> None:
-    if not rabbitmq_available():
-        reason = f"{RABBITMQ_BIN / 'rabbitmq-server'} is absent (scripts/broker.sh installs it)"
-        if IN_CI:
-            pytest.fail(f"CI=true and {reason}")
-        pytest.skip(reason)
+    require_rabbitmq_server()
     command = [sys.executable, "-m", "tests.chaos", "--seconds", str(SECONDS), "--seed", str(SEED)]
     command += ["--drain", str(DRAIN), "--json", "--workdir", str(tmp_path / "chaos")]
     harness = subprocess.Popen(

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from common.rabbitmq import RabbitBackend
-from tests.fault.conftest import require_rabbitmq_server
+from tests.conftest import require_rabbitmq_server
 from tests.helpers import (
     children_of,
     finish,

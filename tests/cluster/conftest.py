@@ -1,0 +1,60 @@
+"""Fixtures of the cluster suite: the local three-node RabbitMQ cluster of scripts/cluster.sh.
+
+The session fixture ``cluster`` starts it (a no-op when it already runs clustered) and stops it
+at the end only when it was not already running healthy before the session. A test that kills
+or stops a node starts it again itself; ``healthy_cluster`` also restarts any node left down
+before the test that asks for it. Without RabbitMQ's scripts the suite skips, except under
+``CI=true``, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pika
+import pytest
+from pika.exceptions import AMQPError
+
+from tests.conftest import require_rabbitmq_server
+from tests.rabbit_cluster import Cluster
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    require_rabbitmq_server()
+    cluster = Cluster()
+    was_healthy = cluster.healthy()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        if not was_healthy:
+            cluster.stop()
+
+
+@pytest.fixture
+def healthy_cluster(cluster: Cluster) -> Cluster:
+    """The cluster with all three nodes running (any node left down is started again)."""
+    for n, up in cluster.running().items():
+        if not up:
+            cluster.start_node(n)
+    return cluster
+
+
+@pytest.fixture
+def cluster_queue(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[str]:
+    """A queue name of this test's own; the queue is deleted afterwards, through whichever
+    node answers."""
+    name = f"test.cluster.{request.node.name[:40]}.{uuid.uuid4().hex[:8]}"
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    yield name
+    for url in cluster.urls:
+        try:
+            params = pika.URLParameters(url)
+            params.socket_timeout = params.blocked_connection_timeout = 10
+            with pika.BlockingConnection(params) as conn:
+                conn.channel().queue_delete(name)
+            return
+        except AMQPError:
+            continue
