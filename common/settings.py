@@ -34,6 +34,7 @@ __all__ = [
     "describe_error",
     "load_settings",
     "redact_url",
+    "split_urls",
 ]
 
 
@@ -42,13 +43,25 @@ __all__ = [
 _UNSAFE_IN_USERINFO = "/?#"
 
 
+def split_urls(urls: str) -> list[str]:
+    """The broker URLs of a comma-separated list (one cluster's nodes), blanks dropped. A
+    comma inside a URL's password or query must be written ``%2C``."""
+    return [url.strip() for url in urls.split(",") if url.strip()]
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for logs and error messages.
+    """The URL (or each of a comma-separated list) with its password replaced by ``***``,
+    for logs and error messages.
 
     The credentials are everything between ``//`` and the last ``@``. When they hold an
     unencoded ``/``, ``?`` or ``#``, which part is the user cannot be known safely, so all
     of them become ``***``: a password is never printed, whole or in part.
     """
+    if "," in url:
+        urls = split_urls(url)
+        if not all("://" in one for one in urls):
+            return "***"  # a comma inside the credentials: no part of it is safe to print
+        return ",".join(redact_url(one) for one in urls)
     scheme, slashes, rest = url.partition("//")
     credentials, at, host = rest.rpartition("@")
     if not slashes or not at:
@@ -61,7 +74,21 @@ def redact_url(url: str) -> str:
 
 def check_amqp_url(url: str) -> str:
     """Reject what pika would choke on later with a cryptic error (or a traceback): the
-    URL is parsed here by pika's own `URLParameters`, query values included."""
+    URL (each URL of a comma-separated list) is parsed here by pika's own `URLParameters`,
+    query values included."""
+    urls = split_urls(url)
+    if not urls:
+        raise ValueError("no AMQP URL given")
+    if len(urls) > 1:
+        if not all("://" in one for one in urls):
+            raise ValueError(
+                "malformed AMQP URL list: each comma-separated item must be a whole URL "
+                "(a comma in a password is written %2C)"
+            )
+        for one in urls:
+            check_amqp_url(one)
+        return ",".join(urls)
+    url = urls[0]
     safe = redact_url(url)
     credentials = url.partition("//")[2].rpartition("@")[0]
     if any(c in credentials for c in _UNSAFE_IN_USERINFO):

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from common.errors import ConfigError
-from common.settings import Settings, load_settings, redact_url
+from common.settings import Settings, load_settings, redact_url, split_urls
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -106,3 +106,37 @@ def test_settings_built_from_values_read_no_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv("TASKSHUTTLE_WORKERS", "0")
     monkeypatch.setenv("AMQP_URL", "garbage")
     assert Settings(queue="q").workers == 2
+
+
+def test_a_comma_separated_list_names_a_cluster_s_nodes() -> None:
+    urls = " amqp://u:secret@n1:5681/%2F , amqp://u:secret@n2:5682/%2F,"
+    settings = Settings(amqp_url=urls)
+    assert settings.amqp_url == "amqp://u:secret@n1:5681/%2F,amqp://u:secret@n2:5682/%2F"
+    assert split_urls(settings.amqp_url) == [
+        "amqp://u:secret@n1:5681/%2F",
+        "amqp://u:secret@n2:5682/%2F",
+    ]
+    assert settings.safe_url == "amqp://u:***@n1:5681/%2F,amqp://u:***@n2:5682/%2F"
+
+
+@pytest.mark.parametrize(
+    ("urls", "said"),
+    [
+        ("amqp://u:p@n1/,http://n2/", "scheme must be amqp:// or amqps://"),
+        ("amqp://u:p@n1/,amqp://u:p@n2:0/", "port 0"),
+        (" , ", "no AMQP URL given"),
+    ],
+)
+def test_each_url_of_a_list_is_checked(urls: str, said: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(amqp_url=urls)
+    assert said in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_comma_inside_a_password_never_prints_any_of_it() -> None:
+    url = "amqp://guest:s3cr,etZ@host/%2F"
+    with pytest.raises(ConfigError) as error:
+        load_settings(amqp_url=url)
+    assert "%2C" in str(error.value)
+    assert "s3cr" not in str(error.value) and "etZ" not in str(error.value)
+    assert "s3cr" not in redact_url(url) and "etZ" not in redact_url(url)

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -38,12 +40,31 @@ from common.rabbitmq.link import Link
 from common.rabbitmq.reconnect import RETRYABLE, Reconnect, StopFlag
 from common.rabbitmq.topology import Message, QueueNames
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult, decode_result
-from common.settings import redact_url
+from common.settings import redact_url, split_urls
 
 log = logging.getLogger("taskshuttle.rabbitmq")
 
 #: How long `close` waits for results' confirms, so their tasks' acks go out first.
 CLOSE_SETTLE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One broker address: a cluster has several, and a backend is on one at a time."""
+
+    params: pika.URLParameters
+    safe_url: str
+
+
+def _node(url: str, attempt_timeout: float) -> Node:
+    safe_url = redact_url(url)
+    try:
+        params = pika.URLParameters(url)
+    except Exception as exc:  # pika says ValueError, or worse, for a bad query value
+        raise ConfigError(f"malformed AMQP URL {safe_url!r}: {exc}") from None
+    params.connection_attempts = 1  # the retries are ours (`Reconnect`), over every node
+    params.socket_timeout = attempt_timeout
+    return Node(params, safe_url)
 
 
 class RabbitBackend(Backend):
@@ -93,18 +114,24 @@ class RabbitBackend(Backend):
         #: Messages published again after a dropped connection (each may be a duplicate).
         self.republished = 0
         self.safe_url = redact_url(url)
-        try:
-            self._params = pika.URLParameters(url)
-        except Exception as exc:  # pika says ValueError, or worse, for a bad query value
-            raise ConfigError(f"malformed AMQP URL {self.safe_url!r}: {exc}") from None
-        self._params.connection_attempts = 1
-        self._params.socket_timeout = attempt_timeout
+        self._nodes = [_node(one, attempt_timeout) for one in split_urls(url)]
+        if not self._nodes:
+            raise ConfigError("no AMQP URL given")
+        #: The node the next connection tries first: a random one at start, so the
+        #: consumers of one cluster spread over its nodes instead of all taking the first.
+        self._next_node = random.randrange(len(self._nodes))
+        self._node = self._nodes[self._next_node]
         self._attempt_timeout = attempt_timeout
         self._reconnect = Reconnect(wait_for_broker, max_reconnect_delay, clock, stop=stop)
         self._consuming = False
         self._replies = ReplyCheck(self.names)
         self.reply_queue = self.names.new_replies() if want_results else None
         self._link = self._first_link()
+
+    @property
+    def connected_to(self) -> str:
+        """The node this backend is (or was last) connected to, password hidden."""
+        return self._node.safe_url
 
     # -- connection ----------------------------------------------------------------------
     def _first_link(self) -> Link:
@@ -115,12 +142,15 @@ class RabbitBackend(Backend):
             self._reconnect.failed(error)  # raises if the policy does not wait
             link = self._reconnect.run(self._connect, error, wait=None)
         assert link is not None  # without `wait`, it raises rather than give up
-        log.warning("connected to %s", self.safe_url)
+        log.warning("connected to %s", self._node.safe_url)
         return link
 
     def _connect(self) -> Link:
         """A new link with this backend's queues declared and its consumer registered."""
-        link = Link(self._params, self.safe_url, self.queue_name)
+        node = self._nodes[self._next_node]
+        # The next attempt (after a failure or a loss) goes to the next node in the list.
+        self._next_node = (self._next_node + 1) % len(self._nodes)
+        link = Link(node.params, node.safe_url, self.queue_name)
         link.open(self._attempt_timeout)
         try:
             self._declare(link, self.queue_name, self.queue_arguments)
@@ -133,6 +163,7 @@ class RabbitBackend(Backend):
         except BaseException:
             link.close()
             raise
+        self._node = node
         return link
 
     def _declare(self, link: Link, name: str, arguments: dict[str, Any] | None) -> None:
@@ -164,7 +195,7 @@ class RabbitBackend(Backend):
             return None
         self._link = relinked
         self.reconnects += 1
-        log.warning("reconnected to %s", self.safe_url)
+        log.warning("reconnected to %s", self._node.safe_url)
         return relinked
 
     def _link_now(self) -> Link:
@@ -176,7 +207,7 @@ class RabbitBackend(Backend):
     def _side_link(self) -> Iterator[Link]:
         """A short-lived second connection, so admin work never touches the work channel
         (closing it gives back whatever it got and did not ack, in order)."""
-        link = Link(self._params, self.safe_url, f"{self.queue_name}-admin")
+        link = Link(self._node.params, self._node.safe_url, f"{self.queue_name}-admin")
         link.open(self._attempt_timeout)
         try:
             yield link

@@ -57,7 +57,10 @@ class Batch:
         try:
             self.future.result(timeout)
         except FutureTimeout:
-            raise BrokerError(f"broker at {safe_url} did not confirm within {timeout:g}s") from None
+            raise BrokerError(
+                f"broker at {safe_url} did not confirm within {timeout:g}s (a quorum queue "
+                "stores nothing while most of its nodes are down)"
+            ) from None
         except ConnectionLost:
             return False
         if self.failures:

@@ -16,6 +16,7 @@ import pika
 import pytest
 from pika.exceptions import AMQPError
 
+from common.rabbitmq.topology import QueueNames
 from tests.conftest import require_rabbitmq_server
 from tests.rabbit_cluster import Cluster
 
@@ -54,7 +55,9 @@ def cluster_queue(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[
             params = pika.URLParameters(url)
             params.socket_timeout = params.blocked_connection_timeout = 10
             with pika.BlockingConnection(params) as conn:
-                conn.channel().queue_delete(name)
+                channel = conn.channel()
+                for queue in QueueNames(name).with_companions():
+                    channel.queue_delete(queue)
             return
         except AMQPError:
             continue
