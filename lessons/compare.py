@@ -256,7 +256,9 @@ def render(result: Compare) -> None:
     if "rabbitmq" in by:
         notes.append(
             "rabbitmq: the broker requeued every delivery the dead worker had not acked (the "
-            "task in hand and its prefetch), flagged redelivered. The producer sent, confirmed "
+            "task in hand and its prefetch), flagged redelivered; on a quorum queue (the "
+            "default) each return also counts toward the message's delivery limit, so a task "
+            "that kept killing its workers would end in the DLQ. The producer sent, confirmed "
             "and exited; the work waited in the broker for the consumers."
         )
     show.note(" ".join(notes))
