@@ -123,7 +123,8 @@ def test_killing_the_work_queue_s_leader_while_5000_tasks_flow_loses_none(
     moved = sum(err.count("reconnected to") for _, _, err in ends)
     print(
         f"\n[leader killed] sent={summary['sent']} ledger={json.dumps(ledger)} "
-        f"workers that moved to another node: {moved} of 4"
+        f"workers that moved to another node: {moved} of 4, "
+        f"worst task latency {summary['latency_ms']['max']} ms"
     )
     assert summary["sent"] == 5000 and ledger["lost"] == 0
     assert summary["done"] == 5000
