@@ -26,12 +26,13 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 SETTLE_AFTER_DECLARE = 1.5
 
 
-def _declare_on(cluster: Cluster, node: int, queue: str) -> None:
-    """Declare the queue (and its companions) through `node`: a quorum queue's first leader
-    is the node its declaring client is connected to."""
+def _declare_on(cluster: Cluster, node: int, queue: str) -> int:
+    """Declare the queue (and its companions) through `node` (a quorum queue's first leader
+    is the node its declaring client is connected to); the node that leads it."""
     with RabbitBackend(cluster.url_of(node), queue):
         pass
     time.sleep(SETTLE_AFTER_DECLARE)
+    return cluster.leader_of(queue)
 
 
 def _others(node: int) -> list[int]:
@@ -46,8 +47,7 @@ def test_a_worker_whose_node_is_killed_goes_on_on_another_node(
     healthy_cluster: Cluster, cluster_queue: str
 ) -> None:
     cluster = healthy_cluster
-    _declare_on(cluster, 1, cluster_queue)
-    leader = cluster.leader_of(cluster_queue)
+    leader = _declare_on(cluster, 1, cluster_queue)
     on_leader = None
     for _ in range(40):  # the node a backend starts on is random: take one on the leader
         candidate = RabbitBackend(cluster.url, cluster_queue, wait_for_broker=60)
@@ -95,8 +95,7 @@ def test_killing_the_work_queue_s_leader_while_5000_tasks_flow_loses_none(
     healthy_cluster: Cluster, cluster_queue: str
 ) -> None:
     cluster = healthy_cluster
-    _declare_on(cluster, 1, cluster_queue)
-    leader = cluster.leader_of(cluster_queue)
+    leader = _declare_on(cluster, 1, cluster_queue)
     consumers = [
         start("consumer", "--queue", cluster_queue, "--workers", "2", "--url", cluster.url)
         for _ in range(2)
@@ -137,8 +136,7 @@ def test_a_follower_stopped_and_started_again_catches_up(
     healthy_cluster: Cluster, cluster_queue: str
 ) -> None:
     cluster = healthy_cluster
-    _declare_on(cluster, 1, cluster_queue)
-    leader = cluster.leader_of(cluster_queue)
+    leader = _declare_on(cluster, 1, cluster_queue)
     follower, other = _others(leader)
     tasks = [TaskEnvelope(kind="echo", payload={"i": i}) for i in range(1000)]
     with RabbitBackend(cluster.url_of(leader), cluster_queue) as producer:
