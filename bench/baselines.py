@@ -29,6 +29,7 @@ from bench.config import CaseConfig, CaseError, raw_body
 from bench.figures import latency_figures, per_second, stamped_figures, stamps_rss
 from bench.procs import cpu_sampler
 from bench.stamps import Stamps
+from common.defaults import QueueType
 
 CTX = multiprocessing.get_context("spawn")
 #: Seconds for started consumers to reach their first (blocked) get before a gate opens.
@@ -179,6 +180,11 @@ def mp_latency(cfg: CaseConfig) -> dict[str, Any]:
 
 
 # -- pika ------------------------------------------------------------------------------------
+def _queue_arguments(cfg: CaseConfig) -> dict[str, Any] | None:
+    """Raw pika's work queue: plain (classic), or quorum as RabbitMQ's tutorial declares it."""
+    return {"x-queue-type": "quorum"} if cfg.queue_type is QueueType.quorum else None
+
+
 def _pika_consumer(
     url: str, queue_name: str, prefetch: int, ready: Any, stats: Any, stop: Any, reply: bool
 ) -> None:
@@ -218,7 +224,10 @@ def pika_publish_drain(cfg: CaseConfig) -> dict[str, Any]:
     deadline = cfg.deadline()
     body = raw_body(cfg.body_size)
     publish_cpu = cpu_sampler(cfg, lambda: [])
-    count, start, end = publish_raw(cfg.amqp_url, cfg.queue, (body for _ in range(cfg.n)))
+    bodies = (body for _ in range(cfg.n))
+    count, start, end = publish_raw(
+        cfg.amqp_url, cfg.queue, bodies, arguments=_queue_arguments(cfg)
+    )
     publish_cpu.stop()
     publish_rate = per_second(count, end - start)
     wait_ready_count(cfg.amqp_url, cfg.queue, cfg.n, deadline)
@@ -245,13 +254,16 @@ def pika_publish_drain(cfg: CaseConfig) -> dict[str, Any]:
 def pika_e2e(cfg: CaseConfig) -> dict[str, Any]:
     """W consumers running; publish N without confirms; timed first publish to last ack."""
     deadline = cfg.deadline()
-    declare(cfg.amqp_url, cfg.queue)
+    declare(cfg.amqp_url, cfg.queue, _queue_arguments(cfg))
     procs, ready, stats, stop = _pika_consumers(cfg, reply=False)
     try:
         _await_ready(ready, cfg.workers, deadline)
         cpu = cpu_sampler(cfg, lambda: [p.pid for p in procs])
         body = raw_body(cfg.body_size)
-        count, start, end = publish_raw(cfg.amqp_url, cfg.queue, (body for _ in range(cfg.n)))
+        bodies = (body for _ in range(cfg.n))
+        count, start, end = publish_raw(
+            cfg.amqp_url, cfg.queue, bodies, arguments=_queue_arguments(cfg)
+        )
         reports = _collect(stats, cfg.workers, deadline)
         cpu.stop()
     finally:
@@ -266,7 +278,7 @@ def pika_latency(cfg: CaseConfig) -> dict[str, Any]:
     """Publish with a confirm each at `cfg.rate`; consumers reply then ack; the time from the
     confirm to the reply's arrival (what `Ledger.latency` measures for taskshuttle)."""
     deadline = cfg.deadline()
-    declare(cfg.amqp_url, cfg.queue)
+    declare(cfg.amqp_url, cfg.queue, _queue_arguments(cfg))
     procs, ready, stats, stop = _pika_consumers(cfg, reply=True)
     total = cfg.latency_count
     sent: dict[int, float] = {}

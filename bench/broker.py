@@ -19,10 +19,12 @@ import pika
 import pika.exceptions
 
 from bench.config import CaseError
+from common.settings import split_urls
 
 
 def connect(url: str) -> pika.BlockingConnection:
-    params = pika.URLParameters(url)
+    """A connection to `url`, or to the first node of a comma-separated list (a cluster)."""
+    params = pika.URLParameters(split_urls(url)[0])
     params.connection_attempts = 1
     params.socket_timeout = 10
     return pika.BlockingConnection(params)
@@ -38,8 +40,10 @@ def publish_raw(
     queue: str,
     bodies: Iterable[bytes],
     props: Callable[[int], pika.BasicProperties] | None = None,
+    arguments: dict[str, Any] | None = None,
 ) -> tuple[int, float, float]:
-    """Publish persistent messages without confirms, as fast as pika's blocking client goes.
+    """Publish persistent messages without confirms, as fast as pika's blocking client goes,
+    to `queue`, declared with `arguments` if it does not exist.
 
     Returns (count, start, end): from the first publish (connection already open) until the
     broker answered a round trip sent after the last one (so every message has reached it).
@@ -47,7 +51,7 @@ def publish_raw(
     persistent = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
     with contextlib.closing(connect(url)) as conn:
         channel = conn.channel()
-        channel.queue_declare(queue, durable=True)
+        channel.queue_declare(queue, durable=True, arguments=arguments)
         count = 0
         start = time.perf_counter()
         for body in bodies:
@@ -197,10 +201,14 @@ def gated_drain(
 
 
 class Management:
-    """The RabbitMQ management HTTP API (for the broker's version and for clean-up)."""
+    """The RabbitMQ management HTTP API (for the broker's version and for clean-up), of the
+    broker at `amqp_url` (the first node of a list) only: `serves` tells whether the API on
+    `port` is that broker's (a cluster's nodes, on other AMQP ports, may have none, and the
+    API there would then be another broker's)."""
 
     def __init__(self, amqp_url: str, port: int = 15672) -> None:
-        parts = urllib.parse.urlsplit(amqp_url)
+        parts = urllib.parse.urlsplit(split_urls(amqp_url)[0])
+        self.amqp_port = parts.port or 5672
         self.base = f"http://{parts.hostname or 'localhost'}:{port}/api"
         user = urllib.parse.unquote(parts.username or "guest")
         password = urllib.parse.unquote(parts.password or "guest")
@@ -215,9 +223,20 @@ class Management:
             body = response.read()
         return json.loads(body) if body else None
 
+    def overview(self) -> dict[str, Any]:
+        """The broker's overview; raises if the API is missing or another broker's."""
+        overview: dict[str, Any] = self._request("/overview")
+        listeners = overview.get("listeners") or []
+        if not any(
+            item.get("protocol") == "amqp" and item.get("port") == self.amqp_port
+            for item in listeners
+        ):
+            raise LookupError(f"the management API does not serve AMQP port {self.amqp_port}")
+        return overview
+
     def version(self) -> str | None:
         try:
-            return str(self._request("/overview").get("rabbitmq_version"))
+            return str(self.overview().get("rabbitmq_version"))
         except Exception:
             return None
 
@@ -231,11 +250,13 @@ class Management:
 
 
 def delete_prefixed(amqp_url: str, prefix: str, known: Sequence[str] = ()) -> list[str]:
-    """Delete every queue and exchange named `prefix`...; `known` names too, over AMQP, where
-    the management API does not answer. Returns what was deleted."""
+    """Delete every queue and exchange named `prefix`...; `known` names instead, over AMQP
+    through the first node that answers, where the broker's management API does not
+    answer (a cluster's nodes). Returns what was deleted."""
     deleted: list[str] = []
     api = Management(amqp_url)
     try:
+        api.overview()
         for kind in ("queues", "exchanges"):
             for name in api.names(kind, prefix):
                 api.delete(kind, name)
@@ -243,14 +264,20 @@ def delete_prefixed(amqp_url: str, prefix: str, known: Sequence[str] = ()) -> li
         return deleted
     except Exception:
         pass
-    with contextlib.suppress(Exception), contextlib.closing(connect(amqp_url)) as conn:
-        for name in known:
-            channel = conn.channel()
-            try:
-                channel.queue_delete(name)
-                deleted.append(name)
-            except pika.exceptions.ChannelClosedByBroker:
-                continue
-            with contextlib.suppress(Exception):
-                channel.close()
+    for url in split_urls(amqp_url):
+        try:
+            conn = connect(url)
+        except Exception:
+            continue
+        with contextlib.suppress(Exception), contextlib.closing(conn):
+            for name in known:
+                channel = conn.channel()
+                try:
+                    channel.queue_delete(name)
+                    deleted.append(name)
+                except pika.exceptions.ChannelClosedByBroker:
+                    continue
+                with contextlib.suppress(Exception):
+                    channel.close()
+        return deleted
     return deleted

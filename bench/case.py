@@ -60,12 +60,13 @@ def run_case(cfg: CaseConfig) -> dict[str, Any]:
         result = {"status": "error", "reason": f"{type(exc).__name__}: {exc} ({where})"}
     finally:
         if cfg.system in BROKER_SYSTEMS:
-            delete_prefixed(cfg.amqp_url, cfg.queue, known=_known_queues(cfg))
+            delete_prefixed(cfg.amqp_url, cfg.queue, known=known_queues(cfg))
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
 
 
-def _known_queues(cfg: CaseConfig) -> list[str]:
+def known_queues(cfg: CaseConfig) -> list[str]:
+    """The queues a case may create (for clean-up where no management API lists them)."""
     from common.rabbitmq.topology import QueueNames
 
     return [*QueueNames(cfg.queue).with_companions(), f"{cfg.queue}.DQ", f"{cfg.queue}.XQ"]

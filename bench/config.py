@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from common.defaults import QueueType
 
 
 @dataclass
@@ -25,19 +28,27 @@ class CaseConfig:
     body_size: int
     rate: float
     latency_count: int
+    #: One broker URL, or a cluster's comma-separated node URLs (taskshuttle takes them all;
+    #: raw pika and the harness's own connections the first).
     amqp_url: str
     queue: str
     #: Seconds the case may spend waiting on anything; the parent kills it a bit later.
     time_limit: float
-    #: The broker's OS process, to tell its CPU use apart from the clients' (None: unknown).
-    broker_pid: int | None = None
+    #: The broker's OS processes (a cluster's nodes), to tell their CPU use apart from the
+    #: clients' (empty: unknown).
+    broker_pids: list[int] = field(default_factory=list)
+    #: The work queue's type, for raw pika and taskshuttle on RabbitMQ (None: the others).
+    queue_type: QueueType | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> CaseConfig:
-        return cls(**json.loads(text))
+        fields: dict[str, Any] = json.loads(text)
+        if fields.get("queue_type"):
+            fields["queue_type"] = QueueType(fields["queue_type"])
+        return cls(**fields)
 
     def deadline(self) -> float:
         return time.perf_counter() + self.time_limit

@@ -8,10 +8,58 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.defaults import QueueType
+from common.settings import split_urls
+
 ROOT = Path(__file__).resolve().parent.parent
 ALL_SYSTEMS = ("raw-mp", "raw-pika", "local", "rabbitmq", "celery", "dramatiq")
+BASELINES = ("raw-mp", "raw-pika")
 #: The modules a system needs beyond the project's own dependencies.
 OPTIONAL = {"celery": ("celery",), "dramatiq": ("dramatiq", "pika")}
+#: Systems measured once per queue type of ``--queue-types`` (and on the cluster).
+TYPED_SYSTEMS = ("raw-pika", "rabbitmq")
+QUEUE_TYPES = (QueueType.classic, QueueType.quorum)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What one group of rows measures: a system and, for `TYPED_SYSTEMS`, the type of its
+    work queue and the broker (`nodes` None: ``--amqp-url``; N: the N nodes of
+    ``--cluster-url``)."""
+
+    system: str
+    queue_type: QueueType | None = None
+    nodes: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The name in the report: ``rabbitmq[quorum]``, ``raw-pika[quorum, 3 nodes]``."""
+        if self.queue_type is None:
+            return self.system
+        where = f", {self.nodes} node{'s' * (self.nodes != 1)}" if self.nodes else ""
+        return f"{self.system}[{self.queue_type.value}{where}]"
+
+    @property
+    def slug(self) -> str:
+        """The label as a part of queue and log file names."""
+        kind = self.queue_type.value if self.queue_type else ""
+        return "-".join(filter(None, [self.system, kind, f"{self.nodes}n" * bool(self.nodes)]))
+
+    def baseline(self) -> Variant | None:
+        """What its ratios are to: raw pika on the same queue type and broker for taskshuttle
+        on RabbitMQ; raw pika on classic queues, which they declare, for Celery and Dramatiq."""
+        if self.system in BASELINES:
+            return None
+        if self.system == "local":
+            return Variant("raw-mp")
+        if self.system == "rabbitmq":
+            return Variant("raw-pika", self.queue_type, self.nodes)
+        return Variant("raw-pika", QueueType.classic)
+
+
+def base_system(label: str) -> str:
+    """The system of a `Variant.label`: ``rabbitmq[quorum]`` -> ``rabbitmq``."""
+    return label.partition("[")[0]
 
 
 @dataclass(frozen=True)
@@ -29,6 +77,27 @@ class Options:
     case_timeout: float
     amqp_url: str
     quick: bool
+    queue_types: tuple[QueueType, ...] = QUEUE_TYPES
+    #: The cluster's comma-separated node URLs (``scripts/cluster.sh urls``), or None.
+    cluster_url: str | None = None
+
+    def variants(self) -> list[Variant]:
+        """Every group of rows to measure, in order: each system (the typed ones once per
+        queue type), then the typed ones again on quorum queues of the cluster."""
+        found = [
+            Variant(system, queue_type)
+            for system in self.systems
+            for queue_type in (self.queue_types if system in TYPED_SYSTEMS else [None])
+        ]
+        if self.cluster_url:
+            nodes = len(split_urls(self.cluster_url))
+            typed = [s for s in self.systems if s in TYPED_SYSTEMS]
+            found += [Variant(system, QueueType.quorum, nodes) for system in typed]
+        return found
+
+    def url_of(self, variant: Variant) -> str:
+        """The broker URL(s) a variant's cases connect to."""
+        return self.cluster_url if variant.nodes and self.cluster_url else self.amqp_url
 
 
 def _csv_ints(text: str) -> tuple[int, ...]:
@@ -67,6 +136,16 @@ def _parser() -> argparse.ArgumentParser:
         "--amqp-url",
         default=os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F"),
     )
+    parser.add_argument(
+        "--queue-types",
+        default=",".join(QUEUE_TYPES),
+        help="work queue types raw-pika and rabbitmq run on, each a row group (classic,quorum)",
+    )
+    parser.add_argument(
+        "--cluster-url",
+        help="comma-separated node URLs of a cluster (`bash scripts/cluster.sh urls`): the "
+        "quorum rows of raw-pika and rabbitmq again, there (default: none)",
+    )
     parser.add_argument("--quick", action="store_true", help="small N: a smoke run")
     return parser
 
@@ -91,6 +170,17 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error("--n, --workers, --prefetch, --repeat and --scaling must be positive")
     if args.rate <= 0 or args.body_size < 0:
         parser.error("--rate must be positive and --body-size not negative")
+    try:
+        names = [part.strip() for part in args.queue_types.split(",") if part.strip()]
+        queue_types = tuple(dict.fromkeys(QueueType(name) for name in names))
+    except ValueError:
+        parser.error(f"--queue-types takes {','.join(QUEUE_TYPES)}, not {args.queue_types!r}")
+    if not queue_types:
+        parser.error("--queue-types needs at least one queue type")
+    if args.cluster_url is not None and QueueType.quorum not in queue_types:
+        parser.error("--cluster-url measures quorum queues: add quorum to --queue-types")
+    if args.cluster_url is not None and not split_urls(args.cluster_url):
+        parser.error("--cluster-url needs at least one URL")
     return Options(
         n=n,
         workers=args.workers,
@@ -105,6 +195,8 @@ def parse_args(argv: list[str] | None) -> Options:
         case_timeout=args.case_timeout or (45.0 if args.quick else 120.0),
         amqp_url=args.amqp_url,
         quick=args.quick,
+        queue_types=queue_types,
+        cluster_url=args.cluster_url,
     )
 
 

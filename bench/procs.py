@@ -183,7 +183,7 @@ def cpu_sampler(cfg: CaseConfig, workers: Callable[[], Iterable[int]]) -> CpuSam
     """A started `CpuSampler` over the broker, the workers and this (producer) process."""
     sampler = CpuSampler(
         {
-            "broker": lambda: [cfg.broker_pid] if cfg.broker_pid else [],
+            "broker": lambda: cfg.broker_pids,
             "workers": workers,
             "producer": lambda: [os.getpid()],
         }

@@ -1,9 +1,15 @@
-"""From case results to the report: figures, baselines, ratios, targets, tables, chart."""
+"""From case results to the report: figures, baselines, ratios, targets, tables, chart.
+
+Results are keyed by `Variant.label` (``rabbitmq[quorum]``); notes, targets and the like by
+the system alone (`base_system`), so they hold for every queue type and broker.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from bench.options import base_system
 
 #: (key, label, unit, higher is better)
 MEASURES: tuple[tuple[str, str, str, bool], ...] = (
@@ -17,7 +23,6 @@ MEASURES: tuple[tuple[str, str, str, bool], ...] = (
     ("latency_pub_p99_ms", "latency p99, publish call -> result", "ms", False),
     ("rss_mib", "peak RSS / worker", "MiB", False),
 )
-BASELINES = ("raw-mp", "raw-pika")
 #: Measures a system cannot have, and why (shown instead of a figure).
 NOT_APPLICABLE = {
     ("raw-mp", "publish"): "no broker: put() only hands bytes to a feeder thread",
@@ -61,12 +66,10 @@ TARGETS: dict[tuple[str, str], tuple[str, float, str]] = {
 #: rabbitmq's drain against these systems' drain in the same run.
 DRAIN_VERSUS = (("dramatiq", 2.5), ("celery", 4.0))
 SCALED_FIGURE = {"raw-mp": "e2e", "raw-pika": "drain", "local": "e2e", "rabbitmq": "drain"}
-
-
-def baseline_of(system: str) -> str | None:
-    if system in BASELINES:
-        return None
-    return "raw-mp" if system == "local" else "raw-pika"
+CLUSTER_HINT = (
+    "no cluster rows: start the cluster with `bash scripts/cluster.sh start` and add "
+    '`--cluster-url "$(bash scripts/cluster.sh urls)"`'
+)
 
 
 def _ok(case: dict[str, Any] | None) -> bool:
@@ -147,17 +150,18 @@ def _judge(kind: str, bound: float, value: float | None, ratio: float | None) ->
     return None if value is None else value < bound
 
 
-def _row(system: str, entry: dict[str, Any], base: dict[str, Any], measure: tuple[Any, ...]) -> Row:
+def _row(name: str, entry: dict[str, Any], base: dict[str, Any], measure: tuple[Any, ...]) -> Row:
     """One system's figure for one measure, beside its baseline's and judged on its target."""
     key, label, unit, _higher = measure
     figures = entry["measures"]
-    base_name = baseline_of(system)
+    system = base_system(name)
+    base_name = entry.get("baseline")
     value = figures.get(key)
     base_value = base.get("e2e" if key == "e2e_noresults" else key) if base_name else None
     ratio = round(value / base_value, 3) if value and base_value else None
     if (system, key) in NO_RATIO:
         ratio = None
-    row = Row(system, label, value, unit, base_name, base_value, ratio)
+    row = Row(name, label, value, unit, base_name, base_value, ratio)
     if value is None:
         row.note = _why_missing(entry, _CASES_FOR[key])
     elif key == "rss_mib":
@@ -175,9 +179,10 @@ def _row(system: str, entry: dict[str, Any], base: dict[str, Any], measure: tupl
     return row
 
 
-def _versus_rows(systems: dict[str, Any]) -> list[Row]:
-    """rabbitmq's drain against Dramatiq's and Celery's in the same run."""
-    drain = systems["rabbitmq"]["measures"].get("drain")
+def _versus_rows(name: str, systems: dict[str, Any]) -> list[Row]:
+    """A rabbitmq row group's drain against Dramatiq's and Celery's in the same run (on
+    classic queues, which they declare)."""
+    drain = systems[name]["measures"].get("drain")
     rows = []
     for other, bound in DRAIN_VERSUS:
         other_drain = systems.get(other, {}).get("measures", {}).get("drain")
@@ -185,9 +190,11 @@ def _versus_rows(systems: dict[str, Any]) -> list[Row]:
         note = "" if other in systems else f"{other} not in this run"
         if other in systems and other_drain is None:
             note = _why_missing(systems[other], ("publish+drain",))
+        elif systems[name].get("queue_type") != "classic":
+            note = "; ".join(filter(None, [note, f"{other} on classic queues"]))
         rows.append(
             Row(
-                "rabbitmq",
+                name,
                 f"drain vs {other}",
                 drain,
                 "msg/s",
@@ -204,18 +211,19 @@ def _versus_rows(systems: dict[str, Any]) -> list[Row]:
 
 def build_rows(systems: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    for system, entry in systems.items():
-        base_name = baseline_of(system)
+    for name, entry in systems.items():
+        system = base_system(name)
+        base_name = entry.get("baseline")
         base = systems.get(base_name, {}).get("measures", {}) if base_name else {}
         for measure in MEASURES:
             key, label, unit, _higher = measure
             if (system, key) not in NOT_APPLICABLE:
-                rows.append(_row(system, entry, base, measure))
+                rows.append(_row(name, entry, base, measure))
             elif NOT_APPLICABLE[(system, key)]:
                 why = NOT_APPLICABLE[(system, key)]
-                rows.append(Row(system, label, None, unit, note=f"n/a: {why}"))
-        if system == "rabbitmq":
-            rows += _versus_rows(systems)
+                rows.append(Row(name, label, None, unit, note=f"n/a: {why}"))
+        if system == "rabbitmq" and not entry.get("nodes"):
+            rows += _versus_rows(name, systems)
     return rows
 
 
@@ -226,7 +234,7 @@ def scaling_figures(
     full (each step up to `cpus` workers >= 1.1x the last; beyond, >= 0.9x the best)."""
     out: dict[str, dict[str, Any]] = {}
     for system, by_workers in scaling.items():
-        key = SCALED_FIGURE[system]
+        key = SCALED_FIGURE[base_system(system)]
         rates = {
             w: (case.get(key) if _ok(case) else None) for w, case in sorted(by_workers.items())
         }
@@ -270,7 +278,7 @@ def _cpu_rows(
     for system, by_workers in scaling.items():
         for w, case in sorted(by_workers.items()):
             if w != workers and _ok(case) and case.get("cpu"):
-                label = f"{SCALED_FIGURE[system]} W={w}"
+                label = f"{SCALED_FIGURE[base_system(system)]} W={w}"
                 rows.append({"system": system, "case": label, **case["cpu"]})
     return rows
 
@@ -288,9 +296,8 @@ def build_report(
     cpus = meta["machine"]["cpus"] or 1
     scaled = scaling_figures(scaling, cpus)
     targets = [row.__dict__ for row in rows if row.target]
-    for system in ("rabbitmq", "local"):
-        if system in scaled:
-            figure = scaled[system]
+    for system, figure in scaled.items():
+        if base_system(system) in ("rabbitmq", "local"):
             targets.append(
                 {
                     "system": system,
@@ -300,8 +307,11 @@ def build_report(
                     "passed": figure["grows_until_cores_full"],
                 }
             )
+    typed = any(entry.get("queue_type") for entry in systems.values())
+    notes = [CLUSTER_HINT] if typed and not meta["options"].get("cluster") else []
     return {
         "meta": meta,
+        "notes": notes,
         "systems": systems,
         "rows": [row.__dict__ for row in rows],
         "targets": targets,

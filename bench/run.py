@@ -10,6 +10,7 @@ out, 2 on bad arguments. Performance targets never change the exit status.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -28,13 +29,14 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.broker import Management, connect, delete_prefixed
-from bench.case import BROKER_SYSTEMS
+from bench.case import BROKER_SYSTEMS, known_queues
 from bench.chart import write_chart
 from bench.config import CaseConfig
-from bench.options import Options, missing, parse_args
+from bench.options import Options, Variant, missing, parse_args
 from bench.procs import broker_pid
 from bench.report import build_report
-from bench.tables import print_report
+from bench.tables import markdown_report, print_report
+from common.settings import redact_url, split_urls
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Which cases each system runs (publish+drain: the timed publish is the drain's pre-fill).
@@ -87,7 +89,7 @@ def run_one(cfg: CaseConfig, timeout: float, logs: Path) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             if cfg.system in BROKER_SYSTEMS:
-                delete_prefixed(cfg.amqp_url, cfg.queue)
+                delete_prefixed(cfg.amqp_url, cfg.queue, known=known_queues(cfg))
             return {"status": "timeout", "reason": f"killed after {timeout:g}s", "log": str(log)}
     try:
         result: dict[str, Any] = json.loads(out.read_text())
@@ -130,7 +132,7 @@ def run_repeated(cfg: CaseConfig, opts: Options, logs: Path, say: Any) -> dict[s
     return kept
 
 
-def _say(cfg: CaseConfig, result: dict[str, Any]) -> None:
+def _say(label: str, cfg: CaseConfig, result: dict[str, Any]) -> None:
     status = result.get("status")
     if status == "ok":
         figures = []
@@ -144,19 +146,19 @@ def _say(cfg: CaseConfig, result: dict[str, Any]) -> None:
     else:
         text = f"{status}: {str(result.get('reason', ''))[:200]}"
     took = result.get("seconds", "-")
-    print(f"  {cfg.system:9} {cfg.measure:14} W={cfg.workers:<2} {text} ({took}s)", flush=True)
+    print(f"  {label:17} {cfg.measure:14} W={cfg.workers:<2} {text} ({took}s)", flush=True)
 
 
-def _find_broker(opts: Options) -> tuple[str | None, int | None]:
-    """(why the broker cannot be used or None, its OS process or None)."""
-    if not any(s in BROKER_SYSTEMS for s in opts.systems):
-        return None, None
+def _find_broker(url: str) -> tuple[str | None, list[int]]:
+    """(why the broker at `url`, or the first node of a cluster, cannot be used, or None;
+    the OS processes of its nodes that were found)."""
     error = None
     try:
-        connect(opts.amqp_url).close()
+        connect(url).close()
     except Exception as exc:
-        error = f"no broker at {urlsplit(opts.amqp_url).netloc.split('@')[-1]}: {exc!r}"
-    return error, broker_pid(urlsplit(opts.amqp_url).port or 5672)
+        error = f"no broker at {urlsplit(split_urls(url)[0]).netloc.split('@')[-1]}: {exc!r}"
+    pids = [broker_pid(urlsplit(one).port or 5672) for one in split_urls(url)]
+    return error, list(dict.fromkeys(pid for pid in pids if pid))
 
 
 @dataclass
@@ -166,16 +168,19 @@ class Run:
     opts: Options
     run_id: str
     logs: Path
-    broker_pid: int | None
     latency_count: int
+    #: The broker's OS processes, and the cluster's nodes'.
+    broker_pids: list[int] = field(default_factory=list)
+    cluster_pids: list[int] = field(default_factory=list)
+    #: Keyed by `Variant.label`.
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     scaling: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
 
-    def config(self, system: str, measure: str, workers: int) -> CaseConfig:
+    def config(self, variant: Variant, measure: str, workers: int) -> CaseConfig:
         opts = self.opts
         slug = measure.replace("+", "-")
         return CaseConfig(
-            system=system,
+            system=variant.system,
             measure=measure,
             n=opts.n,
             workers=workers,
@@ -183,15 +188,30 @@ class Run:
             body_size=opts.body_size,
             rate=opts.rate,
             latency_count=self.latency_count,
-            amqp_url=opts.amqp_url,
-            queue=f"bench.{self.run_id}.{system}.{slug}.w{workers}",
+            amqp_url=opts.url_of(variant),
+            queue=f"bench.{self.run_id}.{variant.slug}.{slug}.w{workers}",
             time_limit=max(opts.case_timeout - 10, opts.case_timeout * 0.8),
-            broker_pid=self.broker_pid,
+            broker_pids=self.cluster_pids if variant.nodes else self.broker_pids,
+            queue_type=variant.queue_type,
         )
 
-    def system(self, system: str) -> None:
-        """Every case of `system`, the scaling case at each worker count."""
+    def entry(self, variant: Variant, status: str, **fields: Any) -> None:
+        """The results of `variant`: its status, what it is and what its ratios are to."""
+        baseline = variant.baseline()
+        self.results[variant.label] = {
+            "status": status,
+            **fields,
+            "system": variant.system,
+            "queue_type": variant.queue_type,
+            "nodes": variant.nodes,
+            "baseline": baseline.label if baseline else None,
+        }
+
+    def system(self, variant: Variant) -> None:
+        """Every case of `variant`, the scaling case at each worker count."""
         opts = self.opts
+        system = variant.system
+        say = functools.partial(_say, variant.label)
         cases: dict[str, dict[str, Any]] = {}
         worker_counts = [opts.workers]
         if system in SCALING_CASE:
@@ -199,17 +219,14 @@ class Run:
         for measure in PLAN[system]:
             scaled = SCALING_CASE.get(system) == measure
             for workers in worker_counts if scaled else [opts.workers]:
-                cfg = self.config(system, measure, workers)
-                result = run_repeated(cfg, opts, self.logs, _say)
+                cfg = self.config(variant, measure, workers)
+                result = run_repeated(cfg, opts, self.logs, say)
                 if workers == opts.workers:
                     cases[measure] = result
                 if scaled:
-                    self.scaling.setdefault(system, {})[workers] = result
+                    self.scaling.setdefault(variant.label, {})[workers] = result
         statuses = {r.get("status") for r in cases.values()}
-        self.results[system] = {
-            "status": "ok" if statuses == {"ok"} else "failed",
-            "cases": cases,
-        }
+        self.entry(variant, "ok" if statuses == {"ok"} else "failed", cases=cases)
 
     def failures(self) -> list[str]:
         failed = [
@@ -245,6 +262,8 @@ def _meta(run: Run, started: float, load_before: tuple[float, ...]) -> dict[str,
             "repeat": opts.repeat,
             "case_timeout": opts.case_timeout,
             "quick": opts.quick,
+            "queue_types": list(opts.queue_types),
+            "cluster": split_urls(redact_url(opts.cluster_url)) if opts.cluster_url else None,
         },
         "machine": {
             "cpus": os.cpu_count(),
@@ -254,7 +273,7 @@ def _meta(run: Run, started: float, load_before: tuple[float, ...]) -> dict[str,
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
         "versions": {
-            "rabbitmq": Management(opts.amqp_url).version() if run.broker_pid else None,
+            "rabbitmq": Management(opts.amqp_url).version() if run.broker_pids else None,
             **{p: _version(p) for p in ("pika", "pydantic", "celery", "dramatiq", "taskshuttle")},
         },
     }
@@ -273,35 +292,44 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     started = time.time()
     load_before = os.getloadavg()
-    broker_error, pid = _find_broker(opts)
+    variants = opts.variants()
+    on_broker = any(v.system in BROKER_SYSTEMS and not v.nodes for v in variants)
+    broker_error, pids = _find_broker(opts.amqp_url) if on_broker else (None, [])
+    cluster_error, cluster_pids = _find_broker(opts.cluster_url) if opts.cluster_url else (None, [])
     run = Run(
         opts=opts,
         run_id=time.strftime("%H%M%S") + uuid.uuid4().hex[:4],
         logs=_fresh_logs(opts.out),
-        broker_pid=pid,
         latency_count=max(1, int(opts.rate * opts.latency_seconds)),
+        broker_pids=pids,
+        cluster_pids=cluster_pids,
     )
     print(
         f"taskshuttle bench {run.run_id}: N={opts.n} W={opts.workers} prefetch={opts.prefetch} "
         f"body={opts.body_size}B rate={opts.rate:g}/s systems={','.join(opts.systems)} "
-        f"scaling={','.join(map(str, opts.scaling))}",
+        f"queue types={','.join(opts.queue_types)} scaling={','.join(map(str, opts.scaling))}"
+        + (f" cluster={redact_url(opts.cluster_url)}" if opts.cluster_url else ""),
         flush=True,
     )
-    for system in opts.systems:
-        skip = missing(system) or (broker_error if system in BROKER_SYSTEMS else None)
+    for variant in variants:
+        error = cluster_error if variant.nodes else broker_error
+        skip = missing(variant.system) or (error if variant.system in BROKER_SYSTEMS else None)
         if skip:
-            status = "skipped" if missing(system) else "error"
-            run.results[system] = {"status": status, "reason": skip, "cases": {}}
-            print(f"  {system:9} {status}: {skip}", flush=True)
+            status = "skipped" if missing(variant.system) else "error"
+            run.entry(variant, status, reason=skip, cases={})
+            print(f"  {variant.label:17} {status}: {skip}", flush=True)
             continue
-        run.system(system)
+        run.system(variant)
 
     report = build_report(_meta(run, started, load_before), run.results, run.scaling, opts.workers)
     out_json = opts.out / "latest.json"
     out_json.write_text(json.dumps(report, indent=2, default=str))
     print_report(report)
+    out_markdown = opts.out / "latest.md"
+    out_markdown.write_text(markdown_report(report))
     chart = write_chart(report, opts.out / "throughput.png")
     print(f"JSON: {out_json}")
+    print(f"Markdown: {out_markdown}")
     print(f"chart: {chart}")
     failed = run.failures()
     if failed:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.baselines import GATE_SETTLE
-from bench.broker import Gate, QueueSampler, declare, gated_drain, wait_ready_count
+from bench.broker import Gate, QueueSampler, gated_drain, wait_ready_count
 from bench.config import CaseConfig, CaseError, envelope_payload
 from bench.figures import latency_figures, per_second, stamped_figures, stamps_rss
 from bench.procs import CpuSampler, cmdline, cpu_sampler, descendants
@@ -50,7 +50,11 @@ def _settings(cfg: CaseConfig) -> Any:
     from common.settings import load_settings
 
     return load_settings(
-        amqp_url=cfg.amqp_url, queue=cfg.queue, prefetch=cfg.prefetch, workers=cfg.workers
+        amqp_url=cfg.amqp_url,
+        queue=cfg.queue,
+        prefetch=cfg.prefetch,
+        workers=cfg.workers,
+        queue_type=cfg.queue_type,
     )
 
 
@@ -153,6 +157,8 @@ def _rabbit_publish(cfg: CaseConfig, tasks: list[Any]) -> tuple[float, float, di
         for first in range(0, len(tasks), BATCH):
             backend.publish(tasks[first : first + BATCH])
         published = time.perf_counter()
+        if backend.used_as_is:  # the figures would be another queue type's
+            raise CaseError(f"queues not of the type asked for: {backend.used_as_is}")
     publish_cpu.stop()
     return start, published, publish_cpu.usage(start, published, len(tasks))
 
@@ -188,8 +194,8 @@ def rabbit_publish_drain(cfg: CaseConfig) -> dict[str, Any]:
 
 
 def _rabbit_running_pool(cfg: CaseConfig, burst_idle: float | None, deadline: float) -> Any:
-    """A pool whose every worker is consuming from the (declared, empty) queue."""
-    declare(cfg.amqp_url, cfg.queue)
+    """A pool whose every worker is consuming from the empty queue (the workers declare it,
+    of `cfg.queue_type`)."""
     pool = _pool(cfg, burst_idle)
     sampler = QueueSampler(cfg.amqp_url, cfg.queue)
     sampler.start()

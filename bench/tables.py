@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bench.report import BASELINES
+from rich.markup import escape
+
+from bench.options import BASELINES, base_system
 
 
 def _fmt(value: Any, unit: str) -> str:
@@ -32,6 +34,8 @@ def print_report(report: dict[str, Any]) -> None:
         console.print(_cpu_table(report["cpu"]))
     if report["scaling"]:
         console.print(_scaling_table(report["scaling"]))
+    for note in report.get("notes", []):
+        console.print(note, markup=False)
     meta = report["meta"]
     machine = meta["machine"]
     console.print(
@@ -68,14 +72,14 @@ def _figures_table(report: dict[str, Any]) -> Any:
         )
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else ""
         table.add_row(
-            row["system"],
+            escape(row["system"]),
             row["measure"],
             _fmt(row["value"], row["unit"]),
             baseline,
             ratio,
             row["target"] or "",
             _verdict(row["passed"]) if row["target"] else "",
-            row["note"],
+            escape(row["note"]),
         )
     return table
 
@@ -92,7 +96,7 @@ def _cpu_table(rows: list[dict[str, Any]]) -> Any:
         cores = [row.get(k, {}).get("cores") for k in ("broker", "workers", "producer")]
         per_msg = [row.get(k, {}).get("us_per_msg") for k in ("broker", "workers", "producer")]
         cpu.add_row(
-            row["system"],
+            escape(row["system"]),
             row["case"],
             f"{row.get('window_s', 0):.2f} s",
             *(f"{c:.2f}" if c is not None else "-" for c in cores),
@@ -119,9 +123,43 @@ def _scaling_table(scaling: dict[str, Any]) -> Any:
             rate = figure["rates"].get(str(w))
             status = figure["status"].get(str(w))
             cells.append(_fmt(rate, "msg/s") if rate else (status or ""))
-        baseline = system in BASELINES
+        baseline = base_system(system) in BASELINES
         verdict = _verdict(figure["grows_until_cores_full"])
         scale.add_row(
-            system, figure["figure"], *cells, f"{verdict}{' (baseline)' if baseline else ''}"
+            escape(system),
+            figure["figure"],
+            *cells,
+            f"{verdict}{' (baseline)' if baseline else ''}",
         )
     return scale
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The figures table in Markdown (as the README shows it), the scaling targets last,
+    then the report's notes."""
+    lines = [
+        "| system | measure | value | baseline | ratio | target | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    verdict = {True: "pass", False: "**FAIL**", None: ""}
+    for row in report["rows"]:
+        if row["value"] is None and not row["target"]:
+            continue  # n/a, or not measured: the terminal table says why
+        baseline = (
+            f"{row['baseline']} {_fmt(row['baseline_value'], row['unit'])}"
+            if row["baseline"] and row["baseline_value"] is not None
+            else ""
+        )
+        ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else ""
+        cells = [row["system"], row["measure"], _fmt(row["value"], row["unit"]), baseline, ratio]
+        cells += [row["target"] or "", verdict[row["passed"]] if row["target"] else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    for target in report["targets"]:
+        if isinstance(target["value"], dict):  # a scaling target: the rate at each count
+            rates = " / ".join(
+                f"W={w}: {_fmt(rate, 'msg/s')}" for w, rate in target["value"].items()
+            )
+            cells = [target["system"], target["measure"], rates, "", "", target["target"]]
+            lines.append("| " + " | ".join([*cells, verdict[target["passed"]]]) + " |")
+    lines += ["", *report.get("notes", [])]
+    return "\n".join(lines) + "\n"
