@@ -155,15 +155,20 @@ class Gate:
     are still starting up. The messages come back marked redelivered.
     """
 
+    #: Deliveries a quorum queue hands one consumer with no prefetch limit (it allows no
+    #: unlimited prefetch): the gate holds a large queue with one consumer per this many.
+    QUORUM_CREDIT = 2000
+
     def __init__(self, url: str, queue: str, count: int, deadline: float) -> None:
         self.conn = connect(url)
-        self.channel = self.conn.channel()
+        self.channels = [self.conn.channel() for _ in range(count // self.QUORUM_CREDIT + 1)]
         self.held = 0
 
         def hold(_ch: Any, _method: Any, _props: Any, _body: bytes) -> None:
             self.held += 1
 
-        self.channel.basic_consume(queue, hold)
+        for channel in self.channels:
+            channel.basic_consume(queue, hold)
         while self.held < count:
             if time.perf_counter() > deadline:
                 raise CaseError(f"held only {self.held} of {count} messages")
@@ -172,7 +177,7 @@ class Gate:
     def open(self) -> float:
         """Hand every message back; returns when (perf_counter) that began."""
         start = time.perf_counter()
-        self.channel.close()
+        self.conn.close()  # every channel's holdings back at once
         return start
 
     def close(self) -> None:
@@ -186,7 +191,9 @@ def gated_drain(
     """Open `gate` once the queue has its `consumers` (plus the gate's own); returns (start,
     first time the queue showed 0 ready after it filled again, when `wait_empty`)."""
     sampler.wait_for(
-        lambda _r, c: c >= consumers + 1, deadline, what=f"{consumers} consumers on the queue"
+        lambda _r, c: c >= consumers + len(gate.channels),
+        deadline,
+        what=f"{consumers} consumers on the queue",
     )
     start = gate.open()
     if not wait_empty:
