@@ -98,9 +98,14 @@ def refused_declare(
 ) -> BrokerError:
     """A declare of queue `name` the broker refused for another reason than its arguments:
     not something a retry fixes (an exclusive queue of another connection, 405; a queue
-    type or argument this broker does not know, 406 or 540)."""
+    type or argument this broker does not know, 406 or 540), except a queue whose node is
+    down (404), which comes back with its node."""
     if exc.reply_code == 403:
         return translate(exc, safe_url)
+    if exc.reply_code == 404:
+        # A classic durable queue (a producer's reply queue) whose node is down: it is back
+        # with its node, so this is waited for like a broker that is away.
+        return ConnectionLost(f"queue {name!r} is on a node that is down: {exc.reply_text}")
     return QueueMismatch(f"cannot use queue {name!r}: {exc.reply_code} {exc.reply_text}")
 
 

@@ -8,6 +8,7 @@ classic queue on its producer's node (see the README, "When one machine is not e
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 
@@ -17,7 +18,7 @@ from common.errors import BrokerError
 from common.rabbitmq import RabbitBackend
 from common.schemas import TaskEnvelope, decode_task
 from common.settings import redact_url
-from tests.helpers import finish, output_of, start, stop, wait_for_output
+from tests.helpers import finish, output_of, result_for, start, stop, wait_for_output
 from tests.rabbit_cluster import NODES, Cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
@@ -194,3 +195,45 @@ def test_with_two_of_three_nodes_down_nothing_is_stored_and_work_resumes_after(
                 worker.ack(delivery)
     cluster.start_node(down[1])
     assert {t.id for t in before} <= got  # the unconfirmed one may be there too
+
+
+def test_a_producer_whose_node_dies_waits_for_its_reply_queue_and_gets_every_result(
+    healthy_cluster: Cluster, cluster_queue: str
+) -> None:
+    """A reply queue is a classic queue on its producer's node: the producer, moved to
+    another node, is refused it (404, its node is down) and waits for that node, as for a
+    broker that is away, instead of failing for good."""
+    cluster = healthy_cluster
+    _declare_on(cluster, 1, cluster_queue)
+    home, other = 2, 3
+    producer = RabbitBackend(
+        _urls(cluster, [home, other]), cluster_queue, want_results=True, wait_for_broker=120
+    )
+    while producer.connected_to != redact_url(cluster.url_of(home)):  # start on `home`
+        producer.close()
+        producer = RabbitBackend(
+            _urls(cluster, [home, other]), cluster_queue, want_results=True, wait_for_broker=120
+        )
+    tasks = [TaskEnvelope(kind="echo", payload={"i": i}) for i in range(20)]
+    try:
+        cluster.kill(home)
+        restart = threading.Timer(8.0, cluster.start_node, args=(home,))
+        restart.start()
+        started = time.monotonic()
+        producer.publish(tasks)  # moves to `other`, waits there for `home`'s reply queue
+        waited = time.monotonic() - started
+        restart.join()
+        with RabbitBackend(cluster.url_of(1), cluster_queue) as worker:
+            for _ in tasks:
+                delivery = worker.receive(10)
+                assert delivery is not None
+                task = decode_task(delivery.body)
+                worker.ack(delivery, result_for(task, value=task.payload))
+        results = {r.task_id for r in iter(lambda: producer.receive_result(10), None)}
+    finally:
+        producer.close()
+        if not cluster.running()[home]:
+            cluster.start_node(home)
+    print(f"\n[producer's node killed] waited {waited:.1f}s, {len(results)} of 20 results")
+    assert waited >= 5
+    assert results == {t.id for t in tasks}

@@ -19,7 +19,7 @@ from common.errors import (
     ConnectionLost,
     QueueMismatch,
 )
-from common.rabbitmq.errors import translate
+from common.rabbitmq.errors import refused_declare, translate
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -138,6 +138,16 @@ def test_inequivalent_queue_arguments_are_a_queue_mismatch() -> None:
     error = translate(px.ChannelClosedByBroker(406, text), URL)
     assert type(error) is QueueMismatch
     assert "x-queue-type" in str(error) and "--queue" in str(error)
+
+
+def test_a_refused_declare_is_final_unless_the_queue_s_node_is_down() -> None:
+    locked = px.ChannelClosedByBroker(405, "RESOURCE_LOCKED - cannot obtain exclusive access")
+    error = refused_declare("q", locked, URL)
+    assert type(error) is QueueMismatch and str(error).startswith("cannot use queue 'q': 405")
+    down = "NOT_FOUND - home node 'rabbit@n1' of durable queue 'q' in vhost '/' is down"
+    error = refused_declare("q", px.ChannelClosedByBroker(404, down), URL)
+    assert type(error) is ConnectionLost  # retried: the queue is back with its node
+    assert "is on a node that is down" in str(error)
 
 
 def test_a_channel_refused_access_is_authentication_failed() -> None:
