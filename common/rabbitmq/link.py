@@ -84,7 +84,8 @@ class Link(Connection):
         """Declare a durable queue with `arguments`; if it exists with other ones, take it as
         it is (`Declared.mismatch` then holds the broker's words). Tried on a channel of its
         own, since a refused declare closes its channel: the link's channel never sees one.
-        Any other refusal (an exclusive queue of another connection) is `QueueMismatch`."""
+        Any other refusal is `errors.refused_declare`'s: final (an exclusive queue of another
+        connection), or waited for (a queue whose node is down)."""
         declared: Declared = self._call(functools.partial(self._declare_io, name, arguments))
         self._declared.add(name)
         return declared
@@ -181,7 +182,9 @@ class Link(Connection):
         def opened(channel: Any) -> None:
             probe.append(channel)
             channel.add_on_close_callback(self._guard(closed))
-            channel.queue_declare(name, durable=True, arguments=arguments, callback=declared)
+            channel.queue_declare(
+                name, durable=True, arguments=arguments, callback=self._guard(declared)
+            )
 
         def declared(frame: Any) -> None:
             counted.append(frame.method.message_count)
