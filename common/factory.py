@@ -14,7 +14,7 @@ attempt, for as long as its role allows (`broker_wait`; ``--connect-timeout`` se
 - an **admin** connection (dead letters, queue lengths, deleting queues) does not wait: it
   is short-lived, and its caller reports the failure.
 
-A wrong password or virtual host, or a queue declared with other arguments, is never waited
+A wrong password or virtual host, or a queue that cannot be used, is never waited
 for: every role fails at once with its one-line error.
 
 Prefetch and the queue's name come from `Settings`; queue arguments (a lesson's

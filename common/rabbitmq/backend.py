@@ -73,8 +73,8 @@ class RabbitBackend(Backend):
     `wait_for_broker`: seconds to wait for a broker that is down, when built and after each
     loss, trying again with capped, jittered backoff (see `Reconnect`); None: as long as it
     takes; 0 (the default): not at all. A wrong password, a refused virtual host or a queue
-    declared with other arguments is never retried. `attempt_timeout`: how long one attempt
-    may take. `stop`: a flag that ends the waiting early (raising the last error).
+    that cannot be used (see `Link.declare`) is never retried. `attempt_timeout`: how long
+    one attempt may take. `stop`: a flag that ends the waiting early (raising the last error).
     `clock`: what reconnect backoff reads and sleeps on.
     """
 

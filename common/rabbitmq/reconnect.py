@@ -25,7 +25,7 @@ log = logging.getLogger("taskshuttle.rabbitmq")
 _T = TypeVar("_T")
 
 #: What a retry can fix: a broker that is away, or a connection (or channel) it dropped.
-#: Anything else (a wrong password or virtual host, a queue declared with other arguments)
+#: Anything else (a wrong password or virtual host, a queue that cannot be used)
 #: reaches the caller at once.
 RETRYABLE = (ConnectionLost, BrokerUnreachable)
 
