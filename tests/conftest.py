@@ -72,7 +72,9 @@ def delete_queues(url: str, work_queue: str) -> None:
 
     from common.rabbitmq.topology import QueueNames
 
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    params = pika.URLParameters(url)
+    params.socket_timeout = params.blocked_connection_timeout = 10
+    connection = pika.BlockingConnection(params)
     try:
         channel = connection.channel()
         for name in QueueNames(work_queue).with_companions():

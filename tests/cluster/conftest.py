@@ -12,12 +12,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-import pika
 import pytest
 from pika.exceptions import AMQPError
 
-from common.rabbitmq.topology import QueueNames
-from tests.conftest import require_rabbitmq_server
+from tests.conftest import delete_queues, require_rabbitmq_server
 from tests.rabbit_cluster import Cluster
 
 
@@ -52,12 +50,7 @@ def cluster_queue(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[
     yield name
     for url in cluster.urls:
         try:
-            params = pika.URLParameters(url)
-            params.socket_timeout = params.blocked_connection_timeout = 10
-            with pika.BlockingConnection(params) as conn:
-                channel = conn.channel()
-                for queue in QueueNames(name).with_companions():
-                    channel.queue_delete(queue)
+            delete_queues(url, name)
             return
         except AMQPError:
             continue

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,19 @@ def _declare_on(cluster: Cluster, node: int, queue: str) -> int:
     return cluster.leader_of(queue)
 
 
+def _started_on(
+    cluster: Cluster, node: int, urls: str, queue: str, **options: Any
+) -> RabbitBackend:
+    """A backend on `urls` that started on `node`: the node a backend starts on is random,
+    so backends are opened until one is there (at most 40)."""
+    for _ in range(40):
+        backend = RabbitBackend(urls, queue, **options)
+        if backend.connected_to == redact_url(cluster.url_of(node)):
+            return backend
+        backend.close()
+    raise AssertionError(f"40 backends on {urls}, none started on node {node}")
+
+
 def _others(node: int) -> list[int]:
     return [n for n in NODES if n != node]
 
@@ -49,14 +63,7 @@ def test_a_worker_whose_node_is_killed_goes_on_on_another_node(
 ) -> None:
     cluster = healthy_cluster
     leader = _declare_on(cluster, 1, cluster_queue)
-    on_leader = None
-    for _ in range(40):  # the node a backend starts on is random: take one on the leader
-        candidate = RabbitBackend(cluster.url, cluster_queue, wait_for_broker=60)
-        if candidate.connected_to == redact_url(cluster.url_of(leader)):
-            on_leader = candidate
-            break
-        candidate.close()
-    assert on_leader is not None, "40 backends, none on the leader"
+    on_leader = _started_on(cluster, leader, cluster.url, cluster_queue, wait_for_broker=60)
     tasks = [TaskEnvelope(kind="echo", payload={"i": i}) for i in range(200)]
     with RabbitBackend(_urls(cluster, _others(leader)), cluster_queue) as producer:
         producer.publish(tasks)
@@ -206,14 +213,10 @@ def test_a_producer_whose_node_dies_waits_for_its_reply_queue_and_gets_every_res
     cluster = healthy_cluster
     _declare_on(cluster, 1, cluster_queue)
     home, other = 2, 3
-    producer = RabbitBackend(
-        _urls(cluster, [home, other]), cluster_queue, want_results=True, wait_for_broker=120
-    )
-    while producer.connected_to != redact_url(cluster.url_of(home)):  # start on `home`
-        producer.close()
-        producer = RabbitBackend(
-            _urls(cluster, [home, other]), cluster_queue, want_results=True, wait_for_broker=120
-        )
+    producer = _started_on(
+        cluster, home, _urls(cluster, [home, other]), cluster_queue,
+        want_results=True, wait_for_broker=120,
+    )  # fmt: skip
     tasks = [TaskEnvelope(kind="echo", payload={"i": i}) for i in range(20)]
     try:
         cluster.kill(home)
