@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo broker test lint
+.PHONY: install demo broker containers test lint
 
 # The venv is (re)installed only when pyproject.toml is newer than the last install.
 install: $(STAMP)
@@ -21,8 +21,13 @@ demo: install
 broker:
 	bash scripts/broker.sh start
 
-test: install broker
-	$(PY) -m pytest
+containers:
+	bash scripts/containers.sh setup
+
+# The broker of the contract and integration suites is a container wherever a Docker engine can
+# be had, else Debian's rabbitmq-server (scripts/test.sh says which, and stops what it started).
+test: install
+	PY=$(PY) bash scripts/test.sh
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -128,6 +128,10 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     ]
     print_table(f"taskshuttle · {summary['backend']}", [], rows)
     if summary["workers"]:
-        workers = [[w["pid"], w["ppid"], w["name"], w["tasks"]] for w in summary["workers"]]
-        print_table("who did what", ["worker pid", "ppid", "name", "tasks"], workers)
+        # The host column only when the workers ran on more than one machine (or container).
+        columns, fields = ["worker pid", "ppid", "name", "tasks"], ["pid", "ppid", "name", "tasks"]
+        if len({w["host"] for w in summary["workers"]}) > 1:
+            columns, fields = ["host", *columns], ["host", *fields]
+        workers = [[w[f] for f in fields] for w in summary["workers"]]
+        print_table("who did what", columns, workers)
     print_table("delivery ledger", ["fate", "tasks"], [list(i) for i in summary["ledger"].items()])

@@ -79,10 +79,11 @@ class Ledger:
         elapsed = max(end - self.started, 1e-9)
         fates = self.fates()
         done = fates[Fate.DONE_ONCE] + fates[Fate.DONE_AFTER_REDELIVERY] + fates[Fate.DONE_TWICE]
-        workers: Counter[tuple[int, int, str]] = Counter()
+        # By host too: workers on two machines (or in two containers) may share a pid.
+        workers: Counter[tuple[str, int, int, str]] = Counter()
         for results in self.results.values():
-            for result in results:
-                workers[(result.worker_pid, result.worker_ppid, result.worker_name)] += 1
+            for r in results:
+                workers[(r.worker_host, r.worker_pid, r.worker_ppid, r.worker_name)] += 1
         latencies = sorted(self.latency.values())
         return {
             "backend": backend,
@@ -98,8 +99,8 @@ class Ledger:
                 "max": _ms(latencies[-1] if latencies else None),
             },
             "workers": [
-                {"pid": pid, "ppid": ppid, "name": name, "tasks": n}
-                for (pid, ppid, name), n in sorted(workers.items())
+                {"host": host, "pid": pid, "ppid": ppid, "name": name, "tasks": n}
+                for (host, pid, ppid, name), n in sorted(workers.items())
             ],
             "ledger": {fate.value: fates[fate] for fate in Fate},
         }

@@ -234,11 +234,26 @@ stop_debian() {
 
 # --- Docker ----------------------------------------------------------------------------------
 
+# With no registry, the image of docker-compose.yml cannot be pulled: use the stand-in that
+# scripts/containers.sh builds from Debian's packages when it is there and the other is not.
+pick_local_image() {
+    local default=rabbitmq:3.13.7-management local_image
+    [[ -z "${RABBITMQ_IMAGE:-}" ]] || return 0
+    docker image inspect "$default" >/dev/null 2>&1 && return 0
+    local_image="$(bash "$ROOT/scripts/containers.sh" env | sed -n 's/^RABBITMQ_IMAGE=//p')"
+    if docker image inspect "$local_image" >/dev/null 2>&1; then
+        export RABBITMQ_IMAGE=$local_image
+        log "using the local image $RABBITMQ_IMAGE ($default is not here)"
+    fi
+}
+
 start_docker() {
     local started=$SECONDS deadline=$((SECONDS + WAIT))
     [[ -f "$COMPOSE_FILE" ]] || die "$COMPOSE_FILE not found"
+    pick_local_image
     log "starting the rabbitmq service with docker compose"
-    if ! compose up -d --wait rabbitmq; then
+    # No `--wait`: Compose v1 lacks it; AMQP answering is waited for below.
+    if ! compose up -d rabbitmq; then
         compose logs --tail 40 rabbitmq >&2 || true
         die "docker compose could not start the rabbitmq service"
     fi

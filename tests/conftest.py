@@ -1,23 +1,63 @@
 """Shared fixtures. Integration tests need a broker: without one they skip with the reason,
-except under CI (``CI=true``), where a missing broker is a failure, never a silent skip."""
+except under CI (``CI=true``), where a missing broker is a failure, never a silent skip.
+
+The run's header names the broker of the contract and integration suites (scripts/test.sh
+sets ``TASKSHUTTLE_TEST_BROKER_LABEL``: a container, or Debian's rabbitmq-server), and its
+summary lists the brokers each suite really used (`note_broker`)."""
 
 from __future__ import annotations
 
 import os
 import socket
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
 from common.backend import ProducerBackend
 from common.defaults import QueueType
-from common.settings import DEFAULT_AMQP_URL
+from common.settings import DEFAULT_AMQP_URL, redact_url
 from tests.rabbit_node import RABBITMQ_BIN, rabbitmq_available
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BROKER_URL = os.environ.get("AMQP_URL", DEFAULT_AMQP_URL)
+BROKER_LABEL = os.environ.get(
+    "TASKSHUTTLE_TEST_BROKER_LABEL", "the broker of AMQP_URL (scripts/test.sh did not start it)"
+)
+TESTS_DIR = Path(__file__).resolve().parent
+
+# Which brokers each suite (a folder of tests/, or "top" for tests/test_*.py) connected to.
+_brokers_by_suite: defaultdict[str, set[str]] = defaultdict(set)
+_suite_running = ["?"]
+
+
+def note_broker(description: str, suite: str | None = None) -> None:
+    """Record that the running test (or a fixture of `suite`) uses the broker `description`,
+    for the run's summary."""
+    _brokers_by_suite[suite or _suite_running[0]].add(description)
+
+
+@pytest.fixture(autouse=True)
+def _note_suite(request: pytest.FixtureRequest) -> None:
+    relative = Path(request.node.path).resolve().relative_to(TESTS_DIR)
+    _suite_running[0] = relative.parts[0] if len(relative.parts) > 1 else "top"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    where = f"{BROKER_LABEL}, {redact_url(BROKER_URL)}"
+    return [f"broker of the contract and integration suites: {where}"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _brokers_by_suite:
+        return
+    terminalreporter.write_sep("-", "brokers used, by suite")
+    for suite in sorted(_brokers_by_suite):
+        for description in sorted(_brokers_by_suite[suite]):
+            terminalreporter.write_line(f"{suite}: {description}")
 
 
 def _broker_answers(url: str) -> bool:
@@ -32,6 +72,7 @@ def _broker_answers(url: str) -> bool:
 def require_broker(url: str = BROKER_URL) -> str:
     """Skip (outside CI) or fail (in CI) unless a broker accepts connections at `url`."""
     if _broker_answers(url):
+        note_broker(f"{BROKER_LABEL}, {redact_url(url)}" if url == BROKER_URL else redact_url(url))
         return url
     where = f"{urlsplit(url).hostname}:{urlsplit(url).port or 5672}"
     reason = f"no RabbitMQ answers at {where}; start one with `bash scripts/broker.sh start`"
@@ -48,6 +89,20 @@ def require_rabbitmq_server() -> None:
         if IN_CI:
             pytest.fail(f"CI=true and {reason}")
         pytest.skip(reason)
+
+
+def url_with(url: str, *, password: str | None = None, vhost: str | None = None) -> str:
+    """`url` with another password or virtual host: the test broker's own user and address,
+    whichever broker the run uses."""
+    parts = urlsplit(url)
+    netloc, path = parts.netloc, parts.path
+    if password is not None:
+        credentials, _, address = netloc.rpartition("@")
+        user = credentials.partition(":")[0] or "guest"
+        netloc = f"{user}:{quote(password, safe='')}@{address}"
+    if vhost is not None:
+        path = "/" + quote(vhost, safe="")
+    return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
 
 
 @pytest.fixture

@@ -83,6 +83,14 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in env.items()}
 
 
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def _default(value: str) -> str:
+    """`value` as Compose reads it with none of its variables set: `${X:-d}` becomes `d`."""
+    return _VARIABLE.sub(lambda m: m["default"] or "", value)
+
+
 def _published(port: int | str | dict[str, Any]) -> tuple[str | None, str | None]:
     """(host_ip, published host port) of one `ports` entry; None where the entry leaves it out.
 
@@ -161,7 +169,7 @@ def test_short_port_syntax_parsing() -> None:
 
 @pytest.mark.parametrize("name", BROKER_SERVICES)
 def test_rabbitmq_image_is_pinned_management(services: dict[str, Any], name: str) -> None:
-    image = services[name]["image"]
+    image = _default(services[name]["image"])
     name, _, tag = image.rpartition("/")[2].partition(":")
     assert name == "rabbitmq", image
     assert tag and tag != "latest", f"unpinned image {image!r}"
@@ -177,19 +185,43 @@ def test_rabbitmq_has_healthcheck(services: dict[str, Any], name: str) -> None:
     test = check["test"]
     command = " ".join(test) if isinstance(test, list) else str(test)
     assert test not in (["NONE"], "NONE")
-    assert "rabbitmq-diagnostics" in command
+    # Healthy must mean "AMQP answers": `ping` passes about 1.5 s before the listeners are up.
+    assert "rabbitmq-diagnostics" in command and "check_port_connectivity" in command, command
 
 
 def test_every_published_port_is_loopback_only(services: dict[str, Any]) -> None:
     for name, service in services.items():
         for port in service.get("ports") or []:
-            host_ip, _ = _published(port)
+            host_ip, _ = _published(_default(port))
             assert host_ip == LOOPBACK, f"{name}: port {port!r} is not bound to {LOOPBACK}"
 
 
 def test_rabbitmq_publishes_amqp_and_management(services: dict[str, Any]) -> None:
-    published = {_published(p)[1] for p in services["rabbitmq"].get("ports") or []}
+    published = {_published(_default(p))[1] for p in services["rabbitmq"].get("ports") or []}
     assert {"5672", "15672"} <= published
+
+
+def test_every_variable_has_a_default() -> None:
+    # Plain `docker compose up`, with nothing set, must use the images users pull.
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    variables = list(_VARIABLE.finditer(text))
+    assert variables, "the images and ports should be open to substitution"
+    assert all(m["default"] for m in variables), [m[0] for m in variables if not m["default"]]
+    assert "$" not in _default(text).replace("$$", ""), "a variable of another syntax"
+
+
+def test_the_images_users_pull_are_the_defaults(services: dict[str, Any]) -> None:
+    assert _default(services["rabbitmq"]["image"]).startswith("rabbitmq:")
+    for name in ("producer", "consumer"):
+        base = services[name]["build"]["args"]["BASE_IMAGE"]
+        assert _default(base) == "python:3.11-slim", base
+        assert _default(services[name]["image"]) == "taskshuttle:local"
+
+
+def test_compose_v1_can_read_it(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    # docker-compose 1.29 refuses a top-level `name` and ignores `configs` outside a swarm.
+    assert "name" not in compose
+    assert not any("configs" in service for service in services.values())
 
 
 @pytest.mark.parametrize("name", ["producer", "consumer"])
@@ -240,11 +272,20 @@ def test_producer_is_not_started_by_plain_up(services: dict[str, Any]) -> None:
 
 
 def _host_path(compose: dict[str, Any], kind: str, name: str) -> Path:
-    """The file behind a top-level `secrets:` or `configs:` entry (relative to the compose
-    file)."""
+    """The file behind a top-level `secrets:` entry (relative to the compose file)."""
     entry = (compose.get(kind) or {}).get(name)
     assert entry and entry.get("file"), f"{kind}.{name} must name a file"
     return (COMPOSE_FILE.parent / entry["file"]).resolve()
+
+
+def _conf_mounts(service: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(host file, container path) of each file mounted into RabbitMQ's conf.d."""
+    found = []
+    for volume in service.get("volumes") or []:
+        source, target = str(volume).split(":")[:2]
+        if target.startswith("/etc/rabbitmq/conf.d/"):
+            found.append((source, target))
+    return tuple(found)
 
 
 def _sources(service: dict[str, Any], kind: str) -> list[str]:
@@ -271,11 +312,14 @@ def test_cluster_ports_are_distinct_from_each_other_and_the_single_broker(
     seen: dict[str, str] = {}
     for name in BROKER_SERVICES:
         for port in services[name].get("ports") or []:
-            _, published = _published(port)
+            _, published = _published(_default(port))
             assert published, f"{name}: {port!r} publishes no fixed host port"
             assert published not in seen, f"{name} and {seen[published]} both publish {published}"
             seen[published] = name
-    amqp = {name: {_published(p)[1] for p in services[name]["ports"]} for name in CLUSTER_SERVICES}
+    amqp = {
+        name: {_published(_default(p))[1] for p in services[name]["ports"]}
+        for name in CLUSTER_SERVICES
+    }
     for n, name in enumerate(CLUSTER_SERVICES, start=1):
         assert str(5680 + n) in amqp[name], f"{name} should publish AMQP on {5680 + n}"
 
@@ -305,9 +349,10 @@ def test_cluster_services_share_one_cookie(
 def test_cluster_services_list_each_other_as_peers(
     compose: dict[str, Any], services: dict[str, Any]
 ) -> None:
-    configs = {name: tuple(_sources(services[name], "configs")) for name in CLUSTER_SERVICES}
-    assert len(set(configs.values())) == 1 and len(configs["rabbitmq-1"]) == 1, configs
-    conf_file = _host_path(compose, "configs", configs["rabbitmq-1"][0])
+    mounts = {name: _conf_mounts(services[name]) for name in CLUSTER_SERVICES}
+    assert len(set(mounts.values())) == 1 and len(mounts["rabbitmq-1"]) == 1, mounts
+    ((source, _target),) = mounts["rabbitmq-1"]
+    conf_file = (COMPOSE_FILE.parent / source).resolve()
     settings = {}
     for line in conf_file.read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
@@ -325,9 +370,6 @@ def test_cluster_services_list_each_other_as_peers(
         assert services[name].get("hostname") == name
         assert not _environment(services[name]).get("RABBITMQ_NODENAME"), name
     assert peers == {f"rabbit@{name}" for name in CLUSTER_SERVICES}
-    for name in CLUSTER_SERVICES:
-        targets = [c.get("target") for c in services[name]["configs"] if isinstance(c, dict)]
-        assert targets and all(t.startswith("/etc/rabbitmq/conf.d/") for t in targets), name
 
 
 def test_cluster_nodes_keep_their_data_apart(services: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from pika.exceptions import AMQPError
 
-from tests.conftest import delete_queues, require_rabbitmq_server
+from tests.conftest import delete_queues, note_broker, require_rabbitmq_server
 from tests.rabbit_cluster import Cluster
 
 
@@ -25,6 +25,8 @@ def cluster() -> Iterator[Cluster]:
     cluster = Cluster()
     was_healthy = cluster.healthy()
     cluster.start()
+    addresses = ", ".join(url.rpartition("@")[2].partition("/")[0] for url in cluster.urls)
+    note_broker(f"the three Debian nodes of scripts/cluster.sh ({addresses})")
     try:
         yield cluster
     finally:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
+from tests.conftest import url_with
 from tests.helpers import run
 
 pytestmark = pytest.mark.timeout(60)
@@ -209,10 +211,12 @@ def test_closed_port_and_wrong_password_are_two_different_errors(
         refused, 1, prog, "cannot reach broker", "Connection refused"
     )
     started = time.monotonic()
-    denied = run(prog, *rabbit[:-2], "--url", "amqp://guest:hunter2@127.0.0.1:5672/%2F")
+    wrong_password = url_with(broker_url, password="hunter2")
+    denied = run(prog, *rabbit[:-2], "--url", wrong_password)
     denied_err = _one_line_error(denied, 1, prog, "refused the credentials")  # no retries
     assert time.monotonic() - started < 20  # at once, though the consumer waits forever
-    assert "hunter2" not in denied_err and "guest:***@" in denied_err
+    user = urlsplit(broker_url).username
+    assert "hunter2" not in denied_err and f"{user}:***@" in denied_err
     assert refused_err != denied_err
 
 
@@ -222,6 +226,6 @@ def test_unknown_virtual_host_is_an_access_error(broker_url: str) -> None:
         "--backend",
         "rabbitmq",
         "--url",
-        "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+        url_with(broker_url, vhost="no-such-vhost"),
     )
     _one_line_error(completed, 1, "producer", "refused access to the virtual host")
