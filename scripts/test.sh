@@ -71,7 +71,7 @@ trap 'exit 143' TERM
 # container_broker: up the `rabbitmq` service on its test ports; wait until Docker calls it
 # healthy (its healthcheck: AMQP answers) and AMQP answers from here.
 container_broker() {
-    local t0=$SECONDS id status
+    local t0=$SECONDS id status said
     engine_answers || started_dockerd=1
     # The application image follows this tree, so it is rebuilt; the others are kept.
     REBUILD_APP=1 bash "$ROOT/scripts/containers.sh" setup
@@ -81,7 +81,8 @@ container_broker() {
     t0=$SECONDS
     started_project=1
     compose down -v -t 10 >/dev/null 2>&1 || true # what a killed run may have left
-    compose up -d rabbitmq >/dev/null 2>&1 || die "docker-compose could not start the rabbitmq service"
+    said="$(compose up -d rabbitmq 2>&1)" ||
+        die "compose could not start the rabbitmq service: $(echo "$said" | tail -n 1)"
     id="$(compose ps -q rabbitmq)"
     while :; do
         status="$(docker inspect -f '{{.State.Health.Status}}' "$id" 2>/dev/null || echo gone)"
