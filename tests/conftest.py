@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -29,15 +29,16 @@ BROKER_LABEL = os.environ.get(
 )
 TESTS_DIR = Path(__file__).resolve().parent
 
-# Which brokers each suite (a folder of tests/, or "top" for tests/test_*.py) connected to.
-_brokers_by_suite: defaultdict[str, set[str]] = defaultdict(set)
+# Which brokers each suite (a folder of tests/, or "top" for tests/test_*.py) connected to,
+# and how many times (tests, or nodes started).
+_brokers_by_suite: defaultdict[str, Counter[str]] = defaultdict(Counter)
 _suite_running = ["?"]
 
 
 def note_broker(description: str, suite: str | None = None) -> None:
     """Record that the running test (or a fixture of `suite`) uses the broker `description`,
     for the run's summary."""
-    _brokers_by_suite[suite or _suite_running[0]].add(description)
+    _brokers_by_suite[suite or _suite_running[0]][description] += 1
 
 
 @pytest.fixture(autouse=True)
@@ -51,13 +52,25 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"broker of the contract and integration suites: {where}"]
 
 
+# Figures a test measured that a reader of the run wants to see (not asserted bounds).
+_figures: list[str] = []
+
+
+def note_figure(line: str) -> None:
+    """Print `line` in the run's summary, under "figures"."""
+    _figures.append(line)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not _brokers_by_suite:
-        return
-    terminalreporter.write_sep("-", "brokers used, by suite")
-    for suite in sorted(_brokers_by_suite):
-        for description in sorted(_brokers_by_suite[suite]):
-            terminalreporter.write_line(f"{suite}: {description}")
+    if _brokers_by_suite:
+        terminalreporter.write_sep("-", "brokers used, by suite")
+        for suite in sorted(_brokers_by_suite):
+            for description, times in sorted(_brokers_by_suite[suite].items()):
+                terminalreporter.write_line(f"{suite}: {description} (x{times})")
+    if _figures:
+        terminalreporter.write_sep("-", "figures")
+        for line in _figures:
+            terminalreporter.write_line(line)
 
 
 def _broker_answers(url: str) -> bool:

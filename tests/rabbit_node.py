@@ -140,7 +140,9 @@ class RabbitNode:
         """Start the node (if not running) and wait until its AMQP port answers."""
         from tests.conftest import note_broker  # not at import: conftest imports this module
 
-        note_broker(f"a private Debian node ({self.node}, 127.0.0.1:{self.port})")
+        note_broker(
+            f"private Debian nodes of tests/rabbit_node.py ({self.node.partition('-')[0]}-*)"
+        )
         if not self.running:
             if port_open(self.port):
                 raise RabbitNodeError(f"port {self.port} is already taken by something else")

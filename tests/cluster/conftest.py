@@ -26,7 +26,7 @@ def cluster() -> Iterator[Cluster]:
     was_healthy = cluster.healthy()
     cluster.start()
     addresses = ", ".join(url.rpartition("@")[2].partition("/")[0] for url in cluster.urls)
-    note_broker(f"the three Debian nodes of scripts/cluster.sh ({addresses})")
+    note_broker(f"the three Debian nodes of scripts/cluster.sh ({addresses})", suite="cluster")
     try:
         yield cluster
     finally:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from collections import Counter
 from typing import Any
 
 import pytest
 
 from tests.compose.conftest import Stack
+from tests.conftest import note_figure
 from tests.helpers import start, stop, wait_until
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(420)]
@@ -22,6 +24,18 @@ QUEUE = "tasks"  # the consumer service's default queue
 def _summary(stdout: str) -> dict[str, Any]:
     """The producer's --json summary (Compose may print its own lines before it)."""
     return json.loads(stdout[stdout.index("{") :])
+
+
+def _record(case: str, summary: dict[str, Any]) -> None:
+    """One row of the end-to-end table: sent, done, lost, and tasks per container."""
+    per_host: Counter[str] = Counter()
+    for worker in summary["workers"]:
+        per_host[worker["host"]] += worker["tasks"]
+    hosts = ", ".join(f"{host} {n}" for host, n in sorted(per_host.items()))
+    note_figure(
+        f"compose, {case}: sent {summary['sent']}, done {summary['done']},"
+        f" lost {summary['lost']}; results by container: {hosts}"
+    )
 
 
 def _producer_service(*args: str) -> list[str]:
@@ -36,6 +50,7 @@ def _queued(stack: Stack) -> int:
 def test_three_consumer_containers_share_a_thousand_tasks(stack: Stack) -> None:
     completed = stack.compose(*_producer_service("--count", "1000", "--wait", "--json", "-q"))
     summary = _summary(completed.stdout)
+    _record("three consumers", summary)
     assert (summary["sent"], summary["done"], summary["lost"]) == (1000, 1000, 0), summary
     hosts = {worker["host"] for worker in summary["workers"]}
     consumers = stack.hostnames("consumer")
@@ -70,6 +85,7 @@ def test_a_consumer_container_killed_mid_run_loses_nothing(stack: Stack) -> None
             producer.communicate()
     assert producer.returncode == 0, err
     summary = _summary(out)
+    _record("one consumer container killed mid-run", summary)
     assert (summary["sent"], summary["done"], summary["lost"]) == (1000, 1000, 0), summary
     # The killed container's tasks came back to the queue and were done by the others.
     assert summary["ledger"]["done after redelivery"] > 0, summary["ledger"]
@@ -110,5 +126,6 @@ def test_down_with_tasks_in_hand_then_up_again_loses_nothing(stack: Stack) -> No
             stop(producer, signal.SIGKILL, timeout=30)
     assert code == 0, err
     summary = json.loads(out)
+    _record(f"down with tasks in hand, {left} still queued, then up", summary)
     assert (summary["sent"], summary["done"], summary["lost"]) == (1000, 1000, 0), summary
     assert wait_until(lambda: stack.ready(QUEUE) == 0, timeout=30)
