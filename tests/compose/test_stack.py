@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from collections import Counter
 from typing import Any
 
@@ -109,7 +110,9 @@ def test_down_with_tasks_in_hand_then_up_again_loses_nothing(stack: Stack) -> No
             subprocess.Popen(["docker", "wait", c], stdout=subprocess.PIPE, text=True)
             for c in consumers
         ]
+        down_started = time.monotonic()
         stack.compose("down", "-t", "45")  # the volume stays
+        down_took = time.monotonic() - down_started
         codes = [w.communicate(timeout=60)[0].strip() for w in waits]
         assert codes == ["0"] * len(consumers), f"consumer exit codes after SIGTERM: {codes}"
 
@@ -126,6 +129,8 @@ def test_down_with_tasks_in_hand_then_up_again_loses_nothing(stack: Stack) -> No
             stop(producer, signal.SIGKILL, timeout=30)
     assert code == 0, err
     summary = json.loads(out)
-    _record(f"down with tasks in hand, {left} still queued, then up", summary)
+    _record(
+        f"`down` with tasks in hand ({down_took:.1f} s, {left} left queued), then `up`", summary
+    )
     assert (summary["sent"], summary["done"], summary["lost"]) == (1000, 1000, 0), summary
     assert wait_until(lambda: stack.ready(QUEUE) == 0, timeout=30)
