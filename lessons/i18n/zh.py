@@ -1,0 +1,62 @@
+"""课程各课的文字(中文)。键和 {占位符} 与 `lessons.i18n.en` 相同。"""
+
+STRINGS: dict[str, str] = {
+    # -- 公用 -------------------------------------------------------------------------------
+    "yes": "是",
+    "no": "否",
+    "live.step": "» 第 {n} 步:{text}",
+    "live.running": "运行中… {seconds:.1f} 秒",
+    "error.linux": "{lesson} 需要 Linux({needs});本机是 {system}",
+    "list.title": "课程各课(python -m lessons <名字> [--lang zh|en]):",
+    "list.more": "每一课都接受 --lang zh|en 和 --json,大多数还接受 --backend local|rabbitmq;"
+    "更多见 --help。",
+    "topic.process-objects": "进程对象及其他方法",
+    "topic.zombie-orphan": "僵尸进程与孤儿进程",
+    "topic.daemon": "守护进程",
+    "topic.mutex": "互斥锁:抢票",
+    "topic.queues": "队列 / 进程间通信",
+    "topic.producer-consumer": "生产者消费者模型",
+    "topic.threads": "线程",
+    "topic.compare": "两个后端对照",
+    # -- 守护进程 ---------------------------------------------------------------------------
+    "daemon.title": "守护进程 · 后端 {backend}",
+    "daemon.without": "不设 p.daemon = True",
+    "daemon.step.course": "课程的例子({daemon}):皇帝开设总管进程,随即寿终正寝",
+    "daemon.step.after_start": "在 p.start() 之后再设 p.daemon = True",
+    "daemon.step.emperor": "taskshuttle 本地后端:生产者开设 2 个 worker 子进程(daemon={daemon}),"
+    "它们干活时主进程的代码结束",
+    "daemon.step.broker": "taskshuttle 在 RabbitMQ 上:producer 程序发出 20 个任务后退出,"
+    "之后才启动消费者",
+    "daemon.course.printed": "课程的程序({args})打印:",
+    "daemon.course.table": "课程的例子,真实运行(总管睡 {seconds:g} 秒):每一行打印了几次",
+    "daemon.col.run": "运行",
+    "daemon.col.emperor_exit": "皇帝的进程退出用时(秒)",
+    "daemon.course.after_start": "在 p.start() 之后设 p.daemon = True:{error}"
+    "(课程:这一句一定要放在 start 方法前面,不然会直接报错)",
+    "daemon.course.note": "设了 p.daemon = True,总管打印“总管正在死亡” {dying_daemon} 次:"
+    "皇帝的进程 {daemon_exit} 秒后结束,Python 在退出时用 SIGTERM 终止它的守护进程,"
+    "普通子进程收到 SIGTERM 立刻死亡。不设,Python 退出前先等(join)子进程:"
+    "皇帝的进程活了 {plain_exit} 秒,直到总管打印了“总管正在死亡”({dying_plain} 次)。",
+    "daemon.local.table": "taskshuttle 本地后端:生产者的主进程代码结束时,"
+    "2 个 worker 正忙着 {count} 个任务",
+    "daemon.col.workers": "worker 子进程",
+    "daemon.col.running_after": "结束 0.1 秒后仍在运行",
+    "daemon.col.producer_gone": "生产者进程退出用时(秒)",
+    "daemon.col.done_sent": "完成 / 发出的任务",
+    "daemon.col.left_running": "之后仍在运行",
+    "daemon.local.note": "与课程相同:守护进程 worker 跟着生产者一起死,没做完的任务随它的队列"
+    "一起消失;不是守护进程时,生产者的进程要等 worker 结束(这里队列空了它们就停;"
+    "一个永不停止的 worker 会让它永远退不出)。不同之处:总管立刻就死了,我们的守护 worker "
+    "稍后才死。Python 用 SIGTERM 终止守护子进程,普通子进程收到就死;我们的 worker 却捕获 "
+    "SIGTERM,先把手上的任务做完再退出,这正是任务队列想要的(任务不会做到一半)。",
+    "daemon.broker.table": "RabbitMQ:生产者发完就退出,没有什么跟着它死",
+    "daemon.col.sent": "发出的任务",
+    "daemon.col.producer_exit": "生产者的退出码",
+    "daemon.col.producer_ran": "生产者运行(秒)",
+    "daemon.col.in_broker": "之后在 broker 中等待",
+    "daemon.col.done_later": "后来启动的消费者完成",
+    "daemon.broker.note": "在 RabbitMQ 上,没有谁是生产者的守护进程:任务存在 broker 里"
+    "(持久化队列、持久化消息),谁来谁走都不影响。守护进程的角色落到了消费者身上:worker 是 "
+    "`consumer` 主进程的守护子进程,跟着它一起死;它们没做完的任务没有确认(ack),"
+    "broker 会把它放回队列,交给下一个消费者。",
+}
