@@ -115,7 +115,7 @@ def daemon(
 @app.command("mutex", help=_help("mutex"))
 def mutex(
     backend: options.Backend = BackendName.local,
-    no_lock: Annotated[bool, typer.Option("--no-lock", help="The unsafe ticket office.")] = False,
+    no_lock: Annotated[bool, typer.Option("--no-lock", help="Only the unsafe ticket office (default: both).")] = False,
     tickets: Annotated[int, typer.Option(min=0)] = 50,
     buyers: Annotated[int, typer.Option(min=1)] = 200,
     consumers: Annotated[int, typer.Option(min=1, max=32, help="Worker processes.")] = 4,
@@ -130,7 +130,7 @@ def mutex(
 
     result = lesson.run(
         backend.value,
-        not no_lock,
+        False if no_lock else None,
         tickets=tickets,
         buyers=buyers,
         consumers=consumers,

@@ -274,7 +274,7 @@ def run_course(
     import threading
 
     launch = (
-        "import runpy, sys; sys.stdout.reconfigure(line_buffering=True); "
+        "import runpy, sys; sys.stdout.reconfigure(line_buffering=True, write_through=False); "
         f"sys.argv = ['-m', *{list(args)!r}]; "
         f"runpy.run_module('lessons.course.{name}', run_name='__main__', alter_sys=True)"
     )
@@ -282,7 +282,7 @@ def run_course(
     program = subprocess.Popen(
         python("-c", launch),
         cwd=cwd,
-        env=project_env(),
+        env={k: v for k, v in project_env().items() if k != "PYTHONUNBUFFERED"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -65,4 +65,61 @@ STRINGS: dict[str, str] = {
     "moves to the consumer: its workers are daemon children of the `consumer` supervisor and "
     "die with it; a task they had not finished was never acked, so the broker puts it back in "
     "the queue for the next consumer.",
+    # -- 互斥锁 -----------------------------------------------------------------------------
+    "mutex.title": "互斥锁 · the mutex: the ticket office · backend {backend}",
+    "mutex.method.mp-lock": "shared multiprocessing.Lock",
+    "mutex.method.none": "no lock",
+    "mutex.method.flock": "flock + purchase id",
+    "mutex.method.single-active": "single-active-consumer queue",
+    "mutex.method.lock-per-consumer": "multiprocessing.Lock per consumer",
+    "mutex.course.with_lock": "with mutex = Lock()",
+    "mutex.course.without_lock": "without the lock",
+    "mutex.step.course": "the course's ticket office ({lock}): a data file, 9 buyer processes "
+    "that search, then buy",
+    "mutex.step.office": "taskshuttle, backend {backend}: {buyers} buyers on {consumers} worker "
+    "processes, {method}",
+    "mutex.course.table": "the course's program, run for real: {tickets} ticket(s) in data, "
+    "9 buyers",
+    "mutex.col.course_run": "run",
+    "mutex.col.bought": "bought 买票成功",
+    "mutex.col.refused": "refused 买票失败",
+    "mutex.col.left": "left",
+    "mutex.col.oversold": "oversold",
+    "mutex.col.seconds": "seconds",
+    "mutex.course.errors": "{run}: a buyer failed (its last lines):",
+    "mutex.course.note": "With the lock {sold} buyer(s) bought, as many as there were tickets: "
+    "buying became serial (并发变成串行), {locked_s} s against {unlocked_s} s without it. "
+    "Without the lock {bought} buyers were told 买票成功 for {tickets} ticket(s), {oversold} "
+    "too many: each read the count before anyone wrote it back (数据错乱).",
+    "mutex.course.note_lucky": "With the lock {sold} buyer(s) bought, in {locked_s} s. "
+    "Without it this run happened to oversell nothing ({bought} bought, {tickets} ticket(s), "
+    "{unlocked_s} s): the race depends on timing; run it again.",
+    "mutex.course.delay": "(The course's network delay is 1-3 s; here 0.1-0.3 s, the only "
+    "change to its code.)",
+    "mutex.office.table": "taskshuttle, backend {backend}: {tickets} tickets, {buyers} buyers, "
+    "{consumers} worker processes, {ms:g} ms between check and buy",
+    "mutex.col.method": "method",
+    "mutex.col.processes": "processes",
+    "mutex.col.sold": "sold",
+    "mutex.col.lock_cost": "the lock cost",
+    "mutex.office.lost": "{method}: {lost} buyers got no answer",
+    "mutex.office.replay": "{method}: {replayed} purchases sent again with the same ids (as a "
+    "redelivery would): {sold} more tickets taken.",
+    "mutex.office.safe.local": "The same as the course: one Lock made by the parent and handed "
+    "to every worker makes check-and-buy one step; oversold {oversold}, at the cost in time "
+    "shown (the buyers take turns).",
+    "mutex.office.safe.rabbitmq": "What differs: a multiprocessing.Lock cannot reach a "
+    "consumer on another machine (or one started apart from the producer). The file lock "
+    "serializes the buyers who share the disk, and the purchase id makes a redelivered "
+    "purchase a no-op; the single-active-consumer queue serializes at the broker: one consumer "
+    "buys, the others stand by. Oversold: {oversold}.",
+    "mutex.office.safe_failed": "The safe methods oversold {oversold} ticket(s): that is a bug; "
+    "please report it.",
+    "mutex.office.unsafe.local": "Without the lock, several buyers read the same count during "
+    "the delay and each wrote count - 1: up to {oversold} buyers too many were told yes.",
+    "mutex.office.unsafe.rabbitmq": "No lock oversells as locally (up to {oversold}). Nor does "
+    "the course's Lock help: each consumer process can only make its own, and a lock nobody "
+    "else takes excludes nobody.",
+    "mutex.office.unsafe_lucky": "The unsafe runs oversold {oversold} this time: the race "
+    "depends on timing (try a longer --delay).",
 }

@@ -59,4 +59,54 @@ STRINGS: dict[str, str] = {
     "(持久化队列、持久化消息),谁来谁走都不影响。守护进程的角色落到了消费者身上:worker 是 "
     "`consumer` 主进程的守护子进程,跟着它一起死;它们没做完的任务没有确认(ack),"
     "broker 会把它放回队列,交给下一个消费者。",
+    # -- 互斥锁 -----------------------------------------------------------------------------
+    "mutex.title": "互斥锁 · 抢票 · 后端 {backend}",
+    "mutex.method.mp-lock": "共享一把 multiprocessing.Lock",
+    "mutex.method.none": "不加锁",
+    "mutex.method.flock": "flock 文件锁 + 订单号",
+    "mutex.method.single-active": "单活跃消费者队列",
+    "mutex.method.lock-per-consumer": "每个消费者各自一把 Lock",
+    "mutex.course.with_lock": "加锁 mutex = Lock()",
+    "mutex.course.without_lock": "不加锁",
+    "mutex.step.course": "课程的抢票程序({lock}):一个 data 文件,9 个买票子进程先查票再买票",
+    "mutex.step.office": "taskshuttle 后端 {backend}:{buyers} 个买票任务,{consumers} 个 worker "
+    "子进程,{method}",
+    "mutex.course.table": "课程的程序,真实运行:data 里 {tickets} 张票,9 个用户",
+    "mutex.col.course_run": "运行",
+    "mutex.col.bought": "买票成功",
+    "mutex.col.refused": "买票失败",
+    "mutex.col.left": "余票",
+    "mutex.col.oversold": "超卖",
+    "mutex.col.seconds": "秒",
+    "mutex.course.errors": "{run}:有用户出错(最后几行):",
+    "mutex.course.note": "加锁:{sold} 个用户买票成功,正好是票数:将并发变成串行,"
+    "用时 {locked_s} 秒,不加锁只用 {unlocked_s} 秒,牺牲效率但是保证了数据的安全。"
+    "不加锁:{tickets} 张票却有 {bought} 个用户买票成功,多卖了 {oversold} 张:"
+    "大家都在别人写回之前读到了同一个票数(数据错乱)。",
+    "mutex.course.note_lucky": "加锁:{sold} 个用户买票成功,用时 {locked_s} 秒。"
+    "不加锁这一次碰巧没有超卖({tickets} 张票,{bought} 个买票成功,{unlocked_s} 秒):"
+    "数据错乱要看时机,再运行一次试试。",
+    "mutex.course.delay": "(课程的虚拟网络延迟是 1-3 秒,这里是 0.1-0.3 秒,这是对它代码唯一的改动。)",
+    "mutex.office.table": "taskshuttle 后端 {backend}:{tickets} 张票,{buyers} 个用户,"
+    "{consumers} 个 worker 子进程,查票和买票之间隔 {ms:g} 毫秒",
+    "mutex.col.method": "方法",
+    "mutex.col.processes": "用到的进程",
+    "mutex.col.sold": "卖出",
+    "mutex.col.lock_cost": "加锁多花的时间",
+    "mutex.office.lost": "{method}:{lost} 个用户没有得到回答",
+    "mutex.office.replay": "{method}:用同样的订单号再发 {replayed} 次购买(就像消息被重新投递):"
+    "又卖出 {sold} 张票。",
+    "mutex.office.safe.local": "与课程相同:主进程生成一把锁,交给每个 worker,查票到买票变成一步;"
+    "超卖 {oversold} 张,代价是表中多花的时间(用户轮流买票,并发变成串行)。",
+    "mutex.office.safe.rabbitmq": "不同之处:multiprocessing.Lock 到不了另一台机器上的消费者"
+    "(也到不了不是由生产者开设的消费者)。文件锁让共用一块磁盘的用户轮流买票,订单号让重新投递的"
+    "购买不再卖票;单活跃消费者队列在 broker 处就串行了:一个消费者买票,其余的待命。"
+    "超卖:{oversold} 张。",
+    "mutex.office.safe_failed": "加锁的方法超卖了 {oversold} 张票:这是一个 bug,请报告。",
+    "mutex.office.unsafe.local": "不加锁:几个用户在延迟期间读到同一个票数,各自写回票数 - 1:"
+    "最多多卖了 {oversold} 张。",
+    "mutex.office.unsafe.rabbitmq": "不加锁和本地一样会超卖(最多 {oversold} 张)。课程的 Lock "
+    "也帮不上忙:每个消费者进程只能自己生成一把,一把没人来抢的锁谁也拦不住。",
+    "mutex.office.unsafe_lucky": "这一次不加锁的运行超卖了 {oversold} 张:数据错乱要看时机"
+    "(试试更长的 --delay)。",
 }
