@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -132,7 +134,37 @@ def heading(text: str) -> None:
 
 
 def note(text: str) -> None:
-    console.print(text, markup=False)
+    for line in wrap(text, console.width):
+        console.print(line, markup=False, soft_wrap=True)
+
+
+#: one CJK character (or full-width punctuation), a run of other non-blank characters, blanks
+_TOKEN = re.compile(
+    r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f“”]|[^\s\u2e80-\u9fff\uf900-\ufaff"
+    r"\uff00-\uffef\u3000-\u303f“”]+|\s+"
+)
+#: may not begin a line: it stays at the end of the line before, one or two cells over
+_CLOSING = set(",。:;、)!?”》")
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """Lines of at most `width` cells: between words, and between any two CJK characters
+    (Chinese has no spaces to break at; rich would break only at the rare spaces)."""
+    lines: list[str] = []
+    line = ""
+    for token in _TOKEN.findall(text):
+        if token.isspace():
+            if line:
+                line += " "
+            continue
+        if not line or cell_len(line + token) <= width or token in _CLOSING:
+            line += token
+            continue
+        lines.append(line.rstrip())
+        line = token
+    if line.strip():
+        lines.append(line.rstrip())
+    return lines
 
 
 def trace(lines: Iterable[str]) -> None:

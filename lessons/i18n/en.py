@@ -122,4 +122,62 @@ STRINGS: dict[str, str] = {
     "else takes excludes nobody.",
     "mutex.office.unsafe_lucky": "The unsafe runs oversold {oversold} this time: the race "
     "depends on timing (try a longer --delay).",
+    # -- 线程 -------------------------------------------------------------------------------
+    "threads.title": "线程 · threads · backend {backend} · this process is pid {pid}",
+    "threads.step.basics": "threading.Thread: start 3 threads and join them; change a global "
+    "from a thread, then from a child process",
+    "threads.step.race": "4 threads add 1 to one shared counter 100 times each, {how}",
+    "threads.step.measure": "the Worker loop, {workload}, as {who} (fastest of {repeat} runs)",
+    "threads.basics.table": "each thread says who it is (current_thread().name, its pid)",
+    "threads.col.name": "current_thread().name",
+    "threads.basics.one_pid": "The main thread and its {count} threads all report pid {pid}: "
+    "threads live inside one process (a process holds resources; its threads are what runs).",
+    "threads.basics.pids": "The threads reported several pids, which should not happen: "
+    "{pid} is this process.",
+    "threads.basics.shared": "A global money = 100 set to 0 by a thread: the main thread then "
+    "sees {after_thread} (threads share their process's data). Set to 0 by a child process: the "
+    "main process still sees {after_process} (processes are isolated from each other).",
+    "threads.race.with_lock": "with a threading.Lock",
+    "threads.race.without_lock": "without a lock",
+    "threads.race.table": "a shared counter: {threads} threads × {rounds} increments, each "
+    "read, pause, write",
+    "threads.col.expected": "expected",
+    "threads.col.got": "counter at the end",
+    "threads.col.lost": "updates lost",
+    "threads.col.seconds": "seconds",
+    "threads.race.note": "Without a lock {lost} of {expected} updates were lost: a thread read "
+    "the counter, another ran in the pause and wrote, and the first wrote back its stale value "
+    "plus one. With the lock: {locked_lost} lost, at the cost of taking turns ({locked_s} s "
+    "against {unlocked_s} s). The same 互斥锁 as between processes, only cheaper: the data is "
+    "already shared.",
+    "threads.race.odd": "Unexpected: {lost} updates lost without the lock, {locked_lost} with "
+    "it (of {expected}).",
+    "threads.cpu": "cpu-bound",
+    "threads.sleep": "sleep-bound",
+    "threads.who.process": "{n} process(es)",
+    "threads.who.thread": "{n} thread(s)",
+    "threads.measure.table": "the same Worker loop as processes or as threads (fastest of "
+    "{repeat} runs each)",
+    "threads.col.workload": "workload",
+    "threads.col.workers": "workers",
+    "threads.col.tasks": "tasks",
+    "threads.col.speedup": "speedup",
+    "threads.col.cores_busy": "cores busy",
+    "threads.col.at_once": "at once",
+    "threads.measure.machine": "{cores} cores; load average {load} when this began (other "
+    "programs take cores from the workers).",
+    "threads.cpu.processes_parallel": "cpu-bound, {n} processes: x{speedup}, {cores} cores "
+    "busy: they ran side by side on separate cores.",
+    "threads.cpu.processes_starved": "cpu-bound, {n} processes: only x{speedup} ({cores} cores "
+    "busy): they could run side by side, but other programs held the cores (load {load}).",
+    "threads.cpu.threads_gil": "cpu-bound, {n} threads: x{speedup}, {cores} cores busy: they "
+    "share one interpreter lock (the GIL), so only one of them runs Python code at a time.",
+    "threads.cpu.threads_gain": "cpu-bound, {n} threads: x{speedup} ({cores} cores busy), more "
+    "than the GIL should allow; the one-worker run was probably slowed by other programs.",
+    "threads.sleep.as_well": "sleep-bound, {n} workers: threads x{threads}, processes "
+    "x{processes}: a sleeping thread releases the GIL, so threads overlap ({at_once} at once) "
+    "about as well as processes, and cost less.",
+    "threads.sleep.behind": "sleep-bound, {n} workers: threads x{threads}, processes "
+    "x{processes}: the threads overlapped ({at_once} at once) but fell behind this time.",
+    "threads.measure.pids": "pids shows which is which: threads all report one process.",
 }

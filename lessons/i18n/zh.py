@@ -109,4 +109,55 @@ STRINGS: dict[str, str] = {
     "也帮不上忙:每个消费者进程只能自己生成一把,一把没人来抢的锁谁也拦不住。",
     "mutex.office.unsafe_lucky": "这一次不加锁的运行超卖了 {oversold} 张:数据错乱要看时机"
     "(试试更长的 --delay)。",
+    # -- 线程 -------------------------------------------------------------------------------
+    "threads.title": "线程 · 后端 {backend} · 本进程 pid {pid}",
+    "threads.step.basics": "threading.Thread:开设 3 个线程并 join;先在线程里、再在子进程里"
+    "修改一个全局变量",
+    "threads.step.race": "4 个线程各给同一个计数器加 1,各 100 次,{how}",
+    "threads.step.measure": "Worker 循环,{workload},{who}(各运行 {repeat} 次取最快)",
+    "threads.basics.table": "每个线程报出自己是谁(current_thread().name 和进程号)",
+    "threads.col.name": "current_thread().name",
+    "threads.basics.one_pid": "主线程和它开设的 {count} 个线程报出的都是 pid {pid}:"
+    "线程活在同一个进程里面(进程是资源单位,线程才是执行单位)。",
+    "threads.basics.pids": "线程报出了不止一个 pid,这不应该发生:本进程是 {pid}。",
+    "threads.basics.shared": "全局变量 money = 100,在线程里改成 0:主线程随后看到 "
+    "{after_thread}(同一个进程内的线程共享数据)。在子进程里改成 0:主进程看到的仍是 "
+    "{after_process}(进程之间数据是隔离的)。",
+    "threads.race.with_lock": "加 threading.Lock",
+    "threads.race.without_lock": "不加锁",
+    "threads.race.table": "共享的计数器:{threads} 个线程 × 各加 {rounds} 次,每次先读、停一下、再写",
+    "threads.col.expected": "应得",
+    "threads.col.got": "最后的计数",
+    "threads.col.lost": "丢失的更新",
+    "threads.col.seconds": "秒",
+    "threads.race.note": "不加锁:{expected} 次更新丢了 {lost} 次:一个线程读了计数,另一个线程"
+    "趁它停顿时写了,前一个再把它读到的旧值加一写回去(数据错乱)。加锁:丢失 {locked_lost} 次,"
+    "代价是轮流执行({locked_s} 秒,不加锁 {unlocked_s} 秒)。和进程间的互斥锁是同一回事,"
+    "只是更便宜:数据本来就是共享的。",
+    "threads.race.odd": "出乎意料:不加锁丢失 {lost} 次,加锁丢失 {locked_lost} 次(共 {expected} 次)。",
+    "threads.cpu": "计算密集",
+    "threads.sleep": "IO 密集(睡眠)",
+    "threads.who.process": "{n} 个进程",
+    "threads.who.thread": "{n} 个线程",
+    "threads.measure.table": "同一个 Worker 循环,开进程还是开线程(各运行 {repeat} 次取最快)",
+    "threads.col.workload": "任务类型",
+    "threads.col.workers": "worker",
+    "threads.col.tasks": "任务",
+    "threads.col.speedup": "加速",
+    "threads.col.cores_busy": "忙的核数",
+    "threads.col.at_once": "同时运行",
+    "threads.measure.machine": "{cores} 个核;开始时负载 {load}(别的程序会从 worker 手里抢核)。",
+    "threads.cpu.processes_parallel": "计算密集,{n} 个进程:x{speedup},{cores} 个核在忙:"
+    "它们在不同的核上并行。",
+    "threads.cpu.processes_starved": "计算密集,{n} 个进程:只有 x{speedup}({cores} 个核在忙):"
+    "本可以并行,但核被别的程序占着(负载 {load})。",
+    "threads.cpu.threads_gil": "计算密集,{n} 个线程:x{speedup},{cores} 个核在忙:它们共用一把"
+    "解释器锁(GIL),同一时刻只有一个线程在执行 Python 代码。",
+    "threads.cpu.threads_gain": "计算密集,{n} 个线程:x{speedup}({cores} 个核在忙),"
+    "超出了 GIL 允许的程度;多半是单个 worker 那一轮被别的程序拖慢了。",
+    "threads.sleep.as_well": "IO 密集,{n} 个 worker:线程 x{threads},进程 x{processes}:"
+    "睡眠中的线程会释放 GIL,所以线程也能重叠执行(同时 {at_once} 个),效果和进程差不多,开销更小。",
+    "threads.sleep.behind": "IO 密集,{n} 个 worker:线程 x{threads},进程 x{processes}:"
+    "线程重叠执行了(同时 {at_once} 个),但这一次落后了。",
+    "threads.measure.pids": "pids 一列分得出谁是谁:线程报出的都是同一个进程。",
 }
