@@ -180,4 +180,64 @@ STRINGS: dict[str, str] = {
     "threads.sleep.behind": "sleep-bound, {n} workers: threads x{threads}, processes "
     "x{processes}: the threads overlapped ({at_once} at once) but fell behind this time.",
     "threads.measure.pids": "pids shows which is which: threads all report one process.",
+    # -- 僵尸进程与孤儿进程 -------------------------------------------------------------------
+    "zombie.title": "僵尸进程与孤儿进程 · zombie and orphan processes · backend {backend}",
+    "zombie.gone": "gone",
+    "zombie.step.zombies": "3 children exit and are not joined: their state, read from "
+    "/proc/<pid>/stat, then join()",
+    "zombie.step.pool": "a worker pool ({backend}): kill one worker with SIGKILL and watch the "
+    "supervisor reap it",
+    "zombie.step.orphan": "an orphan: a parent SIGKILLed while its child runs, inside a "
+    "welfare home (a child subreaper) the lesson sets up",
+    "zombie.step.machine": "who adopts an orphan on this machine, outside the lesson's home",
+    "zombie.step.guard": "the supervisor `{program} ...` killed with SIGKILL: what its workers do",
+    "zombie.zombies.table": "children that exited and were not joined (state from "
+    "/proc/<pid>/stat)",
+    "zombie.col.child": "child pid",
+    "zombie.col.running": "running",
+    "zombie.col.exited": "exited",
+    "zombie.col.later": "0.3 s later",
+    "zombie.col.joined": "after join()",
+    "zombie.zombies.note": "Z = zombie (僵尸进程): dead, but its pid and exit status wait for "
+    "the parent. join() collects them (waitpid) and the entry is gone. A parent that starts "
+    "children forever and never joins them fills the process table with zombies.",
+    "zombie.zombies.odd": "Not every child was seen as a zombie (Z) before join(): look at the "
+    "table.",
+    "zombie.pool.killed": "a worker pool ({backend}): worker {pid} killed with SIGKILL",
+    "zombie.pool.before": "  its state until the supervisor looks: {state}",
+    "zombie.pool.after": "  after WorkerPool.check() joined it: {state}; replaced by {new}; "
+    "workers alive: {alive}",
+    "zombie.orphan.heading": "孤儿进程 · an orphan",
+    "zombie.orphan.started": "parent {parent} started child {child}: the child's ppid is {ppid}",
+    "zombie.orphan.killed": "parent killed with SIGKILL: the child's ppid is now {ppid}, its "
+    "state {state} (alive without its parent)",
+    "zombie.orphan.home": "{home} is the lesson's welfare home (儿童福利院): a child subreaper "
+    "(PR_SET_CHILD_SUBREAPER) standing in for pid 1; it adopted the orphan, then ended and "
+    "reaped it.",
+    "zombie.machine.init": "On this machine an orphan of the lesson's own process (pid "
+    "{orphan}) went to pid {pid} ({name}): no ancestor of the lesson is a subreaper, so pid 1 "
+    "is the welfare home, whose job is to reap the orphan when it ends.",
+    "zombie.machine.subreaper": "On this machine an orphan of the lesson's own process (pid "
+    "{orphan}) went to pid {pid} ({name}), not to pid 1: that ancestor registered as a child "
+    "subreaper (as systemd --user, tini or a container's shim do), the nearest welfare home.",
+    "zombie.guard.table": "the supervisor `{program} ...` (pid {pid}) killed with SIGKILL: "
+    "its children",
+    "zombie.col.role": "role",
+    "zombie.col.ppid_after": "ppid after",
+    "zombie.col.ended": "how it ended",
+    "zombie.col.reaped_after": "reaped after (s)",
+    "zombie.role.worker": "worker",
+    "zombie.role.resource_tracker": "resource tracker",
+    "zombie.killed_by": "killed by {signal}",
+    "zombie.exit_code": "exit code {code}",
+    "zombie.still_running": "still running: killed",
+    "zombie.guard.strays": "children not ended within 10 s (strays): {strays}",
+    "zombie.guard.note": "Each worker asked the kernel for SIGKILL when its parent dies "
+    "(PR_SET_PDEATHSIG) and also watches os.getppid(): orphaned, it ends at once instead of "
+    "running on unsupervised.",
+    "zombie.guard.strays_note": "{strays} children outlived their supervisor by 10 s and were "
+    "killed by the lesson.",
+    "zombie.guard.rabbitmq": "On RabbitMQ nothing is lost by it: the broker redelivers "
+    "whatever the dead workers held unacked.",
+    "zombie.guard.local": "Locally the queue died with the parent anyway.",
 }

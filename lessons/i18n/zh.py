@@ -160,4 +160,56 @@ STRINGS: dict[str, str] = {
     "threads.sleep.behind": "IO 密集,{n} 个 worker:线程 x{threads},进程 x{processes}:"
     "线程重叠执行了(同时 {at_once} 个),但这一次落后了。",
     "threads.measure.pids": "pids 一列分得出谁是谁:线程报出的都是同一个进程。",
+    # -- 僵尸进程与孤儿进程 -------------------------------------------------------------------
+    "zombie.title": "僵尸进程与孤儿进程 · 后端 {backend}",
+    "zombie.gone": "已回收",
+    "zombie.step.zombies": "3 个子进程结束了,但没有 join:从 /proc/<pid>/stat 读它们的状态,"
+    "然后 join()",
+    "zombie.step.pool": "worker 进程池({backend}):用 SIGKILL 杀掉一个 worker,看主进程回收它",
+    "zombie.step.orphan": "孤儿进程:子进程还在运行时用 SIGKILL 杀掉父进程,在本课开设的"
+    "儿童福利院(child subreaper)里进行",
+    "zombie.step.machine": "在本课的福利院之外,本机由谁收养孤儿进程",
+    "zombie.step.guard": "用 SIGKILL 杀掉主进程 `{program} ...`:看它的 worker 会怎样",
+    "zombie.zombies.table": "结束了却没有被 join 的子进程(状态来自 /proc/<pid>/stat)",
+    "zombie.col.child": "子进程 pid",
+    "zombie.col.running": "运行中",
+    "zombie.col.exited": "结束后",
+    "zombie.col.later": "0.3 秒后",
+    "zombie.col.joined": "join() 之后",
+    "zombie.zombies.note": "Z 即僵尸进程:死了但是没有死透,它的进程号和退出状态留给父进程查看。"
+    "join() 回收它们(waitpid),条目随即消失。父进程不死,并且无限制地开设子进程又从不回收,"
+    "僵尸进程就会占满进程表。",
+    "zombie.zombies.odd": "并非每个子进程在 join() 之前都被看到是僵尸进程(Z):请看表格。",
+    "zombie.pool.killed": "worker 进程池({backend}):用 SIGKILL 杀掉 worker {pid}",
+    "zombie.pool.before": "  在主进程察看之前,它的状态:{state}",
+    "zombie.pool.after": "  WorkerPool.check() join 它之后:{state};替补进程 {new};"
+    "存活的 worker:{alive}",
+    "zombie.orphan.heading": "孤儿进程",
+    "zombie.orphan.started": "父进程 {parent} 开设了子进程 {child}:子进程的 ppid 是 {ppid}",
+    "zombie.orphan.killed": "用 SIGKILL 杀掉父进程:子进程的 ppid 变成 {ppid},状态 {state}"
+    "(子进程存活,父进程意外死亡)",
+    "zombie.orphan.home": "{home} 是本课开设的儿童福利院:一个 child subreaper"
+    "(PR_SET_CHILD_SUBREAPER),代替 pid 1 收养了这个孤儿进程,之后结束并回收了它。",
+    "zombie.machine.init": "在本机,本课进程自己的一个孤儿进程(pid {orphan})被交给了 pid {pid}"
+    "({name}):本课的祖先进程中没有 subreaper,所以 pid 1 就是儿童福利院,孤儿结束时由它负责回收。",
+    "zombie.machine.subreaper": "在本机,本课进程自己的一个孤儿进程(pid {orphan})被交给了 "
+    "pid {pid}({name}),而不是 pid 1:这个祖先进程登记成了 child subreaper"
+    "(systemd --user、tini、容器的 shim 都会这样做),是最近的儿童福利院。",
+    "zombie.guard.table": "用 SIGKILL 杀掉主进程 `{program} ...`(pid {pid}):它的子进程",
+    "zombie.col.role": "角色",
+    "zombie.col.ppid_after": "之后的 ppid",
+    "zombie.col.ended": "怎样结束",
+    "zombie.col.reaped_after": "多久后回收(秒)",
+    "zombie.role.worker": "worker",
+    "zombie.role.resource_tracker": "resource tracker",
+    "zombie.killed_by": "被 {signal} 杀死",
+    "zombie.exit_code": "退出码 {code}",
+    "zombie.still_running": "仍在运行:由本课杀死",
+    "zombie.guard.strays": "10 秒内没有结束的子进程(游荡的孤儿):{strays}",
+    "zombie.guard.note": "每个 worker 都请内核在父进程死亡时给自己发 SIGKILL(PR_SET_PDEATHSIG),"
+    "并且留意 os.getppid():一旦成了孤儿进程,它立刻结束,而不是无人看管地继续运行。",
+    "zombie.guard.strays_note": "{strays} 个子进程在主进程死后 10 秒仍在运行,由本课杀死。",
+    "zombie.guard.rabbitmq": "在 RabbitMQ 上这不会丢任务:死去的 worker 手里没有确认(ack)的消息,"
+    "broker 会重新投递。",
+    "zombie.guard.local": "在本地,队列本来就随父进程一起消失了。",
 }
