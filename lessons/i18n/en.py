@@ -240,4 +240,114 @@ STRINGS: dict[str, str] = {
     "zombie.guard.rabbitmq": "On RabbitMQ nothing is lost by it: the broker redelivers "
     "whatever the dead workers held unacked.",
     "zombie.guard.local": "Locally the queue died with the parent anyway.",
+    # -- 进程对象 ---------------------------------------------------------------------------
+    "objects.title": "进程对象及其他方法 · process objects · backend {backend}",
+    "objects.step.child": "start a child process and ask it who it is",
+    "objects.step.terminate": "p.terminate(), then at once p.is_alive(), then p.join(): "
+    "{tries} times",
+    "objects.step.job.local": "a job of {tasks} tasks on 2 local workers (children of this "
+    "process)",
+    "objects.step.job.rabbitmq": "a job of {tasks} tasks through RabbitMQ, done by a `consumer` "
+    "program started apart",
+    "objects.who.table": "who is who",
+    "objects.who.me": "this process",
+    "objects.who.child": "a child it started",
+    "objects.who.note": "current_process().pid and os.getpid() are the same number; the "
+    "child's os.getppid() is {pid}, this process: every process has a pid (进程号), and knows "
+    "its parent's.",
+    "objects.who.odd": "Unexpected: the child's parent is not this process ({pid}).",
+    "objects.terminate.table": "p.terminate(), then at once p.is_alive(); then p.join()",
+    "objects.col.try": "try",
+    "objects.col.alive_at_once": "is_alive() at once",
+    "objects.col.join_ms": "join() waited (ms)",
+    "objects.col.alive_after": "is_alive() after join",
+    "objects.terminate.note": "is_alive() right after terminate() said True in {alive} of "
+    "{tries} tries: terminate() only asks the OS to kill the child (SIGTERM), which takes a "
+    "moment, and the code runs on at once. join() waits for that moment (exitcode -15 = "
+    "killed by SIGTERM).",
+    "objects.workers.table": "who ran the {tasks} tasks (every result names its worker)",
+    "objects.col.host": "host",
+    "objects.col.name": "process name",
+    "objects.col.tasks": "tasks",
+    "objects.workers.local": "ppid = {supervisor} = this process: locally the producer is the "
+    "workers' parent, and they live and die in its process tree.",
+    "objects.workers.rabbitmq": "ppid = {supervisor}: the `consumer` program, not this "
+    "producer (pid {me}). On RabbitMQ producer and workers are no relatives; the host column "
+    "would name another machine if the consumer ran there.",
+    # -- 队列 / 进程间通信 --------------------------------------------------------------------
+    "queues.title": "队列 / 进程间通信 · queues and IPC · backend {backend}",
+    "queues.step.caveats": "queue.Queue and LifoQueue; a multiprocessing.Queue's full(), "
+    "empty(), qsize(); a child's message",
+    "queues.step.order.local": "{tasks} numbered tasks through the local queue, {consumers} "
+    "consumer(s)",
+    "queues.step.order.rabbitmq": "{tasks} numbered tasks through a RabbitMQ queue, "
+    "{consumers} consumer(s)",
+    "queues.fifo": "queue.Queue, put 1..5 then get: {order}  (队列: first in, first out)",
+    "queues.lifo": "queue.LifoQueue (a stack):      {order}  (堆栈: first in, last out)",
+    "queues.full": "multiprocessing.Queue({maxsize}) after {maxsize} puts: full() -> {full}",
+    "queues.full_raised": "one more put(timeout=0.1): raised queue.Full after waiting 0.1 s",
+    "queues.full_went_in": "one more put(timeout=0.1): went in",
+    "queues.qsize": "qsize(): {size} (works on Linux; NotImplementedError on macOS)",
+    "queues.qsize_none": "qsize(): NotImplementedError (macOS)",
+    "queues.empty": "empty() right after put(): True in {empty} of {tries} tries",
+    "queues.ipc": "a child (pid {pid}) put {said!r} on the queue; this process got it "
+    "(进程间通信, IPC)",
+    "queues.caveats.note": "put() returns before the item is in the pipe (a feeder thread "
+    "writes it), and other processes put and get at the same time: full(), empty() and qsize() "
+    "are only snapshots. Use get(timeout=...) and handle queue.Empty instead of asking first.",
+    "queues.order.table": "FIFO order of results, tasks numbered as sent",
+    "queues.col.consumers": "consumers",
+    "queues.col.first": "first results to come back",
+    "queues.col.out_of_order": "out of order",
+    "queues.col.each_in_order": "each worker in order",
+    "queues.of": "{n} of {tasks}",
+    "queues.order.note": "One producer, one consumer: FIFO end to end. Several consumers: each "
+    "still takes tasks in order, but they finish at different speeds, so results overtake each "
+    "other ({late} of {tasks} came after a later-numbered one).",
+    "queues.order.odd": "This run: {late} of {tasks} results came back out of order with "
+    "several consumers; look at the table.",
+    "queues.order.rabbitmq": "On RabbitMQ the queue is FIFO too; a requeued or redelivered "
+    "message comes back later than its neighbours (see `compare`).",
+    # -- 生产者消费者模型 ---------------------------------------------------------------------
+    "pc.title": "生产者消费者模型 · the producer-consumer model · backend {backend}",
+    "pc.step.sentinel": "plain multiprocessing: 3 consumers, 30 items, then one sentinel "
+    "(None) per consumer",
+    "pc.step.joinable": "plain multiprocessing: 3 daemon consumers on a JoinableQueue; the "
+    "producer waits in join()",
+    "pc.step.fairness": "fairness, backend {backend}, {how}: 1 slow task (1 s) then 60 fast "
+    "ones, 2 workers",
+    "pc.local_queue": "local queue",
+    "pc.shutdown.table": "how the consumers learn the work is over (plain multiprocessing, "
+    "3 consumers)",
+    "pc.col.way": "way",
+    "pc.col.items": "items",
+    "pc.col.eaten": "eaten",
+    "pc.col.alive_after": "consumers alive after",
+    "pc.col.exitcodes": "exit codes",
+    "pc.way.sentinel": "sentinel (None per consumer)",
+    "pc.way.joinable": "JoinableQueue.join() + daemon",
+    "pc.shutdown.note": "A sentinel ends each consumer from inside (exit code 0). With "
+    "JoinableQueue the producer learns the work is done (join() returns after every "
+    "task_done()), but the consumers still wait in get(): as 守护进程 they are terminated with "
+    "their parent (exit code -15). taskshuttle does neither: each result (or ack) tells the "
+    "producer a task is done, and a stop event ends the workers.",
+    "pc.fairness.table": "fairness: 1 slow task then {fast} fast ones, 2 workers",
+    "pc.col.seconds": "seconds",
+    "pc.col.queued": "queued at 0.25 s",
+    "pc.col.held": "held behind slow",
+    "pc.col.fast_wait": "fast wait p50/max (s)",
+    "pc.col.per_worker": "per worker",
+    "pc.fairness.rabbitmq": "RabbitMQ hands each consumer up to `prefetch` unacked messages "
+    "ahead. With 100, the queue empties at once into the two workers' buffers, and {held100} "
+    "fast tasks dealt to the slow task's worker waited behind it. With 1 ({held1} waited), a "
+    "worker gets its next task only after it acked the last: the free worker takes the fast "
+    "ones. An ack is sent only after the handler finished, so a worker that dies gives its "
+    "tasks back.",
+    "pc.fairness.rabbitmq_odd": "This run: {held100} fast tasks waited behind the slow one "
+    "with prefetch 100, {held1} with prefetch 1; look at the table.",
+    "pc.fairness.local_none": "Here each worker took its tasks from the multiprocessing.Queue "
+    "one at a time, like prefetch 1: nothing waited behind the slow task.",
+    "pc.fairness.local_batches": "The local backend puts tasks on the multiprocessing.Queue in "
+    "small batches (one put, one pickle per batch), and a worker takes a whole batch: that is a "
+    "prefetch too. {held} fast tasks waited in the slow task's batch.",
 }

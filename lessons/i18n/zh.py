@@ -212,4 +212,96 @@ STRINGS: dict[str, str] = {
     "zombie.guard.rabbitmq": "在 RabbitMQ 上这不会丢任务:死去的 worker 手里没有确认(ack)的消息,"
     "broker 会重新投递。",
     "zombie.guard.local": "在本地,队列本来就随父进程一起消失了。",
+    # -- 进程对象 ---------------------------------------------------------------------------
+    "objects.title": "进程对象及其他方法 · 后端 {backend}",
+    "objects.step.child": "开设一个子进程,问它是谁",
+    "objects.step.terminate": "p.terminate(),紧接着 p.is_alive(),再 p.join():做 {tries} 次",
+    "objects.step.job.local": "{tasks} 个任务交给 2 个本地 worker(本进程的子进程)",
+    "objects.step.job.rabbitmq": "{tasks} 个任务经过 RabbitMQ,由另外启动的 `consumer` 程序完成",
+    "objects.who.table": "谁是谁",
+    "objects.who.me": "本进程",
+    "objects.who.child": "它开设的子进程",
+    "objects.who.note": "current_process().pid 和 os.getpid() 是同一个号;子进程的 os.getppid() "
+    "是 {pid},也就是本进程:计算机给每一个运行的进程分配一个 PID 号,进程也知道父进程的 PID。",
+    "objects.who.odd": "出乎意料:子进程的父进程不是本进程({pid})。",
+    "objects.terminate.table": "p.terminate(),紧接着 p.is_alive();然后 p.join()",
+    "objects.col.try": "次",
+    "objects.col.alive_at_once": "紧接着 is_alive()",
+    "objects.col.join_ms": "join() 等了(毫秒)",
+    "objects.col.alive_after": "join 之后 is_alive()",
+    "objects.terminate.note": "terminate() 之后紧接着 is_alive(),{tries} 次中有 {alive} 次为 "
+    "True:terminate() 是告诉操作系统帮我杀死子进程(SIGTERM),需要一定的时间,而代码运行的速度"
+    "极其快。join() 等的就是这段时间(exitcode -15 即被 SIGTERM 杀死)。",
+    "objects.workers.table": "{tasks} 个任务由谁完成(每个结果都写明了它的 worker)",
+    "objects.col.host": "主机",
+    "objects.col.name": "进程名",
+    "objects.col.tasks": "任务",
+    "objects.workers.local": "ppid = {supervisor} = 本进程:在本地,生产者就是 worker 的父进程,"
+    "它们都活在它的进程树里。",
+    "objects.workers.rabbitmq": "ppid = {supervisor}:是 `consumer` 程序,不是这个生产者"
+    "(pid {me})。在 RabbitMQ 上生产者和 worker 没有亲缘关系;如果消费者在另一台机器上运行,"
+    "主机一列会写出那台机器。",
+    # -- 队列 / 进程间通信 --------------------------------------------------------------------
+    "queues.title": "队列 / 进程间通信 · 后端 {backend}",
+    "queues.step.caveats": "queue.Queue 和 LifoQueue;multiprocessing.Queue 的 full()、empty()、"
+    "qsize();子进程发来的消息",
+    "queues.step.order.local": "{tasks} 个编了号的任务经过本地队列,{consumers} 个消费者",
+    "queues.step.order.rabbitmq": "{tasks} 个编了号的任务经过 RabbitMQ 队列,{consumers} 个消费者",
+    "queues.fifo": "queue.Queue,放入 1..5 再取出:{order}(队列:先进先出)",
+    "queues.lifo": "queue.LifoQueue(堆栈):    {order}(堆栈:先进后出)",
+    "queues.full": "multiprocessing.Queue({maxsize}) 放入 {maxsize} 个之后:full() -> {full}",
+    "queues.full_raised": "再 put(timeout=0.1) 一个:等了 0.1 秒后抛出 queue.Full",
+    "queues.full_went_in": "再 put(timeout=0.1) 一个:放进去了",
+    "queues.qsize": "qsize():{size}(Linux 上可用;macOS 上抛出 NotImplementedError)",
+    "queues.qsize_none": "qsize():NotImplementedError(macOS)",
+    "queues.empty": "put() 之后紧接着 empty():{tries} 次中有 {empty} 次为 True",
+    "queues.ipc": "子进程(pid {pid})把 {said!r} 放进队列;本进程取到了(进程间通信 IPC)",
+    "queues.caveats.note": "put() 在数据写进管道之前就返回了(由一个后台线程写入),而且别的进程"
+    "同时也在存取:full()、empty() 和 qsize() 都只是一瞬间的快照。不要先问再取,"
+    "用 get(timeout=...) 并处理 queue.Empty。",
+    "queues.order.table": "结果的先进先出顺序,任务按发出的顺序编号",
+    "queues.col.consumers": "消费者",
+    "queues.col.first": "最先回来的结果",
+    "queues.col.out_of_order": "乱序",
+    "queues.col.each_in_order": "每个 worker 按顺序取",
+    "queues.of": "{tasks} 个中 {n} 个",
+    "queues.order.note": "一个生产者、一个消费者:从头到尾先进先出。多个消费者:每个仍按顺序取任务,"
+    "但快慢不一,结果会互相超车({tasks} 个中有 {late} 个排在了编号更大的结果之后)。",
+    "queues.order.odd": "这一次:多个消费者时 {tasks} 个结果中 {late} 个乱序;请看表格。",
+    "queues.order.rabbitmq": "RabbitMQ 的队列也是先进先出;被退回或重新投递的消息会比它前后的"
+    "消息晚回来(见 `compare`)。",
+    # -- 生产者消费者模型 ---------------------------------------------------------------------
+    "pc.title": "生产者消费者模型 · 后端 {backend}",
+    "pc.step.sentinel": "纯 multiprocessing:3 个消费者,30 份数据,然后每个消费者一个结束信号(None)",
+    "pc.step.joinable": "纯 multiprocessing:JoinableQueue 上 3 个守护进程消费者;生产者在 join() 里等",
+    "pc.step.fairness": "公平性,后端 {backend},{how}:1 个慢任务(1 秒)接着 60 个快任务,2 个 worker",
+    "pc.local_queue": "本地队列",
+    "pc.shutdown.table": "消费者怎样知道活干完了(纯 multiprocessing,3 个消费者)",
+    "pc.col.way": "方式",
+    "pc.col.items": "数据",
+    "pc.col.eaten": "消费了",
+    "pc.col.alive_after": "之后存活的消费者",
+    "pc.col.exitcodes": "退出码",
+    "pc.way.sentinel": "结束信号(每个消费者一个 None)",
+    "pc.way.joinable": "JoinableQueue.join() + 守护进程",
+    "pc.shutdown.note": "结束信号让每个消费者自己结束(退出码 0)。用 JoinableQueue,生产者知道活干完了"
+    "(每个 task_done() 之后 join() 才返回),但消费者仍在 get() 里等:它们是守护进程,随父进程"
+    "一起被终止(退出码 -15)。taskshuttle 两样都不用:每个结果(或 ack)告诉生产者一个任务完成了,"
+    "一个停止事件让 worker 结束。",
+    "pc.fairness.table": "公平性:1 个慢任务接着 {fast} 个快任务,2 个 worker",
+    "pc.col.seconds": "秒",
+    "pc.col.queued": "0.25 秒时仍在队列",
+    "pc.col.held": "被慢任务耽搁",
+    "pc.col.fast_wait": "快任务等待 p50/最长(秒)",
+    "pc.col.per_worker": "每个 worker",
+    "pc.fairness.rabbitmq": "RabbitMQ 预先交给每个消费者最多 `prefetch` 条未确认的消息。设 100,"
+    "队列一下子就全倒进两个 worker 的缓冲,分到慢任务那个 worker 的 {held100} 个快任务只好排在它后面。"
+    "设 1({held1} 个被耽搁),worker 确认了上一条才拿到下一条:空闲的 worker 把快任务都接走。"
+    "ack 只在任务处理完之后才发,所以死掉的 worker 会把任务交还。",
+    "pc.fairness.rabbitmq_odd": "这一次:prefetch 100 时 {held100} 个快任务排在慢任务后面,"
+    "prefetch 1 时 {held1} 个;请看表格。",
+    "pc.fairness.local_none": "这里每个 worker 从 multiprocessing.Queue 一次取一个任务,就像 "
+    "prefetch 1:没有任务排在慢任务后面。",
+    "pc.fairness.local_batches": "本地后端把任务分成小批放进 multiprocessing.Queue(一批一次 put、"
+    "一次 pickle),worker 一次取走一整批:这也是一种 prefetch。{held} 个快任务等在慢任务那一批里。",
 }
