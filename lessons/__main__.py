@@ -115,7 +115,9 @@ def daemon(
 @app.command("mutex", help=_help("mutex"))
 def mutex(
     backend: options.Backend = BackendName.local,
-    no_lock: Annotated[bool, typer.Option("--no-lock", help="Only the unsafe ticket office (default: both).")] = False,
+    no_lock: Annotated[
+        bool, typer.Option("--no-lock", help="Only the unsafe ticket office (default: both).")
+    ] = False,
     tickets: Annotated[int, typer.Option(min=0)] = 50,
     buyers: Annotated[int, typer.Option(min=1)] = 200,
     consumers: Annotated[int, typer.Option(min=1, max=32, help="Worker processes.")] = 4,

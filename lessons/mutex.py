@@ -23,13 +23,13 @@ from common.settings import load_settings
 from lessons import show
 from lessons.i18n import t
 from lessons.runner import (
+    CourseRun,
     NumberedJob,
     broker_queue,
     first_results,
     job_of,
     local_pool,
     rabbit_pool,
-    CourseRun,
     run_course,
     run_job,
     seconds,

@@ -317,7 +317,9 @@ def run(
 
     def best(workload: str, pool: str, n: int) -> ThreadRun:
         with show.step(
-            "threads.step.measure", workload=t(f"threads.{workload}"), who=_who(pool, n),
+            "threads.step.measure",
+            workload=t(f"threads.{workload}"),
+            who=_who(pool, n),
             repeat=repeat,
         ):
             runs = [measure(backend, workload, pool, n, url=url, **sizes) for _ in range(repeat)]
@@ -376,7 +378,9 @@ def render_basics(result: Threads) -> None:
     pids = {s.pid for s in [b.main, *b.threads]}
     key = "threads.basics.one_pid" if len(pids) == 1 else "threads.basics.pids"
     show.note(t(key, pid=b.main.pid, count=len(b.threads)))
-    show.note(t("threads.basics.shared", after_thread=b.after_thread, after_process=b.after_process))
+    show.note(
+        t("threads.basics.shared", after_thread=b.after_thread, after_process=b.after_process)
+    )
 
 
 def render_race(result: Threads) -> None:

@@ -269,7 +269,9 @@ _STRAY = (
 def machine_home() -> MachineHome:
     """Make an orphan of this process's own, outside any home the lesson set up, and see who
     the kernel gives it to. It reports and exits at once; its new parent reaps it."""
-    parent = subprocess.Popen(python("-c", _STRAY_PARENT, _STRAY), stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        python("-c", _STRAY_PARENT, _STRAY), stdout=subprocess.PIPE, text=True
+    )
     assert parent.stdout is not None
     try:
         line = parent.stdout.readline().split()
@@ -323,9 +325,11 @@ def run(backend: str = "local", url: str | None = None) -> ZombieOrphan:
             )
         else:
             producer = stack.enter_context(broker_queue(settings.amqp_url, "zombie-orphan"))
-            with show.step("zombie.step.pool", backend=backend):
-                with rabbit_pool(settings.amqp_url, producer, 2) as pool:
-                    result.pool = pool_reaps(pool)
+            with (
+                show.step("zombie.step.pool", backend=backend),
+                rabbit_pool(settings.amqp_url, producer, 2) as pool,
+            ):
+                result.pool = pool_reaps(pool)
             program = python("-m", "consumer", "--queue", producer.queue_name, "--workers", "2")
         show.part(render_pool, result)
         with show.step("zombie.step.orphan"):
@@ -417,8 +421,13 @@ def render_guard(result: ZombieOrphan) -> None:
             t("zombie.col.reaped_after"),
         ],
         [
-            (c.pid, t(f"zombie.role.{c.role.replace(' ', '_')}") if c.role in ROLES else c.role, c.ppid_after,
-             _ended(c.ended), c.seconds)
+            (
+                c.pid,
+                t(f"zombie.role.{c.role.replace(' ', '_')}") if c.role in ROLES else c.role,
+                c.ppid_after,
+                _ended(c.ended),
+                c.seconds,
+            )
             for c in g.children
         ],
         caption=t("zombie.guard.strays", strays=g.strays),

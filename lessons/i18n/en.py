@@ -139,7 +139,7 @@ STRINGS: dict[str, str] = {
     "main process still sees {after_process} (processes are isolated from each other).",
     "threads.race.with_lock": "with a threading.Lock",
     "threads.race.without_lock": "without a lock",
-    "threads.race.table": "a shared counter: {threads} threads × {rounds} increments, each "
+    "threads.race.table": "a shared counter: {threads} threads x {rounds} increments, each "
     "read, pause, write",
     "threads.col.expected": "expected",
     "threads.col.got": "counter at the end",
@@ -350,4 +350,36 @@ STRINGS: dict[str, str] = {
     "pc.fairness.local_batches": "The local backend puts tasks on the multiprocessing.Queue in "
     "small batches (one put, one pickle per batch), and a worker takes a whole batch: that is a "
     "prefetch too. {held} fast tasks waited in the slow task's batch.",
+    # -- 两个后端对照 ------------------------------------------------------------------------
+    "compare.title": "compare: the same workload on both backends, {workers} workers each",
+    "compare.step.throughput": "{backend}: {tasks} numbered tasks (throughput, latency, order)",
+    "compare.step.crash": "{backend}: {tasks} tasks, one worker dies mid-task",
+    "compare.step.restart": "{backend}: {tasks} tasks, the producer goes away and starts again",
+    "compare.step.locking": "{backend}: the ticket office with a lock and without",
+    "compare.table": "every figure below was measured in this run",
+    "compare.row.tasks": "tasks (numbered, echo-like)",
+    "compare.row.throughput": "throughput (tasks/s)",
+    "compare.row.latency": "latency p50 / p99 (ms)",
+    "compare.row.out_of_order": "results out of order",
+    "compare.row.each_in_order": "each worker took its tasks in order",
+    "compare.row.crash": "crash: one worker dies mid-task, in (tasks)",
+    "compare.row.crash_lost": "crash: tasks lost",
+    "compare.row.crash_redelivered": "crash: done after redelivery",
+    "compare.row.crash_twice": "crash: done twice",
+    "compare.row.restart_unfinished": "restart: unfinished when the producer stopped",
+    "compare.row.restart_done": "restart: of those, done after the restart",
+    "compare.row.lock_method": "locking: method",
+    "compare.row.lock_oversold": "locking: oversold (20 tickets, 80 buyers)",
+    "compare.row.lock_rate": "locking: buyers/s",
+    "compare.row.nolock_oversold": "locking: oversold without a lock",
+    "compare.row.seconds": "seconds this column took",
+    "compare.note.local": "local: the dead worker's tasks came back through the in-flight "
+    "registry ({recovered} put back; a bare multiprocessing.Queue would have lost them). The "
+    "producer was stopped with Ctrl-C: the queue lived in its process, so a restarted producer "
+    "starts empty.",
+    "compare.note.rabbitmq": "rabbitmq: the broker requeued every delivery the dead worker had "
+    "not acked (the task in hand and its prefetch), flagged redelivered; on a quorum queue (the "
+    "default) each return also counts toward the message's delivery limit, so a task that kept "
+    "killing its workers would end in the DLQ. The producer sent, confirmed and exited; the "
+    "work waited in the broker for the consumers.",
 }

@@ -86,7 +86,8 @@ STRINGS: dict[str, str] = {
     "mutex.course.note_lucky": "加锁:{sold} 个用户买票成功,用时 {locked_s} 秒。"
     "不加锁这一次碰巧没有超卖({tickets} 张票,{bought} 个买票成功,{unlocked_s} 秒):"
     "数据错乱要看时机,再运行一次试试。",
-    "mutex.course.delay": "(课程的虚拟网络延迟是 1-3 秒,这里是 0.1-0.3 秒,这是对它代码唯一的改动。)",
+    "mutex.course.delay": "(课程的虚拟网络延迟是 1-3 秒,这里是 0.1-0.3 秒,"
+    "这是对它代码唯一的改动。)",
     "mutex.office.table": "taskshuttle 后端 {backend}:{tickets} 张票,{buyers} 个用户,"
     "{consumers} 个 worker 子进程,查票和买票之间隔 {ms:g} 毫秒",
     "mutex.col.method": "方法",
@@ -125,7 +126,7 @@ STRINGS: dict[str, str] = {
     "{after_process}(进程之间数据是隔离的)。",
     "threads.race.with_lock": "加 threading.Lock",
     "threads.race.without_lock": "不加锁",
-    "threads.race.table": "共享的计数器:{threads} 个线程 × 各加 {rounds} 次,每次先读、停一下、再写",
+    "threads.race.table": "共享的计数器:{threads} 个线程 x 各加 {rounds} 次,每次先读、停一下、再写",
     "threads.col.expected": "应得",
     "threads.col.got": "最后的计数",
     "threads.col.lost": "丢失的更新",
@@ -134,7 +135,8 @@ STRINGS: dict[str, str] = {
     "趁它停顿时写了,前一个再把它读到的旧值加一写回去(数据错乱)。加锁:丢失 {locked_lost} 次,"
     "代价是轮流执行({locked_s} 秒,不加锁 {unlocked_s} 秒)。和进程间的互斥锁是同一回事,"
     "只是更便宜:数据本来就是共享的。",
-    "threads.race.odd": "出乎意料:不加锁丢失 {lost} 次,加锁丢失 {locked_lost} 次(共 {expected} 次)。",
+    "threads.race.odd": "出乎意料:不加锁丢失 {lost} 次,加锁丢失 {locked_lost} 次"
+    "(共 {expected} 次)。",
     "threads.cpu": "计算密集",
     "threads.sleep": "IO 密集(睡眠)",
     "threads.who.process": "{n} 个进程",
@@ -273,7 +275,8 @@ STRINGS: dict[str, str] = {
     # -- 生产者消费者模型 ---------------------------------------------------------------------
     "pc.title": "生产者消费者模型 · 后端 {backend}",
     "pc.step.sentinel": "纯 multiprocessing:3 个消费者,30 份数据,然后每个消费者一个结束信号(None)",
-    "pc.step.joinable": "纯 multiprocessing:JoinableQueue 上 3 个守护进程消费者;生产者在 join() 里等",
+    "pc.step.joinable": "纯 multiprocessing:JoinableQueue 上 3 个守护进程消费者;"
+    "生产者在 join() 里等",
     "pc.step.fairness": "公平性,后端 {backend},{how}:1 个慢任务(1 秒)接着 60 个快任务,2 个 worker",
     "pc.local_queue": "本地队列",
     "pc.shutdown.table": "消费者怎样知道活干完了(纯 multiprocessing,3 个消费者)",
@@ -284,7 +287,8 @@ STRINGS: dict[str, str] = {
     "pc.col.exitcodes": "退出码",
     "pc.way.sentinel": "结束信号(每个消费者一个 None)",
     "pc.way.joinable": "JoinableQueue.join() + 守护进程",
-    "pc.shutdown.note": "结束信号让每个消费者自己结束(退出码 0)。用 JoinableQueue,生产者知道活干完了"
+    "pc.shutdown.note": "结束信号让每个消费者自己结束(退出码 0)。用 JoinableQueue,"
+    "生产者知道活干完了"
     "(每个 task_done() 之后 join() 才返回),但消费者仍在 get() 里等:它们是守护进程,随父进程"
     "一起被终止(退出码 -15)。taskshuttle 两样都不用:每个结果(或 ack)告诉生产者一个任务完成了,"
     "一个停止事件让 worker 结束。",
@@ -295,7 +299,8 @@ STRINGS: dict[str, str] = {
     "pc.col.fast_wait": "快任务等待 p50/最长(秒)",
     "pc.col.per_worker": "每个 worker",
     "pc.fairness.rabbitmq": "RabbitMQ 预先交给每个消费者最多 `prefetch` 条未确认的消息。设 100,"
-    "队列一下子就全倒进两个 worker 的缓冲,分到慢任务那个 worker 的 {held100} 个快任务只好排在它后面。"
+    "队列一下子就全倒进两个 worker 的缓冲,分到慢任务那个 worker 的 {held100} 个快任务"
+    "只好排在它后面。"
     "设 1({held1} 个被耽搁),worker 确认了上一条才拿到下一条:空闲的 worker 把快任务都接走。"
     "ack 只在任务处理完之后才发,所以死掉的 worker 会把任务交还。",
     "pc.fairness.rabbitmq_odd": "这一次:prefetch 100 时 {held100} 个快任务排在慢任务后面,"
@@ -304,4 +309,35 @@ STRINGS: dict[str, str] = {
     "prefetch 1:没有任务排在慢任务后面。",
     "pc.fairness.local_batches": "本地后端把任务分成小批放进 multiprocessing.Queue(一批一次 put、"
     "一次 pickle),worker 一次取走一整批:这也是一种 prefetch。{held} 个快任务等在慢任务那一批里。",
+    # -- 两个后端对照 ------------------------------------------------------------------------
+    "compare.title": "对照:同样的工作量在两个后端上,各 {workers} 个 worker",
+    "compare.step.throughput": "{backend}:{tasks} 个编了号的任务(吞吐量、延迟、顺序)",
+    "compare.step.crash": "{backend}:{tasks} 个任务,一个 worker 在任务中途死掉",
+    "compare.step.restart": "{backend}:{tasks} 个任务,生产者中途离开又重新启动",
+    "compare.step.locking": "{backend}:抢票,加锁和不加锁",
+    "compare.table": "下面每个数字都是这一次运行测出来的",
+    "compare.row.tasks": "任务(编号,类似 echo)",
+    "compare.row.throughput": "吞吐量(任务/秒)",
+    "compare.row.latency": "延迟 p50 / p99(毫秒)",
+    "compare.row.out_of_order": "乱序的结果",
+    "compare.row.each_in_order": "每个 worker 按顺序取任务",
+    "compare.row.crash": "崩溃:一个 worker 中途死掉,任务数",
+    "compare.row.crash_lost": "崩溃:丢失的任务",
+    "compare.row.crash_redelivered": "崩溃:重新投递后完成",
+    "compare.row.crash_twice": "崩溃:做了两次",
+    "compare.row.restart_unfinished": "重启:生产者停下时未完成",
+    "compare.row.restart_done": "重启:其中重启后完成的",
+    "compare.row.lock_method": "加锁:方法",
+    "compare.row.lock_oversold": "加锁:超卖(20 张票,80 个用户)",
+    "compare.row.lock_rate": "加锁:用户/秒",
+    "compare.row.nolock_oversold": "不加锁:超卖",
+    "compare.row.seconds": "这一列用时(秒)",
+    "compare.note.local": "本地:死掉的 worker 手里的任务经由在途登记表放回了队列"
+    "(放回 {recovered} 个;"
+    "光一个 multiprocessing.Queue 会把它们丢掉)。生产者被 Ctrl-C 停下:队列活在它的进程里,"
+    "所以重新启动的生产者从空队列开始。",
+    "compare.note.rabbitmq": "rabbitmq:死掉的 worker 没有确认的每条消息(手上的任务和预取的)"
+    "都被 broker 放回队列,标记为重新投递;在 quorum 队列(默认)上,每次退回还计入这条消息的"
+    "投递上限,一个总是害死 worker 的任务最后会进入死信队列。生产者发出、得到确认后就退出了;"
+    "任务在 broker 里等着消费者。",
 }
