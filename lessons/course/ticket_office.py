@@ -7,6 +7,7 @@ buyers 1..9 each `search` (查票), then `buy` (买票: read, network delay, dec
 
 Run it in a folder holding ``data`` (the lesson writes ``{"ticket_num": 1}`` there first).
 """
+# fmt: off
 
 import json
 import random
@@ -18,28 +19,28 @@ from multiprocessing import Lock, Process
 # 查票
 def search(i):
     # 文件操作读取票数
-    with open("data", encoding="utf-8") as f:
+    with open('data', 'r', encoding='utf-8') as f:
         dic = json.load(f)
-    print("用户%s查询余票:%s" % (i, dic.get("ticket_num")))
+    print('用户%s查询余票:%s' % (i, dic.get('ticket_num')))
 
 
 # 买票 1.查票 2.再买
 def buy(i):
     # 先查票
-    with open("data", encoding="utf-8") as f:
+    with open('data', 'r', encoding='utf-8') as f:
         dic = json.load(f)
     # 虚拟网络延迟
     time.sleep(random.randint(1, 3) / 10)  # lesson: the course sleeps 1-3 s; here 0.1-0.3 s
     # 判断当前是否有票
-    if dic.get("ticket_num") > 0:
+    if dic.get('ticket_num') > 0:
         # 修改数据库 买票
-        dic["ticket_num"] -= 1
+        dic['ticket_num'] -= 1
         # 写入数据库
-        with open("data", "w", encoding="utf-8") as f:
+        with open('data', 'w', encoding='utf-8') as f:
             json.dump(dic, f)
-        print("用户%s买票成功" % i)
+        print('用户%s买票成功' % i)
     else:
-        print("用户%s买票失败" % i)
+        print('用户%s买票失败' % i)
 
 
 def run(i, mutex):
@@ -57,8 +58,8 @@ def run_without_lock(i):  # lesson: the same buyer with no lock, to see what the
     buy(i)
 
 
-if __name__ == "__main__":
-    locked = sys.argv[1] == "lock"
+if __name__ == '__main__':
+    locked = sys.argv[1] == 'lock'
     # 在主进程中生成一把锁 让所有的子进程抢 谁先抢到谁先买票
     mutex = Lock()
     for i in range(1, 10):
