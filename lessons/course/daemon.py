@@ -1,8 +1,8 @@
-# ruff: noqa: UP015, UP031 - the course's code, as the course writes it
+# ruff: noqa: UP031 - the course's code, as the course writes it
 """守护进程: the course's steward (总管) and emperor (皇帝).
 
-    python -m lessons.course.daemon daemon 3      # p.daemon = True, the steward sleeps 3 s
-    python -m lessons.course.daemon plain 3       # the same without p.daemon = True
+``python -m lessons.course.daemon daemon 3``: with p.daemon = True, the steward sleeps 3 s;
+``python -m lessons.course.daemon plain 3``: the same without p.daemon = True.
 """
 # fmt: off
 
