@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import sys
 from typing import Annotated, Any
 
@@ -41,7 +40,7 @@ def _begin(name: str, lang: Lang | None, as_json: bool, needs: str | None = None
     needs = needs or NEEDS_LINUX.get(name)
     if needs and sys.platform != "linux":
         raise TaskshuttleError(
-            t("error.linux", lesson=name, needs=needs, system=platform.system() or sys.platform)
+            t("error.linux", lesson=name, needs=needs, system=sys.platform)
         )
     show.start_live(as_json)
 
