@@ -39,9 +39,7 @@ def _begin(name: str, lang: Lang | None, as_json: bool, needs: str | None = None
     set_language(lang or from_locale())
     needs = needs or NEEDS_LINUX.get(name)
     if needs and sys.platform != "linux":
-        raise TaskshuttleError(
-            t("error.linux", lesson=name, needs=needs, system=sys.platform)
-        )
+        raise TaskshuttleError(t("error.linux", lesson=name, needs=needs, system=sys.platform))
     show.start_live(as_json)
 
 

@@ -79,6 +79,18 @@ class BrokerKeeps:
 
 
 @dataclass
+class ConsumerDies:
+    """The `consumer` program killed while its daemon workers are busy."""
+
+    sent: int
+    done_before: int  # tasks done when it was killed
+    workers_running_after: int  # its workers still running a moment after
+    back_in_queue: int  # ready in the queue again, the tasks in hand among them
+    done_later: int  # by a consumer started afterwards
+    done_in_all: int  # distinct tasks done, in the end (sent: none lost)
+
+
+@dataclass
 class CourseDaemon:
     """The course's example, run for real: once with ``p.daemon = True``, once without."""
 
@@ -94,6 +106,7 @@ class Daemon:
     course: CourseDaemon | None = None
     runs: list[EmperorRun] = field(default_factory=list)
     broker: BrokerKeeps | None = None
+    consumer: ConsumerDies | None = None
 
 
 COURSE_CODE = """
@@ -190,6 +203,55 @@ def broker_keeps(url: str, count: int = 20, seconds: float = 0.02) -> BrokerKeep
         return BrokerKeeps(count, sent.returncode, round(took, 3), waiting, _count_lines(tally))
 
 
+def consumer_dies(url: str, count: int = 12, seconds: float = 0.4) -> ConsumerDies:
+    """Tasks in hand when the `consumer` program dies at once (SIGKILL): its daemon workers die
+    with it, their tasks unacked, and the broker puts those back in the queue."""
+    return procs.in_welfare_home(_consumer_dies, url, count, seconds)
+
+
+def _consumer_dies(url: str, count: int, seconds: float) -> ConsumerDies:
+    with (
+        broker_queue(url, "daemon-consumer") as producer,
+        tempfile.TemporaryDirectory(prefix="lesson-daemon-") as folder,
+    ):
+        tally = Path(folder) / "done.txt"
+        payload = {"file": str(tally), "seconds": seconds}
+        producer.publish(
+            [TaskEnvelope(kind="lesson.tally", payload={**payload, "seq": i}) for i in range(count)]
+        )
+        consumer = subprocess.Popen(
+            python(
+                *("-m", "consumer", "--queue", producer.queue_name, "--workers", "2"),
+                *("--prefetch", "1", "--handlers", "lessons.tasks"),
+            ),
+            env=project_env(url),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            procs.wait_for(lambda: _count_lines(tally) >= 2 or consumer.poll() is not None, 60)
+            workers = procs.children_of(consumer.pid)
+            time.sleep(seconds / 2)  # each worker part way into its next task
+        finally:
+            consumer.kill()  # the supervisor dies at once: no cleanup, no ack
+            consumer.wait()
+        done_before = _count_lines(tally)
+        procs.wait_for(lambda: not any(procs.running(pid) for pid in workers), 10)
+        running = sum(procs.running(pid) for pid in workers)
+        procs.wait_for(lambda: producer.pending() >= count - done_before, 10)
+        back = producer.pending()
+        with rabbit_pool(url, producer, 2):
+            procs.wait_for(lambda: len(_seqs(tally)) >= count, 60)
+        return ConsumerDies(
+            count, done_before, running, back, _count_lines(tally) - done_before, len(_seqs(tally))
+        )
+
+
+def _seqs(path: Path) -> set[str]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return {line.split()[1] for line in lines}
+
+
 def run(backend: str = "local", url: str | None = None, steward_seconds: float = 3.0) -> Daemon:
     result = Daemon(backend)
     if show.is_live():
@@ -208,8 +270,11 @@ def run(backend: str = "local", url: str | None = None, steward_seconds: float =
             result.runs.append(run_emperor(daemon))
     show.part(render_local, result)
     if backend == "rabbitmq":
+        broker_url = load_settings(amqp_url=url).amqp_url
         with show.step("daemon.step.broker"):
-            result.broker = broker_keeps(load_settings(amqp_url=url).amqp_url)
+            result.broker = broker_keeps(broker_url)
+        with show.step("daemon.step.consumer_dies"):
+            result.consumer = consumer_dies(broker_url)
         show.part(render_broker, result)
     return result
 
@@ -304,4 +369,27 @@ def render_broker(result: Daemon) -> None:
         ],
         [(b.sent, b.producer_exit, b.producer_seconds, b.waiting_after_producer, b.done_later)],
     )
+    c = result.consumer
+    if c is not None:
+        show.table(
+            t("daemon.consumer.table"),
+            [
+                t("daemon.col.sent"),
+                t("daemon.col.done_before"),
+                t("daemon.col.workers_after"),
+                t("daemon.col.back"),
+                t("daemon.col.done_later"),
+                t("daemon.col.done_in_all"),
+            ],
+            [
+                (
+                    c.sent,
+                    c.done_before,
+                    c.workers_running_after,
+                    c.back_in_queue,
+                    c.done_later,
+                    f"{c.done_in_all} / {c.sent}",
+                )
+            ],
+        )
     show.note(t("daemon.broker.note"))

@@ -60,6 +60,14 @@ STRINGS: dict[str, str] = {
     "daemon.col.producer_ran": "producer ran (s)",
     "daemon.col.in_broker": "then waiting in the broker",
     "daemon.col.done_later": "done by consumers started later",
+    "daemon.step.consumer_dies": "taskshuttle on RabbitMQ: the `consumer` program is killed "
+    "(SIGKILL) while its 2 daemon workers are busy; then another consumer starts",
+    "daemon.consumer.table": "RabbitMQ: the consumer dies with tasks in hand; the broker puts "
+    "them back",
+    "daemon.col.done_before": "done before it died",
+    "daemon.col.workers_after": "its workers running after",
+    "daemon.col.back": "back in the queue",
+    "daemon.col.done_in_all": "done in all",
     "daemon.broker.note": "On RabbitMQ nothing is a daemon of the producer: the broker holds "
     "the work (durable queue, persistent messages) whoever comes and goes. The daemon role "
     "moves to the consumer: its workers are daemon children of the `consumer` supervisor and "

@@ -55,6 +55,13 @@ STRINGS: dict[str, str] = {
     "daemon.col.producer_ran": "生产者运行(秒)",
     "daemon.col.in_broker": "之后在 broker 中等待",
     "daemon.col.done_later": "后来启动的消费者完成",
+    "daemon.step.consumer_dies": "taskshuttle 在 RabbitMQ 上:`consumer` 程序的 2 个守护 worker "
+    "正忙时,用 SIGKILL 杀掉它;然后启动另一个消费者",
+    "daemon.consumer.table": "RabbitMQ:消费者带着手上的任务死去;broker 把任务放回队列",
+    "daemon.col.done_before": "死前完成",
+    "daemon.col.workers_after": "之后仍在运行的 worker",
+    "daemon.col.back": "回到队列",
+    "daemon.col.done_in_all": "总共完成",
     "daemon.broker.note": "在 RabbitMQ 上,没有谁是生产者的守护进程:任务存在 broker 里"
     "(持久化队列、持久化消息),谁来谁走都不影响。守护进程的角色落到了消费者身上:worker 是 "
     "`consumer` 主进程的守护子进程,跟着它一起死;它们没做完的任务没有确认(ack),"

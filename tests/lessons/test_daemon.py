@@ -56,3 +56,12 @@ def test_without_daemon_the_steward_lives_out_his_sleep() -> None:
 @pytest.mark.timeout(30)
 def test_setting_daemon_after_start_raises_as_the_course_says() -> None:
     assert daemon.set_after_start() == "AssertionError: process has already started"
+
+
+@pytest.mark.timeout(90)
+def test_rabbitmq_puts_back_the_tasks_a_dead_consumers_workers_held(broker_url: str) -> None:
+    dies = daemon.consumer_dies(broker_url, count=8, seconds=0.4)
+    assert dies.done_before >= 2
+    assert dies.workers_running_after == 0  # daemon workers: gone with their supervisor
+    assert dies.back_in_queue == dies.sent - dies.done_before  # the tasks in hand too
+    assert dies.done_in_all == dies.sent  # none lost
