@@ -390,4 +390,86 @@ STRINGS: dict[str, str] = {
     "default) each return also counts toward the message's delivery limit, so a task that kept "
     "killing its workers would end in the DLQ. The producer sent, confirmed and exited; the "
     "work waited in the broker for the consumers.",
+    # -- docs/lessons.md ----------------------------------------------------------------------
+    "docs.title": "The seed course, runnable · 课程,跑起来",
+    "docs.language": "English",
+    "docs.intro": "taskshuttle grew out of a classic Python course on concurrency, in Chinese "
+    "(processes, zombies and orphans, daemons, the mutex, queues and IPC, the producer-consumer "
+    "model, threads). Each of its topics is a command here. It opens with the course's own "
+    "example, run for real, then shows the same idea in taskshuttle on the local backend (one "
+    "process tree around a `multiprocessing.Queue`) and on RabbitMQ, and says what is the same, "
+    "what differs and why. Every figure is measured in that run; each step is announced before "
+    "it runs. `--lang zh|en` chooses the language (by default the locale's: LC_ALL, LC_MESSAGES "
+    "or LANG starting with zh gives Chinese); `--json` prints the result as JSON; `--url` (or "
+    "AMQP_URL) names another broker. The outputs below are real runs on a 2-core machine that "
+    "was busy with other work: pids, timings and the counts of a race change from run to run.",
+    "docs.linux": "Linux only: `zombie-orphan` (it reads /proc and calls prctl), `daemon` "
+    "(/proc), `mutex --backend rabbitmq` and `compare` (fcntl.flock). Elsewhere they stop with "
+    "one line, e.g. `lessons: error: zombie-orphan needs Linux (/proc, prctl); this system is "
+    "darwin`.",
+    "docs.snippet.process-objects": "The course's snippet:",
+    "docs.snippet.zombie-orphan": "The course's text (it has no code for this topic):",
+    "docs.snippet.daemon": "The course's example (the lesson runs it as it is, in "
+    "`lessons/course/daemon.py`):",
+    "docs.snippet.mutex": "The course's example, its `buy` and `run` (the lesson runs the whole "
+    "program, `search` and the `data` file included, in `lessons/course/ticket_office.py`):",
+    "docs.snippet.queues": "The course's text (it stops here, before any code):",
+    "docs.snippet.producer-consumer": "The course names this topic, but its text stops before "
+    "the code; this is the model the lesson runs in plain multiprocessing first:",
+    "docs.snippet.threads": "The course names this topic; the lesson starts from "
+    "`threading.Thread` itself:",
+    "docs.teach.process-objects": "Every process has a pid, and knows its parent's; "
+    "`terminate()` only asks the OS, so `is_alive()` right after it still says True, and "
+    "`join()` waits for the death. Locally the producer is the workers' parent; on RabbitMQ "
+    "they are children of a separate `consumer` program, no relatives of the producer.",
+    "docs.teach.zombie-orphan": "A child that exited and was not joined is a zombie (state Z "
+    "in /proc) until its parent joins it; the consumer's pool does that for a killed worker. "
+    "An orphan goes to the nearest child subreaper or to pid 1 (the course's 儿童福利院): the "
+    "lesson watches one inside a home of its own, and names the home this machine has. "
+    "taskshuttle's workers never run on as orphans: they ask for SIGKILL when their parent "
+    "dies.",
+    "docs.teach.daemon": "The course's steward dies with the emperor and never prints "
+    "总管正在死亡; without `daemon` the emperor's process waits for him. taskshuttle's daemon "
+    "workers die with their producer too, a moment later: Python terminates daemonic children "
+    "with SIGTERM at exit, and our workers catch it to finish the task in hand. On RabbitMQ "
+    "nothing dies with the producer, and the tasks a dead consumer held go back to the queue.",
+    "docs.teach.mutex": "The course's ticket office, run for real with its Lock and without: "
+    "with it one buyer per ticket, serially; without it several buyers read the same count. "
+    "Then taskshuttle's office, with a lock and without side by side, and the time the lock "
+    "cost. On RabbitMQ no `multiprocessing.Lock` reaches the consumers: a file lock with a "
+    "purchase id, or a single-active-consumer queue, does the same job.",
+    "docs.teach.queues": "First in, first out (队列) and first in, last out (堆栈); what a "
+    "`multiprocessing.Queue`'s full(), empty() and qsize() can promise across processes; and "
+    "when FIFO order holds end to end on each backend.",
+    "docs.teach.producer-consumer": "How the consumers learn that the work is over (a sentinel, "
+    "or JoinableQueue with daemon consumers; acks in taskshuttle), and what prefetch does to "
+    "fairness when one task is slow.",
+    "docs.teach.threads": "`threading.Thread`: all threads report one pid and share their "
+    "process's data, so an unguarded read-modify-write loses updates and a `threading.Lock` "
+    "fixes it. Then the project's Worker loop as processes and as threads, on CPU- and "
+    "sleep-bound work; the text under the table is chosen from the measured ratios.",
+    "docs.teach.compare": "The same workloads on both backends, every cell measured in this "
+    "run: throughput and latency, order, a worker that dies mid-task, a producer that goes "
+    "away and comes back, and the ticket office.",
+    "docs.notes.title": "Notes on what the lessons work around",
+    "docs.notes": "- A handler sees only its payload, so it cannot reach the course's mutex "
+    "nor the task's id. The mutex lesson's local pool makes one `multiprocessing.Lock` and "
+    "hands it to each worker process as it starts (`WorkerSpec.initializer` runs "
+    "`lessons.tasks.share_lock` there), and puts the task id into the payload.\n"
+    "- The course's examples run as programs of their own (`lessons/course/`), with stdout "
+    "line-buffered as on a terminal, so that their lines arrive whole and in the order they were "
+    "printed. Their only changes are marked `# lesson:` (shorter sleeps).\n"
+    "- The single-active-consumer queue is declared with `x-single-active-consumer` on top of "
+    "the work queue's own arguments, so it needs consumer processes of its own "
+    "(`lessons/single_active.py`).\n"
+    "- The RabbitMQ runs use quorum queues, the default (`--queue-type`): a message a dead "
+    "worker held comes back flagged redelivered, and each such return counts toward the "
+    "message's delivery limit.\n"
+    "- On the local backend, a worker that dies while its queue's feeder thread is writing "
+    "leaves the shared queue's write lock taken; the crash in `compare` therefore happens "
+    "0.2 s into a task.\n"
+    "- Lessons that kill a supervisor (`zombie-orphan`, `daemon` on RabbitMQ) do it inside a "
+    "child subreaper of their own, which reaps the orphans: nothing is left to pid 1.",
+    "docs.generated": "Generated by `python -m lessons.docs > docs/lessons.md` on a machine "
+    "with {cores} cores.",
 }

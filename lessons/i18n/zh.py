@@ -347,4 +347,69 @@ STRINGS: dict[str, str] = {
     "都被 broker 放回队列,标记为重新投递;在 quorum 队列(默认)上,每次退回还计入这条消息的"
     "投递上限,一个总是害死 worker 的任务最后会进入死信队列。生产者发出、得到确认后就退出了;"
     "任务在 broker 里等着消费者。",
+    # -- docs/lessons.md ----------------------------------------------------------------------
+    "docs.title": "The seed course, runnable · 课程,跑起来",
+    "docs.language": "中文",
+    "docs.intro": "taskshuttle 脱胎于一门经典的 Python 并发课程(进程对象、僵尸进程与孤儿进程、"
+    "守护进程、互斥锁、队列与进程间通信、生产者消费者模型、线程)。课程的每个知识点在这里都是一条命令:"
+    "先真实运行课程自己的例子,再用 taskshuttle 在本地后端(围绕一个 `multiprocessing.Queue` 的"
+    "一棵进程树)和 RabbitMQ 上演示同一个道理,并说明哪里相同、哪里不同、为什么。每个数字都是那一次"
+    "运行测出来的;每一步在运行之前先报出来。`--lang zh|en` 选择语言(默认跟随 locale:LC_ALL、"
+    "LC_MESSAGES 或 LANG 以 zh 开头即为中文);`--json` 以 JSON 输出结果;`--url`(或 AMQP_URL)"
+    "指定另一个 broker。下面的输出都是在一台 2 核、同时忙着别的工作的机器上真实运行的结果:"
+    "pid、用时和数据错乱的次数每次都不一样。",
+    "docs.linux": "只能在 Linux 上运行:`zombie-orphan`(读 /proc、调用 prctl)、`daemon`(/proc)、"
+    "`mutex --backend rabbitmq` 和 `compare`(fcntl.flock)。在别的系统上它们只输出一行错误,例如 "
+    "`lessons: error: zombie-orphan 需要 Linux(/proc, prctl);本机是 darwin`。",
+    "docs.snippet.process-objects": "课程的代码:",
+    "docs.snippet.zombie-orphan": "课程的原文(这一节没有代码):",
+    "docs.snippet.daemon": "课程的例子(本课原样运行它,见 `lessons/course/daemon.py`):",
+    "docs.snippet.mutex": "课程的例子中的 `buy` 和 `run`(本课运行整个程序,包括 `search` 和 "
+    "`data` 文件,见 `lessons/course/ticket_office.py`):",
+    "docs.snippet.queues": "课程的原文(写到这里就停了,还没有代码):",
+    "docs.snippet.producer-consumer": "课程列出了这个知识点,但原文在代码之前就停了;"
+    "这是本课先用纯 multiprocessing 运行的模型:",
+    "docs.snippet.threads": "课程列出了这个知识点;本课从 `threading.Thread` 本身讲起:",
+    "docs.teach.process-objects": "每个进程都有一个 PID 号,也知道父进程的 PID;`terminate()` "
+    "只是告诉操作系统帮我杀死进程,所以紧接着 `is_alive()` 仍为 True,`join()` 等它真正死去。"
+    "在本地,生产者就是 worker 的父进程;在 RabbitMQ 上,worker 是另一个 `consumer` 程序的子进程,"
+    "和生产者没有亲缘关系。",
+    "docs.teach.zombie-orphan": "结束了却没被 join 的子进程是僵尸进程(/proc 里状态为 Z),"
+    "直到父进程 join 它;consumer 的进程池就是这样回收被杀的 worker。孤儿进程交给最近的 child "
+    "subreaper 或 pid 1(课程里的儿童福利院):本课在自己开设的福利院里观察一个孤儿进程,"
+    "并说出本机的福利院是谁。taskshuttle 的 worker 不会成为游荡的孤儿:父进程一死,它们就请内核发 "
+    "SIGKILL 给自己。",
+    "docs.teach.daemon": "课程里的总管随皇帝一起死,从不打印“总管正在死亡”;不设 `daemon`,"
+    "皇帝的进程就要等他。taskshuttle 的守护 worker 也随生产者一起死,只是稍晚一点:Python 在退出时"
+    "用 SIGTERM 终止守护子进程,我们的 worker 捕获它,先做完手上的任务。在 RabbitMQ 上,"
+    "没有什么随生产者一起死;死去的消费者手上的任务会回到队列。",
+    "docs.teach.mutex": "课程的抢票程序,真实运行,加锁和不加锁:加锁时一张票只卖给一个用户,"
+    "大家轮流买;不加锁时几个用户读到同一个票数。然后是 taskshuttle 的售票,加锁和不加锁并排,"
+    "以及加锁多花的时间。在 RabbitMQ 上,`multiprocessing.Lock` 到不了消费者:文件锁加订单号,"
+    "或者单活跃消费者队列,可以起到同样的作用。",
+    "docs.teach.queues": "队列先进先出,堆栈先进后出;`multiprocessing.Queue` 的 full()、empty()、"
+    "qsize() 在多个进程之间能保证什么;以及在每个后端上,先进先出的顺序什么时候能从头保持到尾。",
+    "docs.teach.producer-consumer": "消费者怎样知道活干完了(结束信号,或 JoinableQueue 加守护进程"
+    "消费者;taskshuttle 用 ack),以及有一个慢任务时 prefetch 对公平性的影响。",
+    "docs.teach.threads": "`threading.Thread`:所有线程报出同一个 pid,共享所在进程的数据,所以"
+    "不加保护的“读-改-写”会丢失更新,加一把 `threading.Lock` 就好了。然后是本项目的 Worker 循环"
+    "开成进程和开成线程,分别跑计算密集和睡眠(IO 密集)的任务;表格下面的文字按测得的比例选择。",
+    "docs.teach.compare": "同样的工作量在两个后端上,每一格都是这一次测出来的:吞吐量和延迟、"
+    "顺序、一个 worker 中途死掉、生产者离开又回来,以及抢票。",
+    "docs.notes.title": "本课绕开的一些坑",
+    "docs.notes": "- 任务处理函数只看得到它的 payload,拿不到课程里的互斥锁,也拿不到任务 id。"
+    "互斥锁一课的本地进程池生成一把 `multiprocessing.Lock`,在每个 worker 进程启动时交给它"
+    "(`WorkerSpec.initializer` 在那里运行 `lessons.tasks.share_lock`),并把任务 id 放进 payload。\n"
+    "- 课程的例子作为独立的程序运行(`lessons/course/`),stdout 像在终端里一样按行缓冲,"
+    "所以每一行完整地、按打印的顺序到达。对它们的改动只有标了 `# lesson:` 的几处(睡得短一些)。\n"
+    "- 单活跃消费者队列在工作队列自己的参数之上再声明 `x-single-active-consumer`,"
+    "所以它需要自己的消费者进程(`lessons/single_active.py`)。\n"
+    "- RabbitMQ 的运行用 quorum 队列(默认,`--queue-type`):死去的 worker 手上的消息会带着"
+    "“重新投递”的标记回来,每次退回都计入这条消息的投递上限。\n"
+    "- 在本地后端,如果 worker 死在队列的后台线程正在写入的时候,共享队列的写锁会一直被占着;"
+    "所以 `compare` 里的崩溃发生在任务开始 0.2 秒之后。\n"
+    "- 会杀掉主进程的课(`zombie-orphan`,以及 RabbitMQ 上的 `daemon`)在自己开设的 child "
+    "subreaper 里做这件事,由它回收孤儿进程:不会留给 pid 1。",
+    "docs.generated": "由 `python -m lessons.docs > docs/lessons.md` 在一台 {cores} 核的"
+    "机器上生成。",
 }
