@@ -110,14 +110,15 @@ class Daemon:
 
 
 COURSE_CODE = """
+from multiprocessing import Process
+import time
 def task(name):
     print('%s 总管正在活着' % name)
     time.sleep(3)
     print('%s 总管正在死亡' % name)
-
 if __name__ == '__main__':
     p = Process(target=task, args=('egon',))
-    p.daemon = True  # 这一句一定要放在start方法前面,不然会直接报错
+    p.daemon = True # 将进程P设置为守护进程 这一句一定要放在start方法前面,不然会直接报错
     p.start()
     print('皇帝寿终正寝')
 """
@@ -316,9 +317,10 @@ def render_course(result: Daemon) -> None:
     )
     show.note(t("daemon.course.after_start", error=course.set_after_start))
     daemonic, plain = course.runs
+    as_the_course = daemonic.printed(DYING) == 0 and plain.printed(DYING) == 1
     show.note(
         t(
-            "daemon.course.note",
+            "daemon.course.note" if as_the_course else "daemon.course.odd",
             daemon_exit=daemonic.exit_seconds,
             plain_exit=plain.exit_seconds,
             dying_daemon=daemonic.printed(DYING),

@@ -94,25 +94,33 @@ class Mutex:
 
 COURSE_TICKETS = 1
 COURSE_CODE = """
+# 买票 1.查票 3.再买
 def buy(i):
+    # 先查票
     with open('data', 'r', encoding='utf-8') as f:
         dic = json.load(f)
-    time.sleep(random.randint(1, 3))  # 虚拟网络延迟
+    # 虚拟网络延迟
+    time.sleep(random.randint(1, 3))
+    # 判断当前是否有票
     if dic.get('ticket_num') > 0:
+        # 修改数据库 买票
         dic['ticket_num'] -= 1
+        # 写入数据库
         with open('data', 'w', encoding='utf-8') as f:
             json.dump(dic, f)
         print('用户%s买票成功' % i)
     else:
         print('用户%s买票失败' % i)
-
 def run(i, mutex):
     search(i)
-    mutex.acquire()  # 抢锁
+    # 给买票环节加锁处理
+    # 抢锁
+    mutex.acquire()
     buy(i)
-    mutex.release()  # 释放
-
+    # 释放
+    mutex.release()
 if __name__ == '__main__':
+    # 在主进程中生成一把锁 让所有的子进程抢 谁先抢到谁先买票
     mutex = Lock()
     for i in range(1, 10):
         p = Process(target=run, args=(i, mutex))
@@ -333,7 +341,7 @@ def _lock_cost(run: TicketRun, runs: list[TicketRun]) -> str:
     plain = next((r for r in runs if r.method == "none"), None)
     if plain is None or run.method in ("none", "lock-per-consumer") or plain.seconds <= 0:
         return "-"
-    return f"{run.seconds - plain.seconds:+.2f} s x{run.seconds / plain.seconds:.1f}"
+    return t("mutex.cost", seconds=run.seconds - plain.seconds, ratio=run.seconds / plain.seconds)
 
 
 def render_office(result: Mutex) -> None:

@@ -61,13 +61,14 @@ class ProcessObjects:
 
 COURSE_CODE = """
 from multiprocessing import Process, current_process
+current_process().pid # 查看当前进程的进程号
 import os
-current_process().pid  # 查看当前进程的进程号
-os.getpid()   # 查看当前进程的pid号
-os.getppid()  # 查看当前进程的父进程pid号
+os.getpid() # 查看当前进程的pid号
+os.getppid()# 查看当前进程的父进程pid号
 p = Process(target=task)
-p.terminate()  # 杀死当前进程 (告诉操作系统帮我杀死, 但是需要一定的时间)
-print(p.is_alive())  # 判断当前进程是否存活
+p.terminate() # 杀死当前进程
+# 是告诉操作系统帮我杀死当前进程 但是需要一定的时间 而代码运行的速度极其的快
+print(p.is_alive()) # 判断当前进程是否存活
 """
 
 

@@ -24,7 +24,7 @@ def search(i):
     print('用户%s查询余票:%s' % (i, dic.get('ticket_num')))
 
 
-# 买票 1.查票 2.再买
+# 买票 1.查票 3.再买
 def buy(i):
     # 先查票
     with open('data', 'r', encoding='utf-8') as f:

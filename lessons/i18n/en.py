@@ -35,11 +35,14 @@ STRINGS: dict[str, str] = {
     "daemon.col.emperor_exit": "emperor's process exited after (s)",
     "daemon.course.after_start": "p.daemon = True after p.start(): {error} (the course: the "
     "line must come before start(), or it raises)",
-    "daemon.course.note": "With p.daemon = True the steward printed 总管正在死亡 {dying_daemon} "
-    "time(s): the emperor's process ended after {daemon_exit} s, and at exit Python terminated "
-    "its daemonic child with SIGTERM, of which a plain child dies at once. Without it, Python "
-    "joined the child first: the emperor's process lived {plain_exit} s, until the steward had "
-    "printed 总管正在死亡 ({dying_plain} time(s)).",
+    "daemon.course.note": "With p.daemon = True, 总管正在死亡 was printed {dying_daemon} times: "
+    "the emperor's process ended after {daemon_exit} s, and at exit Python terminated its "
+    "daemonic child with SIGTERM, of which a plain child dies at once. Without it, "
+    "{dying_plain} time: Python joined the child first, so the emperor's process lived "
+    "{plain_exit} s, until the steward had slept and said it.",
+    "daemon.course.odd": "Not what the course says: 总管正在死亡 was printed {dying_daemon} "
+    "times with p.daemon = True (emperor gone after {daemon_exit} s) and {dying_plain} times "
+    "without (after {plain_exit} s).",
     "daemon.local.table": "taskshuttle, local backend: the producer's main() ends while its 2 "
     "workers are busy with {count} tasks",
     "daemon.col.workers": "workers",
@@ -107,6 +110,7 @@ STRINGS: dict[str, str] = {
     "mutex.office.table": "taskshuttle, backend {backend}: {tickets} tickets, {buyers} buyers, "
     "{consumers} worker processes, {ms:g} ms between check and buy",
     "mutex.col.method": "method",
+    "mutex.cost": "+{seconds:.2f} s x{ratio:.1f}",
     "mutex.col.processes": "processes",
     "mutex.col.sold": "sold",
     "mutex.col.lock_cost": "the lock cost",

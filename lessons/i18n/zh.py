@@ -33,6 +33,9 @@ STRINGS: dict[str, str] = {
     "daemon.col.emperor_exit": "皇帝的进程退出用时(秒)",
     "daemon.course.after_start": "在 p.start() 之后设 p.daemon = True:{error}"
     "(课程:这一句一定要放在 start 方法前面,不然会直接报错)",
+    "daemon.course.odd": "与课程说的不同:设了 p.daemon = True,“总管正在死亡”打印了 "
+    "{dying_daemon} 次(皇帝 {daemon_exit} 秒后退出);不设,打印了 {dying_plain} 次"
+    "({plain_exit} 秒后退出)。",
     "daemon.course.note": "设了 p.daemon = True,总管打印“总管正在死亡” {dying_daemon} 次:"
     "皇帝的进程 {daemon_exit} 秒后结束,Python 在退出时用 SIGTERM 终止它的守护进程,"
     "普通子进程收到 SIGTERM 立刻死亡。不设,Python 退出前先等(join)子进程:"
@@ -98,6 +101,7 @@ STRINGS: dict[str, str] = {
     "mutex.office.table": "taskshuttle 后端 {backend}:{tickets} 张票,{buyers} 个用户,"
     "{consumers} 个 worker 子进程,查票和买票之间隔 {ms:g} 毫秒",
     "mutex.col.method": "方法",
+    "mutex.cost": "+{seconds:.2f} 秒 x{ratio:.1f}",
     "mutex.col.processes": "用到的进程",
     "mutex.col.sold": "卖出",
     "mutex.col.lock_cost": "加锁多花的时间",
