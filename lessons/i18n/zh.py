@@ -413,7 +413,8 @@ STRINGS: dict[str, str] = {
     "- 在本地后端,如果 worker 死在队列的后台线程正在写入的时候,共享队列的写锁会一直被占着;"
     "所以 `compare` 里的崩溃发生在任务开始 0.2 秒之后。\n"
     "- 会杀掉主进程的课(`zombie-orphan`,以及 RabbitMQ 上的 `daemon`)在自己开设的 child "
-    "subreaper 里做这件事,由它回收孤儿进程:不会留给 pid 1。",
+    "subreaper 里做这件事,由它回收孤儿进程。唯一交给本机福利院的孤儿是 `zombie-orphan` 为了说出"
+    "福利院是谁而特意制造的那一个:那时它已经结束,由收养它的进程回收。",
     "docs.generated": "由 `python -m lessons.docs > docs/lessons.md` 在一台 {cores} 核的"
     "机器上生成。",
 }
