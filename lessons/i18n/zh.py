@@ -43,8 +43,8 @@ STRINGS: dict[str, str] = {
     "daemon.local.table": "taskshuttle 本地后端:生产者的主进程代码结束时,"
     "2 个 worker 正忙着 {count} 个任务",
     "daemon.col.workers": "worker 子进程",
-    "daemon.col.running_after": "结束 0.1 秒后仍在运行",
-    "daemon.col.producer_gone": "生产者进程退出用时(秒)",
+    "daemon.col.running_after": "0.1 秒后仍在运行",
+    "daemon.col.producer_gone": "生产者退出用时(秒)",
     "daemon.col.done_sent": "完成 / 发出的任务",
     "daemon.col.left_running": "之后仍在运行",
     "daemon.local.note": "与课程相同:守护进程 worker 跟着生产者一起死,没做完的任务随它的队列"
