@@ -97,7 +97,8 @@ def sections() -> Iterator[str]:
             for lang in (Lang.en, Lang.zh):
                 set_language(lang)
                 yield t(f"docs.snippet.{name}") + "\n"
-            yield "```python\n" + _snippet(name) + "\n```\n"
+            # text, not python: a formatter must never rewrite the course's code
+            yield "```text\n" + _snippet(name) + "\n```\n"
         for lang in (Lang.en, Lang.zh):
             set_language(lang)
             yield f"### {t('docs.language')}\n"
