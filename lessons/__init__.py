@@ -1,11 +1,14 @@
-"""The seed course, runnable: each topic of the classic `multiprocessing` lesson as a command
-that runs on the local backend and on RabbitMQ, and shows what happens.
+"""The seed course, runnable: each topic of the classic `multiprocessing` course as a command
+that first runs the course's own example (`lessons.course`), then shows the same idea on the
+local backend and on RabbitMQ, in the course's Chinese or in English (`lessons.i18n`).
 
     python -m lessons                       # the list
+    python -m lessons daemon --lang zh
     python -m lessons mutex --backend rabbitmq --no-lock
 
-Each lesson module has `run(...)`, which returns a plain result (a dataclass the tests check),
-and `render(result)`, which prints it. See docs/lessons.md.
+Each lesson module has `run(...)`, which returns a plain result (a dataclass the tests check);
+run from the command line it announces each step and draws each part as it is measured
+(`lessons.show`). `render(result)` prints a finished result at once. See docs/lessons.md.
 """
 
 #: command -> (original topic name, module)

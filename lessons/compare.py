@@ -16,6 +16,7 @@ from common.ledger import Fate
 from common.settings import load_settings
 from consumer.worker import WorkerOptions
 from lessons import show
+from lessons.i18n import t
 from lessons.mutex import ticket_run
 from lessons.procs import wait_for
 from lessons.runner import (
@@ -176,7 +177,7 @@ def locking(column: Column, workers: int, url: str) -> None:
     sizes = {"tickets": 20, "buyers": 80, "consumers": workers, "delay": 0.002, "url": url}
     safe = ticket_run(column.backend, LOCK_METHOD[column.backend], **sizes)
     unsafe = ticket_run(column.backend, "none", **sizes)
-    column.lock_method = safe.what
+    column.lock_method = safe.what  # already in the lesson's language
     column.lock_oversold = safe.oversold
     column.lock_buyers_per_s = safe.buyers_per_s
     column.nolock_oversold = unsafe.oversold
@@ -196,69 +197,70 @@ def run(
         with broker_queue(url, "compare"):
             pass  # a broker that is down: one clear error before anything runs
     columns = []
+    if show.is_live():
+        show.heading(t("compare.title", workers=workers))
     for backend in backends:
         started = time.perf_counter()
         column = Column(backend)
-        throughput_and_order(column, workers, tasks, url)
-        crash(column, workers, crash_tasks, url)
-        restart(column, workers, restart_tasks, url)
-        locking(column, workers, url)
+        with show.step("compare.step.throughput", backend=backend, tasks=tasks):
+            throughput_and_order(column, workers, tasks, url)
+        with show.step("compare.step.crash", backend=backend, tasks=crash_tasks):
+            crash(column, workers, crash_tasks, url)
+        with show.step("compare.step.restart", backend=backend, tasks=restart_tasks):
+            restart(column, workers, restart_tasks, url)
+        with show.step("compare.step.locking", backend=backend):
+            locking(column, workers, url)
         column.seconds = round(time.perf_counter() - started, 1)
         columns.append(column)
-    return Compare(workers, columns)
+    result = Compare(workers, columns)
+    show.part(render_table, result)
+    return result
 
 
 def render(result: Compare) -> None:
-    cols = result.columns
-    show.heading(f"compare: the same workload on both backends, {result.workers} workers each")
+    show.heading(t("compare.title", workers=result.workers))
+    render_table(result)
 
-    def row(label: str, cell: Callable[[Column], object]) -> tuple[object, ...]:
-        return (label, *(cell(c) for c in cols))
+
+def render_table(result: Compare) -> None:
+    cols = result.columns
+
+    def row(key: str, cell: Callable[[Column], object]) -> tuple[object, ...]:
+        return (t(key), *(cell(c) for c in cols))
 
     def fate(name: Fate) -> Callable[[Column], object]:
         return lambda c: c.crash_fates.get(name.value)
 
     show.table(
-        "every figure below was measured in this run",
+        t("compare.table"),
         ["", *(c.backend for c in cols)],
         [
-            row("tasks (numbered, echo-like)", lambda c: c.tasks),
-            row("throughput (tasks/s)", lambda c: f"{c.throughput:,.0f}"),
-            row("latency p50 / p99 (ms)", lambda c: f"{c.p50_ms} / {c.p99_ms}"),
-            row("results out of order", lambda c: f"{c.out_of_order} of {c.tasks}"),
-            row("each worker took its tasks in order", lambda c: c.each_worker_in_order),
-            row("crash: one worker dies mid-task, in", lambda c: f"{c.crash_tasks} tasks"),
-            row("crash: tasks lost", fate(Fate.LOST)),
-            row("crash: done after redelivery", fate(Fate.DONE_AFTER_REDELIVERY)),
-            row("crash: done twice", fate(Fate.DONE_TWICE)),
+            row("compare.row.tasks", lambda c: c.tasks),
+            row("compare.row.throughput", lambda c: f"{c.throughput:,.0f}"),
+            row("compare.row.latency", lambda c: f"{c.p50_ms} / {c.p99_ms}"),
             row(
-                "restart: unfinished when producer stopped",
-                lambda c: f"{c.restart_unfinished} of {c.restart_tasks}",
+                "compare.row.out_of_order",
+                lambda c: t("queues.of", n=c.out_of_order, tasks=c.tasks),
             ),
-            row("restart: of those, done after restart", lambda c: c.restart_done_after),
-            row("locking: method", lambda c: c.lock_method),
-            row("locking: oversold (20 tickets, 80 buyers)", lambda c: c.lock_oversold),
-            row("locking: buyers/s", lambda c: c.lock_buyers_per_s),
-            row("locking: oversold without a lock", lambda c: c.nolock_oversold),
-            row("seconds this column took", lambda c: f"{c.seconds:.1f}"),
+            row("compare.row.each_in_order", lambda c: c.each_worker_in_order),
+            row("compare.row.crash", lambda c: c.crash_tasks),
+            row("compare.row.crash_lost", fate(Fate.LOST)),
+            row("compare.row.crash_redelivered", fate(Fate.DONE_AFTER_REDELIVERY)),
+            row("compare.row.crash_twice", fate(Fate.DONE_TWICE)),
+            row(
+                "compare.row.restart_unfinished",
+                lambda c: t("queues.of", n=c.restart_unfinished, tasks=c.restart_tasks),
+            ),
+            row("compare.row.restart_done", lambda c: c.restart_done_after),
+            row("compare.row.lock_method", lambda c: c.lock_method),
+            row("compare.row.lock_oversold", lambda c: c.lock_oversold),
+            row("compare.row.lock_rate", lambda c: c.lock_buyers_per_s),
+            row("compare.row.nolock_oversold", lambda c: c.nolock_oversold),
+            row("compare.row.seconds", lambda c: f"{c.seconds:.1f}"),
         ],
     )
     by = {c.backend: c for c in cols}
-    notes = []
     if "local" in by:
-        c = by["local"]
-        notes.append(
-            f"local: the dead worker's tasks came back through the in-flight registry "
-            f"({c.crash_recovered} put back; a bare multiprocessing.Queue would have lost "
-            "them). The producer was stopped with Ctrl-C: the queue lived in its process, so "
-            "a restarted producer starts empty."
-        )
+        show.note(t("compare.note.local", recovered=by["local"].crash_recovered))
     if "rabbitmq" in by:
-        notes.append(
-            "rabbitmq: the broker requeued every delivery the dead worker had not acked (the "
-            "task in hand and its prefetch), flagged redelivered; on a quorum queue (the "
-            "default) each return also counts toward the message's delivery limit, so a task "
-            "that kept killing its workers would end in the DLQ. The producer sent, confirmed "
-            "and exited; the work waited in the broker for the consumers."
-        )
-    show.note(" ".join(notes))
+        show.note(t("compare.note.rabbitmq"))

@@ -1,12 +1,18 @@
-"""互斥锁 (the mutex): the seed's ticket office, with and without a lock, on both backends.
+"""互斥锁 (the mutex): the course's ticket office, with and without a lock, on both backends.
 
-N tickets in a JSON file; M buyers, each a task; each checks the count, waits (the seed's
-network delay), then buys. Several worker processes buy at once.
+First the course's own program, run for real: a JSON file named ``data`` holding the ticket
+count, nine buyer processes that `search` (查票) and then `buy` (买票) between
+``mutex.acquire()`` and ``mutex.release()``; then the same buyers without the lock.
+
+Then taskshuttle: N tickets in a JSON file; M buyers, each a task; each checks the count, waits
+(the course's network delay), then buys. Several worker processes buy at once, with a lock and
+without, side by side, and the time the lock cost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,25 +21,28 @@ from typing import Any
 
 from common.settings import load_settings
 from lessons import show
+from lessons.i18n import t
 from lessons.runner import (
+    CourseRun,
     NumberedJob,
     broker_queue,
     first_results,
     job_of,
     local_pool,
     rabbit_pool,
+    run_course,
     run_job,
     seconds,
 )
 from lessons.ticket_office import Guard, open_office, search
 
-#: method -> (what it is, the guard its buyers use)
+#: method -> (the string key naming it, the guard its buyers use)
 METHODS: dict[str, tuple[str, Guard]] = {
-    "mp-lock": ("shared multiprocessing.Lock", Guard.MP_LOCK),
-    "none": ("no lock", Guard.NONE),
-    "flock": ("flock + purchase id", Guard.FLOCK),
-    "single-active": ("single-active-consumer queue", Guard.NONE),
-    "lock-per-consumer": ("multiprocessing.Lock per consumer", Guard.MP_LOCK),
+    "mp-lock": ("mutex.method.mp-lock", Guard.MP_LOCK),
+    "none": ("mutex.method.none", Guard.NONE),
+    "flock": ("mutex.method.flock", Guard.FLOCK),
+    "single-active": ("mutex.method.single-active", Guard.NONE),
+    "lock-per-consumer": ("mutex.method.lock-per-consumer", Guard.MP_LOCK),
 }
 SAFE = {"local": ["mp-lock"], "rabbitmq": ["flock", "single-active"]}
 UNSAFE = {"local": ["none"], "rabbitmq": ["none", "lock-per-consumer"]}
@@ -60,10 +69,87 @@ class TicketRun:
 
 
 @dataclass
+class CourseTickets:
+    """The course's program, run once: nine buyers, one `data` file."""
+
+    locked: bool
+    tickets: int
+    buyers: int
+    bought: int  # lines 用户i买票成功
+    refused: int  # lines 用户i买票失败
+    left: int  # ticket_num in `data` afterwards
+    oversold: int
+    seconds: float
+    errors: str  # what the buyers wrote to stderr (a torn read of `data`, if any)
+
+
+@dataclass
 class Mutex:
     backend: str
-    safe: bool
+    #: None: with and without a lock, side by side; True: only safe methods; False: only unsafe
+    safe: bool | None
+    course: list[CourseTickets]
     runs: list[TicketRun]
+
+
+COURSE_TICKETS = 1
+COURSE_CODE = """
+# 买票 1.查票 3.再买
+def buy(i):
+    # 先查票
+    with open('data', 'r', encoding='utf-8') as f:
+        dic = json.load(f)
+    # 虚拟网络延迟
+    time.sleep(random.randint(1, 3))
+    # 判断当前是否有票
+    if dic.get('ticket_num') > 0:
+        # 修改数据库 买票
+        dic['ticket_num'] -= 1
+        # 写入数据库
+        with open('data', 'w', encoding='utf-8') as f:
+            json.dump(dic, f)
+        print('用户%s买票成功' % i)
+    else:
+        print('用户%s买票失败' % i)
+def run(i, mutex):
+    search(i)
+    # 给买票环节加锁处理
+    # 抢锁
+    mutex.acquire()
+    buy(i)
+    # 释放
+    mutex.release()
+if __name__ == '__main__':
+    # 在主进程中生成一把锁 让所有的子进程抢 谁先抢到谁先买票
+    mutex = Lock()
+    for i in range(1, 10):
+        p = Process(target=run, args=(i, mutex))
+        p.start()
+"""
+
+
+def course_office(locked: bool, tickets: int = COURSE_TICKETS) -> CourseTickets:
+    """The course's ticket office (`lessons.course.ticket_office`), in a folder of its own
+    holding ``data``."""
+    with tempfile.TemporaryDirectory(prefix="lesson-course-tickets-") as folder:
+        data = Path(folder) / "data"
+        data.write_text(json.dumps({"ticket_num": tickets}), encoding="utf-8")
+        ran: CourseRun = run_course(
+            "ticket_office", "lock" if locked else "no-lock", cwd=Path(folder), echo=show.echo
+        )
+        left = int(json.loads(data.read_text(encoding="utf-8"))["ticket_num"])
+    bought = ran.printed("买票成功")
+    return CourseTickets(
+        locked,
+        tickets,
+        9,
+        bought,
+        ran.printed("买票失败"),
+        left,
+        max(bought - tickets, 0),
+        ran.exit_seconds,
+        ran.errors,
+    )
 
 
 @contextlib.contextmanager
@@ -100,7 +186,8 @@ def ticket_run(
     replay: int = 0,
     url: str | None = None,
 ) -> TicketRun:
-    what, guard = METHODS[method]
+    what_key, guard = METHODS[method]
+    what = t(what_key)
     url = load_settings(amqp_url=url).amqp_url
     with (
         tempfile.TemporaryDirectory(prefix="lesson-tickets-") as folder,
@@ -150,62 +237,162 @@ def ticket_run(
 
 def run(
     backend: str = "local",
-    safe: bool = True,
+    safe: bool | None = None,
     *,
     tickets: int = 50,
     buyers: int = 200,
     consumers: int = 4,
     delay: float = 0.01,
     url: str | None = None,
+    course: bool = True,
 ) -> Mutex:
-    methods = (SAFE if safe else UNSAFE)[backend]
-    runs = [
-        ticket_run(
-            backend,
-            method,
-            tickets=tickets,
+    """The course's program (with and without its Lock, unless `safe` says which), then
+    taskshuttle's ticket office with every method of `backend`: safe and unsafe side by side
+    by default, only the unsafe ones with ``safe=False`` (``--no-lock``)."""
+    result = Mutex(backend, safe, [], [])
+    if show.is_live():
+        show.heading(t("mutex.title", backend=backend))
+        show.code(COURSE_CODE)
+    if course:
+        for locked in (True, False):
+            if safe is None or safe is locked:
+                with show.step("mutex.step.course", lock=_course_label(locked)):
+                    result.course.append(course_office(locked))
+        show.part(render_course, result)
+    methods = {True: SAFE, False: UNSAFE}
+    chosen = [m for ok in (True, False) if safe in (None, ok) for m in methods[ok][backend]]
+    for method in chosen:
+        with show.step(
+            "mutex.step.office",
+            backend=backend,
+            method=t(METHODS[method][0]),
             buyers=buyers,
             consumers=consumers,
-            delay=delay,
-            replay=min(20, buyers) if method == "flock" else 0,
-            url=url,
-        )
-        for method in methods
-    ]
-    return Mutex(backend, safe, runs)
+        ):
+            result.runs.append(
+                ticket_run(
+                    backend,
+                    method,
+                    tickets=tickets,
+                    buyers=buyers,
+                    consumers=consumers,
+                    delay=delay,
+                    replay=min(20, buyers) if method == "flock" else 0,
+                    url=url,
+                )
+            )
+    show.part(render_office, result)
+    return result
+
+
+def _course_label(locked: bool) -> str:
+    return t("mutex.course.with_lock") if locked else t("mutex.course.without_lock")
 
 
 def render(result: Mutex) -> None:
-    first = result.runs[0]
-    show.heading(f"互斥锁 (the mutex): the ticket office · backend {result.backend}")
+    show.heading(t("mutex.title", backend=result.backend))
+    show.code(COURSE_CODE)
+    render_course(result)
+    render_office(result)
+
+
+def render_course(result: Mutex) -> None:
+    if not result.course:
+        return
     show.table(
-        f"{first.tickets} tickets, {first.buyers} buyers, {first.consumers} worker processes, "
-        f"{first.delay * 1000:g} ms between check and buy",
-        ["method", "processes used", "sold", "left", "oversold", "seconds", "buyers/s"],
+        t("mutex.course.table", tickets=result.course[0].tickets),
         [
-            (r.what, r.processes_used, r.sold, r.left, r.oversold, r.seconds, r.buyers_per_s)
+            t("mutex.col.course_run"),
+            t("mutex.col.bought"),
+            t("mutex.col.refused"),
+            t("mutex.col.left"),
+            t("mutex.col.oversold"),
+            t("mutex.col.seconds"),
+        ],
+        [
+            (_course_label(c.locked), c.bought, c.refused, c.left, c.oversold, c.seconds)
+            for c in result.course
+        ],
+    )
+    for c in result.course:
+        if c.errors:
+            show.note(t("mutex.course.errors", run=_course_label(c.locked)))
+            show.trace(c.errors.splitlines()[-3:])
+    by = {c.locked: c for c in result.course}
+    if True in by and False in by:
+        locked, unlocked = by[True], by[False]
+        key = "mutex.course.note" if unlocked.oversold else "mutex.course.note_lucky"
+        show.note(
+            t(
+                key,
+                sold=locked.bought,
+                oversold=unlocked.oversold,
+                bought=unlocked.bought,
+                tickets=unlocked.tickets,
+                locked_s=locked.seconds,
+                unlocked_s=unlocked.seconds,
+            )
+        )
+    show.note(t("mutex.course.delay"))
+
+
+def _lock_cost(run: TicketRun, runs: list[TicketRun]) -> str:
+    """Seconds a safe run took beyond the unsafe `none` run of the same backend."""
+    plain = next((r for r in runs if r.method == "none"), None)
+    if plain is None or run.method in ("none", "lock-per-consumer") or plain.seconds <= 0:
+        return "-"
+    return t("mutex.cost", seconds=run.seconds - plain.seconds, ratio=run.seconds / plain.seconds)
+
+
+def render_office(result: Mutex) -> None:
+    if not result.runs:
+        return
+    first = result.runs[0]
+    show.table(
+        t(
+            "mutex.office.table",
+            backend=result.backend,
+            tickets=first.tickets,
+            buyers=first.buyers,
+            consumers=first.consumers,
+            ms=first.delay * 1000,
+        ),
+        [
+            t("mutex.col.method"),
+            t("mutex.col.processes"),
+            t("mutex.col.sold"),
+            t("mutex.col.left"),
+            t("mutex.col.oversold"),
+            t("mutex.col.seconds"),
+            t("mutex.col.lock_cost"),
+        ],
+        [
+            (
+                r.what,
+                r.processes_used,
+                r.sold,
+                r.left,
+                r.oversold,
+                r.seconds,
+                _lock_cost(r, result.runs),
+            )
             for r in result.runs
         ],
     )
     for r in result.runs:
         if r.lost:
-            show.note(f"{r.what}: {r.lost} buyers got no answer")
+            show.note(t("mutex.office.lost", method=r.what, lost=r.lost))
         if r.replayed:
             show.note(
-                f"{r.what}: {r.replayed} purchases sent again with the same ids (as a "
-                f"redelivery would): {r.replay_sold} more tickets taken."
+                t("mutex.office.replay", method=r.what, replayed=r.replayed, sold=r.replay_sold)
             )
-    notes = {
-        ("local", True): "The lock makes check-and-buy one step: buyers take turns (serial, "
-        "slower), and no ticket is sold twice.",
-        ("local", False): "Without the lock, several buyers read the same count during the "
-        "delay and each writes count - 1: more buyers are told yes than there were tickets.",
-        ("rabbitmq", True): "A multiprocessing.Lock cannot reach a consumer on another machine "
-        "(or one started apart from the producer). The file lock serializes buyers who share "
-        "the disk, and the purchase id makes a redelivered purchase a no-op. The single-active-"
-        "consumer queue serializes at the broker: one consumer buys, the others stand by.",
-        ("rabbitmq", False): "No lock oversells as locally. Nor does the seed's Lock help: "
-        "each consumer process can only make its own, and a lock nobody else takes excludes "
-        "nobody.",
-    }
-    show.note(notes[(result.backend, result.safe)])
+    safe = [r for r in result.runs if _lock_cost(r, result.runs) != "-"]
+    unsafe = [r for r in result.runs if r not in safe]
+    if safe:
+        oversold = sum(r.oversold for r in safe)
+        key = f"mutex.office.safe.{result.backend}" if not oversold else "mutex.office.safe_failed"
+        show.note(t(key, oversold=oversold))
+    if unsafe:
+        oversold = max(r.oversold for r in unsafe)
+        key = f"mutex.office.unsafe.{result.backend}" if oversold else "mutex.office.unsafe_lucky"
+        show.note(t(key, oversold=oversold))

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import current_process
 from typing import Any
 
@@ -17,6 +17,7 @@ from common.local import MP_CONTEXT
 from common.settings import load_settings
 from consumer.worker import WorkerOptions
 from lessons import show
+from lessons.i18n import t
 from lessons.runner import broker_queue, project_env, python, run_job
 from producer.run import Job, run_local
 
@@ -50,12 +51,25 @@ class WorkerRow:
 class ProcessObjects:
     backend: str
     me: Identity
-    child: Identity
-    terminations: list[TerminateTry]
-    workers: list[WorkerRow]
+    child: Identity | None = None
+    terminations: list[TerminateTry] = field(default_factory=list)
+    workers: list[WorkerRow] = field(default_factory=list)
     #: Who started the workers: this process (local) or a `consumer` program (rabbitmq).
-    supervisor_pid: int
+    supervisor_pid: int = 0
     tasks: int = 0
+
+
+COURSE_CODE = """
+from multiprocessing import Process, current_process
+current_process().pid # 查看当前进程的进程号
+import os
+os.getpid() # 查看当前进程的pid号
+os.getppid()# 查看当前进程的父进程pid号
+p = Process(target=task)
+p.terminate() # 杀死当前进程
+# 是告诉操作系统帮我杀死当前进程 但是需要一定的时间 而代码运行的速度极其的快
+print(p.is_alive()) # 判断当前进程是否存活
+"""
 
 
 def identity() -> Identity:
@@ -99,39 +113,53 @@ def _rows(results: list) -> list[WorkerRow]:  # type: ignore[type-arg]
 def run(
     backend: str = "local", url: str | None = None, tasks: int = 20, tries: int = 3
 ) -> ProcessObjects:
-    me = identity()
-    child = child_identity()
-    terminations = [terminate_once() for _ in range(tries)]
+    result = ProcessObjects(backend, identity(), tasks=tasks)
+    if show.is_live():
+        show.heading(t("objects.title", backend=backend))
+        show.code(COURSE_CODE)
+    with show.step("objects.step.child"):
+        result.child = child_identity()
+    show.part(render_identity, result)
+    with show.step("objects.step.terminate", tries=tries):
+        result.terminations = [terminate_once() for _ in range(tries)]
+    show.part(render_terminate, result)
     job = Job(count=tasks, kind="sleep", payload={"seconds": 0.01})
-    if backend == "local":
-        settings = load_settings(workers=2)
-        ledger, _ = run_local(job, settings, options=WorkerOptions(), timeout=60)
-        supervisor = os.getpid()
-    else:
-        settings = load_settings(amqp_url=url)
-        with broker_queue(settings.amqp_url, "process-objects") as producer:
-            # The consumer is a program of its own, as it would be on another machine.
-            consumer = subprocess.Popen(
-                python(
-                    *("-m", "consumer", "--queue", producer.queue_name),
-                    *("--workers", "2", "--prefetch", "1"),
-                ),
-                env=project_env(settings.amqp_url),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            try:
-                ledger = run_job(job, producer, timeout=60, tick=lambda: _alive(consumer))
-            finally:
-                if consumer.poll() is None:
-                    consumer.send_signal(signal.SIGTERM)  # finish the task in hand, then exit
-                _, errors = consumer.communicate(timeout=30)
-            if consumer.returncode != 0:
-                raise TaskshuttleError(f"consumer exited {consumer.returncode}: {errors.strip()}")
-            supervisor = consumer.pid
+    with show.step(f"objects.step.job.{backend}", tasks=tasks):
+        if backend == "local":
+            settings = load_settings(workers=2)
+            ledger, _ = run_local(job, settings, options=WorkerOptions(), timeout=60)
+            supervisor = os.getpid()
+        else:
+            ledger, supervisor = _on_rabbitmq(job, url)
     results = [r for rs in ledger.results.values() for r in rs]
-    return ProcessObjects(backend, me, child, terminations, _rows(results), supervisor, tasks)
+    result.workers, result.supervisor_pid = _rows(results), supervisor
+    show.part(render_workers, result)
+    return result
+
+
+def _on_rabbitmq(job: Job, url: str | None) -> tuple[Any, int]:
+    settings = load_settings(amqp_url=url)
+    with broker_queue(settings.amqp_url, "process-objects") as producer:
+        # The consumer is a program of its own, as it would be on another machine.
+        consumer = subprocess.Popen(
+            python(
+                *("-m", "consumer", "--queue", producer.queue_name),
+                *("--workers", "2", "--prefetch", "1"),
+            ),
+            env=project_env(settings.amqp_url),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            ledger = run_job(job, producer, timeout=60, tick=lambda: _alive(consumer))
+        finally:
+            if consumer.poll() is None:
+                consumer.send_signal(signal.SIGTERM)  # finish the task in hand, then exit
+            _, errors = consumer.communicate(timeout=30)
+        if consumer.returncode != 0:
+            raise TaskshuttleError(f"consumer exited {consumer.returncode}: {errors.strip()}")
+        return ledger, consumer.pid
 
 
 def _alive(program: subprocess.Popen[str]) -> None:
@@ -140,43 +168,64 @@ def _alive(program: subprocess.Popen[str]) -> None:
 
 
 def render(result: ProcessObjects) -> None:
+    show.heading(t("objects.title", backend=result.backend))
+    show.code(COURSE_CODE)
+    render_identity(result)
+    render_terminate(result)
+    render_workers(result)
+
+
+def render_identity(result: ProcessObjects) -> None:
     me, child = result.me, result.child
-    show.heading(f"进程对象 (process objects) · backend {result.backend}")
+    if child is None:
+        return
     show.table(
-        "who is who",
+        t("objects.who.table"),
         ["", "current_process().name", "current_process().pid", "os.getpid()", "os.getppid()"],
         [
-            ("this process", me.name, me.pid, me.getpid, me.getppid),
-            ("a child it started", child.name, child.pid, child.getpid, child.getppid),
+            (t("objects.who.me"), me.name, me.pid, me.getpid, me.getppid),
+            (t("objects.who.child"), child.name, child.pid, child.getpid, child.getppid),
         ],
     )
+    key = "objects.who.note" if child.getppid == me.pid else "objects.who.odd"
+    show.note(t(key, pid=me.pid, ppid=me.getppid, child=child.pid))
+
+
+def render_terminate(result: ProcessObjects) -> None:
+    if not result.terminations:
+        return
     show.table(
-        "p.terminate(), then at once p.is_alive(); then p.join()",
-        ["try", "is_alive() at once", "join() waited (ms)", "is_alive() after join", "exitcode"],
+        t("objects.terminate.table"),
         [
-            (n, t.alive_right_after, t.join_ms, t.alive_after_join, t.exitcode)
-            for n, t in enumerate(result.terminations, 1)
+            t("objects.col.try"),
+            t("objects.col.alive_at_once"),
+            t("objects.col.join_ms"),
+            t("objects.col.alive_after"),
+            "exitcode",
+        ],
+        [
+            (n, term.alive_right_after, term.join_ms, term.alive_after_join, term.exitcode)
+            for n, term in enumerate(result.terminations, 1)
         ],
     )
-    alive = sum(t.alive_right_after for t in result.terminations)
-    show.note(
-        f"is_alive() right after terminate() said True in {alive} of {len(result.terminations)} "
-        "tries: terminate() only asks the OS to send SIGTERM; the child dies a moment later. "
-        "join() waits for that moment (exitcode -15 = killed by SIGTERM)."
-    )
+    alive = sum(term.alive_right_after for term in result.terminations)
+    show.note(t("objects.terminate.note", alive=alive, tries=len(result.terminations)))
+
+
+def render_workers(result: ProcessObjects) -> None:
+    if not result.workers:
+        return
     show.table(
-        f"who ran the {result.tasks} tasks (every result names its worker)",
-        ["host", "process name", "pid", "ppid", "tasks"],
+        t("objects.workers.table", tasks=result.tasks),
+        [
+            t("objects.col.host"),
+            t("objects.col.name"),
+            "pid",
+            "ppid",
+            t("objects.col.tasks"),
+        ],
         [(w.host, w.name, w.pid, w.ppid, w.tasks) for w in result.workers],
     )
-    if result.backend == "local":
-        show.note(
-            f"ppid = {result.supervisor_pid} = this process: locally the producer is the "
-            "workers' parent, and they live and die in its process tree."
-        )
-    else:
-        show.note(
-            f"ppid = {result.supervisor_pid}: the `consumer` program, not this producer "
-            f"(pid {me.pid}). On RabbitMQ producer and workers are no relatives; the host "
-            "column would name another machine if the consumer ran there."
-        )
+    show.note(
+        t(f"objects.workers.{result.backend}", supervisor=result.supervisor_pid, me=result.me.pid)
+    )

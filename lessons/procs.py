@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 PROC = Path("/proc")
 _PR_SET_PDEATHSIG = 1
@@ -103,3 +104,42 @@ def describe_exit(status: int) -> str:
 
         return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
     return f"exit code {os.WEXITSTATUS(status)}"
+
+
+def _home(answer: Any, work: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    become_subreaper()
+    try:
+        answer.put(work(*args))
+    except Exception as exc:  # carried back as one line
+        answer.put(RuntimeError(str(exc)))
+    # Reap whatever was adopted and has ended (orphans of the work): no zombie left.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            time.sleep(0.02)
+
+
+def in_welfare_home(work: Callable[..., Any], *args: Any, timeout: float = 120) -> Any:
+    """Run `work(*args)` in a child process that adopts its orphans (a child subreaper) and
+    reaps them, so that a lesson that kills a supervisor leaves no orphan to pid 1.
+    `work` must be a module-level function; its result must pickle."""
+    from common.local import MP_CONTEXT
+
+    answer = MP_CONTEXT.Queue()
+    home = MP_CONTEXT.Process(target=_home, args=(answer, work, args), name="welfare-home")
+    home.start()
+    try:
+        got = answer.get(timeout=timeout)
+    finally:
+        home.join(30)
+        answer.close()
+        answer.join_thread()
+    if isinstance(got, RuntimeError):
+        from common.errors import TaskshuttleError
+
+        raise TaskshuttleError(str(got))
+    return got

@@ -7,13 +7,14 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.local import MP_CONTEXT
 from common.schemas import TaskEnvelope
 from common.settings import load_settings
 from lessons import show
+from lessons.i18n import t
 from lessons.runner import broker_queue, job_of, local_pool, rabbit_pool, run_job, seconds
 
 EAT_SECONDS = 0.005
@@ -66,7 +67,7 @@ def with_sentinels(items: int = 30, consumers: int = 3) -> Shutdown:
         q.close()
         q.join_thread()
     codes = [e.exitcode for e in eaters]
-    return Shutdown("sentinel (None per consumer)", items, eaten, alive, codes)
+    return Shutdown("sentinel", items, eaten, alive, codes)
 
 
 def with_joinable_queue(items: int = 30, consumers: int = 3) -> Shutdown:
@@ -89,7 +90,7 @@ def with_joinable_queue(items: int = 30, consumers: int = 3) -> Shutdown:
     food.close()
     food.join_thread()
     codes = [e.exitcode for e in eaters]
-    return Shutdown("JoinableQueue.join() + daemon", items, [done], alive, codes)
+    return Shutdown("joinable", items, [done], alive, codes)
 
 
 # -- fairness: one slow task among fast ones --------------------------------------------------
@@ -164,48 +165,94 @@ def fairness(
 @dataclass
 class ProducerConsumer:
     backend: str
-    shutdowns: list[Shutdown]
-    fairness: list[Fairness]
+    shutdowns: list[Shutdown] = field(default_factory=list)
+    fairness: list[Fairness] = field(default_factory=list)
+
+
+#: The course names the topic (its text stops before the code); this is the model it teaches,
+#: in plain multiprocessing, as the lesson runs it.
+MODEL_CODE = """
+def producer(q):                 # 生产者
+    for i in range(30):
+        q.put(i)
+    for _ in range(3):
+        q.put(None)              # 结束信号: 每个消费者一个
+
+def consumer(q):                 # 消费者
+    while q.get() is not None:
+        time.sleep(0.005)
+"""
 
 
 def run(backend: str = "local", url: str | None = None) -> ProducerConsumer:
-    shutdowns = [with_sentinels(), with_joinable_queue()]
+    result = ProducerConsumer(backend)
+    if show.is_live():
+        show.heading(t("pc.title", backend=backend))
+        show.code(MODEL_CODE)
+    with show.step("pc.step.sentinel"):
+        result.shutdowns.append(with_sentinels())
+    with show.step("pc.step.joinable"):
+        result.shutdowns.append(with_joinable_queue())
+    show.part(render_shutdowns, result)
     prefetches: list[int | None] = [None] if backend == "local" else [1, 100]
-    runs = [fairness(backend, p, url=url) for p in prefetches]
-    return ProducerConsumer(backend, shutdowns, runs)
+    for prefetch in prefetches:
+        label = t("pc.local_queue") if prefetch is None else f"prefetch {prefetch}"
+        with show.step("pc.step.fairness", backend=backend, how=label):
+            result.fairness.append(fairness(backend, prefetch, url=url))
+    show.part(render_fairness, result)
+    return result
 
 
 def render(result: ProducerConsumer) -> None:
-    show.heading(f"生产者消费者模型 (producer-consumer) · backend {result.backend}")
+    show.heading(t("pc.title", backend=result.backend))
+    show.code(MODEL_CODE)
+    render_shutdowns(result)
+    render_fairness(result)
+
+
+def render_shutdowns(result: ProducerConsumer) -> None:
+    if not result.shutdowns:
+        return
     show.table(
-        "how the consumers learn the work is over (plain multiprocessing, 3 consumers)",
-        ["way", "items", "eaten", "consumers alive after", "exit codes"],
+        t("pc.shutdown.table"),
         [
-            (s.way, s.items, "+".join(map(str, s.eaten)), s.alive_after, s.exitcodes)
-            for s in result.shutdowns
-        ],
-    )
-    show.note(
-        "A sentinel ends each consumer from inside (exit code 0). With JoinableQueue the "
-        "producer learns the work is done (join() returns after every task_done()), but the "
-        "consumers still wait in get(): as daemons they are terminated with their parent "
-        "(exit code -15). The project does neither: each result (or ack) tells the producer a "
-        "task is done, and a stop event ends the workers."
-    )
-    f0 = result.fairness[0]
-    show.table(
-        f"fairness: 1 slow task then {sum(f0.per_worker) - 1} fast ones, 2 workers",
-        [
-            "prefetch",
-            "seconds",
-            "queued at 0.25s",
-            "held behind slow",
-            "fast wait p50/max",
-            "per worker",
+            t("pc.col.way"),
+            t("pc.col.items"),
+            t("pc.col.eaten"),
+            t("pc.col.alive_after"),
+            t("pc.col.exitcodes"),
         ],
         [
             (
-                "local queue" if f.prefetch is None else f"prefetch {f.prefetch}",
+                t(f"pc.way.{s.way}"),
+                s.items,
+                "+".join(map(str, s.eaten)),
+                s.alive_after,
+                s.exitcodes,
+            )
+            for s in result.shutdowns
+        ],
+    )
+    show.note(t("pc.shutdown.note"))
+
+
+def render_fairness(result: ProducerConsumer) -> None:
+    if not result.fairness:
+        return
+    f0 = result.fairness[0]
+    show.table(
+        t("pc.fairness.table", fast=sum(f0.per_worker) - 1),
+        [
+            "prefetch",
+            t("pc.col.seconds"),
+            t("pc.col.queued"),
+            t("pc.col.held"),
+            t("pc.col.fast_wait"),
+            t("pc.col.per_worker"),
+        ],
+        [
+            (
+                t("pc.local_queue") if f.prefetch is None else f"prefetch {f.prefetch}",
                 f.seconds,
                 f.waiting_early,
                 f.held_behind_slow,
@@ -216,21 +263,16 @@ def render(result: ProducerConsumer) -> None:
         ],
     )
     if result.backend == "rabbitmq":
-        show.note(
-            "RabbitMQ hands each consumer up to `prefetch` unacked messages ahead. With 100, "
-            "the queue empties at once into the two workers' buffers, and the fast tasks dealt "
-            "to the slow task's worker wait behind it. With 1, a worker gets its next task only "
-            "after it acked the last: the free worker takes all the fast ones. An ack is sent "
-            "only after the handler finished, so a worker that dies gives its tasks back."
-        )
+        by = {f.prefetch: f for f in result.fairness}
+        one, hundred = by.get(1), by.get(100)
+        if one and hundred:
+            key = (
+                "pc.fairness.rabbitmq"
+                if hundred.held_behind_slow > one.held_behind_slow
+                else "pc.fairness.rabbitmq_odd"
+            )
+            show.note(t(key, held100=hundred.held_behind_slow, held1=one.held_behind_slow))
     elif f0.held_behind_slow == 0:
-        show.note(
-            "Here each worker took its tasks from the multiprocessing.Queue one at a time, "
-            "like prefetch 1: nothing waited behind the slow task."
-        )
+        show.note(t("pc.fairness.local_none"))
     else:
-        show.note(
-            "The local backend puts tasks on the multiprocessing.Queue in small batches (one "
-            "put, one pickle per batch), and a worker takes a whole batch: that is a prefetch "
-            f"too. {f0.held_behind_slow} fast tasks waited in the slow task's batch."
-        )
+        show.note(t("pc.fairness.local_batches", held=f0.held_behind_slow))

@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.local import MP_CONTEXT
 from common.settings import load_settings
 from consumer.worker import WorkerOptions
 from lessons import show
+from lessons.i18n import t
 from lessons.runner import (
     HANDLERS,
     NumberedJob,
@@ -34,7 +35,7 @@ class Caveats:
     put_when_full: str  # what put(timeout=0.1) did then
     tries: int
     empty_right_after_put: int  # how often empty() said True just after a put()
-    qsize: str
+    qsize: int | None  # None: NotImplementedError (macOS)
     child_said: str  # a message a child process put on the queue (IPC)
     child_pid: int
 
@@ -53,8 +54,16 @@ class OrderRun:
 @dataclass
 class Queues:
     backend: str
-    caveats: Caveats
-    runs: list[OrderRun]
+    caveats: Caveats | None = None
+    runs: list[OrderRun] = field(default_factory=list)
+
+
+COURSE_TEXT = """
+进程间通信
+队列Queue模块
+队列:先进先出
+堆栈:先进后出
+"""
 
 
 def _say_hello(channel: Any) -> None:
@@ -79,10 +88,11 @@ def caveats(tries: int = 200) -> Caveats:
         put_when_full = "went in"
     except queue.Full:
         put_when_full = "raised queue.Full after waiting 0.1 s"
+    size: int | None
     try:
-        size = f"{bounded.qsize()} (works on Linux; NotImplementedError on macOS)"
+        size = bounded.qsize()
     except NotImplementedError:
-        size = "NotImplementedError (macOS)"
+        size = None
     while not bounded.empty():
         bounded.get()
 
@@ -145,50 +155,75 @@ def order_run(backend: str, consumers: int, tasks: int = 200, url: str | None = 
 
 
 def run(backend: str = "local", url: str | None = None, tasks: int = 200) -> Queues:
-    runs = [order_run(backend, n, tasks, url) for n in (1, 3)]
-    return Queues(backend, caveats(), runs)
+    result = Queues(backend)
+    if show.is_live():
+        show.heading(t("queues.title", backend=backend))
+        show.code(COURSE_TEXT)
+    with show.step("queues.step.caveats"):
+        result.caveats = caveats()
+    show.part(render_caveats, result)
+    for n in (1, 3):
+        with show.step(f"queues.step.order.{backend}", tasks=tasks, consumers=n):
+            result.runs.append(order_run(backend, n, tasks, url))
+    show.part(render_order, result)
+    return result
 
 
 def render(result: Queues) -> None:
+    show.heading(t("queues.title", backend=result.backend))
+    show.code(COURSE_TEXT)
+    render_caveats(result)
+    render_order(result)
+
+
+def render_caveats(result: Queues) -> None:
     c = result.caveats
-    show.heading(f"队列 / 进程间通信 (queues and IPC) · backend {result.backend}")
+    if c is None:
+        return
+    full = "queues.full_raised" if c.put_when_full.startswith("raised") else "queues.full_went_in"
     show.trace(
         [
-            f"queue.Queue, put 1..5 then get: {c.queue_order}  (队列: first in, first out)",
-            f"queue.LifoQueue (a stack):      {c.stack_order}  (堆栈: first in, last out)",
-            f"multiprocessing.Queue({c.maxsize}) after {c.maxsize} puts: full() -> "
-            f"{c.full_after_puts}",
-            f"one more put(timeout=0.1): {c.put_when_full}",
-            f"qsize(): {c.qsize}",
-            f"empty() right after put(): True in {c.empty_right_after_put} of {c.tries} tries",
-            f"a child put {c.child_said!r} on the queue; this process got it (IPC)",
+            t("queues.fifo", order=c.queue_order),
+            t("queues.lifo", order=c.stack_order),
+            t("queues.full", maxsize=c.maxsize, full=c.full_after_puts),
+            t(full),
+            t("queues.qsize", size=c.qsize) if c.qsize is not None else t("queues.qsize_none"),
+            t("queues.empty", empty=c.empty_right_after_put, tries=c.tries),
+            t("queues.ipc", said=c.child_said, pid=c.child_pid),
         ]
     )
-    show.note(
-        "put() returns before the item is in the pipe (a feeder thread writes it), and other "
-        "processes put and get at the same time: full(), empty() and qsize() are only "
-        "snapshots. Use get(timeout=...) and handle queue.Empty instead of asking first."
-    )
+    show.note(t("queues.caveats.note"))
+
+
+def render_order(result: Queues) -> None:
+    if not result.runs:
+        return
     show.table(
-        "FIFO order of results, tasks numbered as sent",
-        ["consumers", "first results to come back", "out of order", "each worker in order"],
+        t("queues.order.table"),
+        [
+            t("queues.col.consumers"),
+            t("queues.col.first"),
+            t("queues.col.out_of_order"),
+            t("queues.col.each_in_order"),
+        ],
         [
             (
                 r.consumers,
                 " ".join(map(str, r.first_arrivals)) + " ...",
-                f"{r.out_of_order} of {r.tasks}",
+                t("queues.of", n=r.out_of_order, tasks=r.tasks),
                 r.each_worker_in_order,
             )
             for r in result.runs
         ],
     )
-    show.note(
-        "One producer, one consumer: FIFO end to end. Several consumers: each still takes tasks "
-        "in order, but they finish at different speeds, so results overtake each other."
-        + (
-            " On RabbitMQ the queue is FIFO too; a requeued or redelivered message comes back "
-            "later than its neighbours (see `compare`)."
-            if result.backend == "rabbitmq"
-            else ""
+    one = next((r for r in result.runs if r.consumers == 1), None)
+    several = next((r for r in result.runs if r.consumers > 1), None)
+    if one and several:
+        key = (
+            "queues.order.note"
+            if one.out_of_order == 0 and several.out_of_order > 0
+            else "queues.order.odd"
         )
-    )
+        show.note(t(key, late=several.out_of_order, tasks=several.tasks))
+    if result.backend == "rabbitmq":
+        show.note(t("queues.order.rabbitmq"))

@@ -237,3 +237,95 @@ def out_of_order(seqs: list[int]) -> int:
         late += seq < highest
         highest = max(highest, seq)
     return late
+
+
+@dataclass
+class CourseRun:
+    """One run of a course example (`lessons.course`): what it printed, and when."""
+
+    args: list[str]
+    #: (seconds since start, line) for every line it printed, in order
+    lines: list[tuple[float, str]]
+    returncode: int
+    #: seconds from its start until its main process had exited
+    exit_seconds: float
+    errors: str = ""
+
+    def printed(self, text: str) -> int:
+        """How many of its lines contain `text`."""
+        return sum(text in line for _, line in self.lines)
+
+
+def run_course(
+    name: str,
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+    echo: Callable[[str], None] = lambda line: None,
+) -> CourseRun:
+    """Run ``python -m lessons.course.<name> <args>`` and collect its lines as they come;
+    `echo` gets each line with its time.
+
+    Its stdout is line-buffered, as on a terminal: each line leaves when it is printed, in one
+    write (unbuffered, print writes the text and the newline apart, and the lines of two
+    processes would interleave mid-line).
+    """
+    import subprocess
+    import threading
+
+    launch = (
+        "import runpy, sys; sys.stdout.reconfigure(line_buffering=True, write_through=False); "
+        f"sys.argv = ['-m', *{list(args)!r}]; "
+        f"runpy.run_module('lessons.course.{name}', run_name='__main__', alter_sys=True)"
+    )
+    started = time.monotonic()
+    program = subprocess.Popen(
+        python("-c", launch),
+        cwd=cwd,
+        env={k: v for k, v in project_env().items() if k != "PYTHONUNBUFFERED"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert program.stdout is not None and program.stderr is not None
+    lines: list[tuple[float, str]] = []
+    errors: list[str] = []
+
+    def read_errors() -> None:
+        assert program.stderr is not None
+        errors.append(program.stderr.read())
+
+    reader = threading.Thread(target=read_errors, daemon=True)
+    reader.start()
+    exited: list[float] = []
+
+    def watch_exit() -> None:
+        program.wait()
+        exited.append(time.monotonic() - started)
+
+    watcher = threading.Thread(target=watch_exit, daemon=True)
+    watcher.start()
+    try:
+        for raw in program.stdout:  # until every process holding the pipe has ended
+            line = raw.rstrip("\n")
+            at = time.monotonic() - started
+            lines.append((round(at, 2), line))
+            echo(f"{at:5.2f} s  {line}")
+            if at > timeout:
+                raise TaskshuttleError(f"the course's {name} example ran over {timeout:g} s")
+        program.wait(timeout)
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait()
+        watcher.join(5)
+        reader.join(5)
+        program.stdout.close()
+        program.stderr.close()
+    return CourseRun(
+        list(args),
+        lines,
+        program.returncode,
+        round(exited[0] if exited else time.monotonic() - started, 2),
+        "".join(errors).strip(),
+    )

@@ -1,4 +1,13 @@
-"""线程 (threads): the same worker loop run as N processes or as N threads of one process.
+"""线程 (threads): `threading.Thread` itself, then the same worker loop run as N processes or
+as N threads of one process.
+
+First the basics: threads start and join like processes, each has its own name
+(`current_thread().name`) but all report the one pid of their process, and they share its data
+(a global a thread changes is changed for all; a child process changes its own copy). Shared
+data means races: a counter whose read and write a thread switch can come between loses
+updates, and a `threading.Lock` around them loses none.
+
+Then the measurements.
 
 CPU-bound tasks need the interpreter all the time, and CPython lets one thread of a process
 run Python code at once (the GIL): threads take turns, processes run side by side. Tasks that
@@ -9,11 +18,12 @@ processes do, and cost less.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import TaskshuttleError
@@ -24,6 +34,7 @@ from consumer.handlers import registry
 from consumer.supervisor import ThreadWorkers, WorkerSpec
 from consumer.worker import Worker, WorkerOptions
 from lessons import show
+from lessons.i18n import t
 from lessons.runner import (
     HANDLERS,
     broker_queue,
@@ -52,14 +63,125 @@ class ThreadRun:
 
 
 @dataclass
+class ThreadSeen:
+    name: str  # threading.current_thread().name
+    pid: int  # os.getpid(), in that thread
+    native_id: int  # the kernel's id of the thread
+
+
+@dataclass
+class Basics:
+    main: ThreadSeen
+    threads: list[ThreadSeen]
+    #: a global, 100, set to 0 by a thread / by a child process: what the main thread sees
+    after_thread: int
+    after_process: int
+
+
+@dataclass
+class Race:
+    locked: bool
+    threads: int
+    rounds: int  # increments per thread
+    expected: int
+    got: int
+    lost: int
+    seconds: float
+
+
+@dataclass
 class Threads:
     backend: str
     workers: int
-    runs: list[ThreadRun]
+    runs: list[ThreadRun] = field(default_factory=list)
     #: The machine's 1-minute load average when the lesson started, and its cores.
     load: float = 0.0
     cores: int = 0
     repeat: int = 1  # runs of each configuration; the fastest is shown
+    basics: Basics | None = None
+    races: list[Race] = field(default_factory=list)
+
+
+# -- threading.Thread itself ------------------------------------------------------------------
+def _introduce(seen: list[ThreadSeen]) -> None:
+    me = threading.current_thread()
+    seen.append(ThreadSeen(me.name, os.getpid(), threading.get_native_id()))
+
+
+money = 100  # a global of this module: one copy per process, shared by its threads
+
+
+def _spend() -> None:
+    global money
+    money = 0
+
+
+def _reset() -> None:
+    global money
+    money = 100
+
+
+def basics(count: int = 3) -> Basics:
+    """Start `count` threads, join them; then change a global from a thread and from a
+    child process, and look at it from here."""
+    seen: list[ThreadSeen] = []
+    threads = [
+        threading.Thread(target=_introduce, args=(seen,))  # named by Python: Thread-N (...)
+        for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seen.sort(key=lambda s: s.name)
+    main: list[ThreadSeen] = []
+    _introduce(main)
+
+    _reset()
+    spender = threading.Thread(target=_spend)
+    spender.start()
+    spender.join()
+    after_thread = money
+    _reset()
+    child = multiprocessing.get_context("spawn").Process(target=_spend)
+    child.start()
+    child.join()
+    after_process = money
+    return Basics(main[0], seen, after_thread, after_process)
+
+
+class _Counter:
+    value = 0
+
+
+def _add(counter: _Counter, rounds: int, lock: Any, pause: float, start: threading.Barrier) -> None:
+    start.wait()  # every thread begins at once
+    for _ in range(rounds):
+        with lock:
+            seen = counter.value  # read
+            time.sleep(pause)  # a switch point: another thread runs here
+            counter.value = seen + 1  # write back what was read, plus one
+
+
+def race(locked: bool, threads: int = 4, rounds: int = 100, pause: float = 0.001) -> Race:
+    """`threads` threads add 1 to one shared counter `rounds` times each, reading it, pausing
+    (any thread switch between a read and its write would do; the pause makes one certain),
+    then writing. With `locked`, read-pause-write is done under one `threading.Lock`."""
+    counter = _Counter()
+    lock: Any = threading.Lock() if locked else contextlib.nullcontext()
+    start = threading.Barrier(threads)
+    workers = [
+        threading.Thread(target=_add, args=(counter, rounds, lock, pause, start))
+        for _ in range(threads)
+    ]
+    began = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    took = round(time.perf_counter() - began, 3)
+    expected = threads * rounds
+    return Race(locked, threads, rounds, expected, counter.value, expected - counter.value, took)
 
 
 @contextlib.contextmanager
@@ -178,37 +300,139 @@ def run(
     repeat: int = 2,
     **sizes: Any,
 ) -> Threads:
-    """Each configuration `repeat` times, keeping its fastest run (the least disturbed by
-    whatever else the machine was doing)."""
-    load = round(os.getloadavg()[0], 2)
+    """The basics and the race, then each configuration `repeat` times, keeping its fastest
+    run (the least disturbed by whatever else the machine was doing)."""
+    result = Threads(backend, workers, load=round(os.getloadavg()[0], 2))
+    result.cores, result.repeat = os.cpu_count() or 0, repeat
+    if show.is_live():
+        show.heading(t("threads.title", backend=backend, pid=os.getpid()))
+        show.code(BASICS_CODE)
+    with show.step("threads.step.basics"):
+        result.basics = basics()
+    show.part(render_basics, result)
+    for locked in (False, True):
+        with show.step("threads.step.race", how=_race_label(locked)):
+            result.races.append(race(locked))
+    show.part(render_race, result)
 
     def best(workload: str, pool: str, n: int) -> ThreadRun:
-        runs = [measure(backend, workload, pool, n, url=url, **sizes) for _ in range(repeat)]
+        with show.step(
+            "threads.step.measure",
+            workload=t(f"threads.{workload}"),
+            who=_who(pool, n),
+            repeat=repeat,
+        ):
+            runs = [measure(backend, workload, pool, n, url=url, **sizes) for _ in range(repeat)]
         return min(runs, key=lambda r: r.seconds)
 
-    runs: list[ThreadRun] = []
     for workload in ("cpu", "sleep"):
         base = best(workload, "process", 1)
         base.speedup = 1.0
-        runs.append(base)
+        result.runs.append(base)
         for pool in ("process", "thread"):
             one = best(workload, pool, workers)
             one.speedup = round(base.seconds / one.seconds, 2)
-            runs.append(one)
-    return Threads(backend, workers, runs, load, os.cpu_count() or 0, repeat)
+            result.runs.append(one)
+    show.part(render_measures, result)
+    return result
+
+
+BASICS_CODE = """
+from threading import Thread, current_thread
+import os
+
+def task():
+    print(current_thread().name, os.getpid())
+
+t = Thread(target=task)
+t.start()
+t.join()
+"""
+
+
+def _who(pool: str, n: int) -> str:
+    return t(f"threads.who.{pool}", n=n)
+
+
+def _race_label(locked: bool) -> str:
+    return t("threads.race.with_lock") if locked else t("threads.race.without_lock")
 
 
 def render(result: Threads) -> None:
-    show.heading(f"线程 (threads) · backend {result.backend} · this process is pid {os.getpid()}")
+    show.heading(t("threads.title", backend=result.backend, pid=os.getpid()))
+    show.code(BASICS_CODE)
+    render_basics(result)
+    render_race(result)
+    render_measures(result)
+
+
+def render_basics(result: Threads) -> None:
+    b = result.basics
+    if b is None:
+        return
     show.table(
-        f"the same Worker loop as processes or as threads (fastest of {result.repeat} runs each)",
-        ["workload", "workers", "tasks", "seconds", "speedup", "cores busy", "at once", "pids"],
+        t("threads.basics.table"),
+        [t("threads.col.name"), "os.getpid()", "threading.get_native_id()"],
+        [(s.name, s.pid, s.native_id) for s in [b.main, *b.threads]],
+    )
+    pids = {s.pid for s in [b.main, *b.threads]}
+    key = "threads.basics.one_pid" if len(pids) == 1 else "threads.basics.pids"
+    show.note(t(key, pid=b.main.pid, count=len(b.threads)))
+    show.note(
+        t("threads.basics.shared", after_thread=b.after_thread, after_process=b.after_process)
+    )
+
+
+def render_race(result: Threads) -> None:
+    if not result.races:
+        return
+    first = result.races[0]
+    show.table(
+        t("threads.race.table", threads=first.threads, rounds=first.rounds),
+        [
+            "",
+            t("threads.col.expected"),
+            t("threads.col.got"),
+            t("threads.col.lost"),
+            t("threads.col.seconds"),
+        ],
+        [(_race_label(r.locked), r.expected, r.got, r.lost, r.seconds) for r in result.races],
+    )
+    by = {r.locked: r for r in result.races}
+    if True in by and False in by:
+        unlocked, locked = by[False], by[True]
+        key = "threads.race.note" if unlocked.lost and not locked.lost else "threads.race.odd"
+        show.note(
+            t(
+                key,
+                lost=unlocked.lost,
+                expected=unlocked.expected,
+                locked_lost=locked.lost,
+                locked_s=locked.seconds,
+                unlocked_s=unlocked.seconds,
+            )
+        )
+
+
+def render_measures(result: Threads) -> None:
+    if not result.runs:
+        return
+    show.table(
+        t("threads.measure.table", repeat=result.repeat),
+        [
+            t("threads.col.workload"),
+            t("threads.col.workers"),
+            t("threads.col.tasks"),
+            t("threads.col.seconds"),
+            t("threads.col.speedup"),
+            t("threads.col.cores_busy"),
+            t("threads.col.at_once"),
+            "pids",
+        ],
         [
             (
-                f"{r.workload}-bound",
-                f"{r.workers} {r.pool}{'es' if r.pool == 'process' else 's'}"
-                if r.workers > 1
-                else f"1 {r.pool}",
+                t(f"threads.{r.workload}"),
+                _who(r.pool, r.workers),
                 r.tasks,
                 r.seconds,
                 f"x{r.speedup}",
@@ -219,12 +443,30 @@ def render(result: Threads) -> None:
             for r in result.runs
         ],
     )
-    show.note(
-        f"{result.cores} cores; load average {result.load} when this began (other programs "
-        "take cores from the workers). "
-        "cpu-bound: processes run on separate cores (cores busy near the number of workers, "
-        "up to the machine's cores); threads share one interpreter lock, so they never keep "
-        "more than one core busy and gain nothing. sleep-bound: a sleeping thread releases the "
-        "lock, so threads overlap as well as processes. `pids` shows which is which: threads "
-        "all report this one process."
-    )
+    for line in conclusions(result):
+        show.note(line)
+
+
+def conclusions(result: Threads) -> list[str]:
+    """What the figures say, each sentence chosen from the measured ratios."""
+    by = {(r.workload, r.pool, r.workers): r for r in result.runs}
+    n = result.workers
+    lines = [t("threads.measure.machine", cores=result.cores, load=result.load)]
+    procs, threads_ = by.get(("cpu", "process", n)), by.get(("cpu", "thread", n))
+    if procs and threads_:
+        if procs.speedup >= 1 + 0.5 * (min(n, result.cores or n) - 1):
+            key = "threads.cpu.processes_parallel"
+        else:
+            key = "threads.cpu.processes_starved"
+        lines.append(t(key, n=n, speedup=procs.speedup, cores=procs.cores_busy, load=result.load))
+        key = "threads.cpu.threads_gil" if threads_.speedup <= 1.2 else "threads.cpu.threads_gain"
+        lines.append(t(key, n=n, speedup=threads_.speedup, cores=threads_.cores_busy))
+    procs, threads_ = by.get(("sleep", "process", n)), by.get(("sleep", "thread", n))
+    if procs and threads_:
+        close = threads_.speedup >= 0.8 * procs.speedup
+        key = "threads.sleep.as_well" if close else "threads.sleep.behind"
+        lines.append(
+            t(key, n=n, threads=threads_.speedup, processes=procs.speedup, at_once=threads_.at_once)
+        )
+    lines.append(t("threads.measure.pids"))
+    return lines

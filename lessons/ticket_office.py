@@ -18,7 +18,6 @@ Guards:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import threading
@@ -73,7 +72,10 @@ def buy(store: Path, purchase: str, buyer: int, delay: float, guard: Guard, lock
 @contextlib.contextmanager
 def _file_lock(store: Path) -> Iterator[None]:
     # Lock a separate file: the store itself is replaced on every write (see `_write`), and a
-    # lock on a replaced file would guard nothing.
+    # lock on a replaced file would guard nothing. (fcntl is Unix only: imported here, so that
+    # the other guards work anywhere.)
+    import fcntl
+
     with open(store.with_suffix(".lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -63,3 +63,44 @@ def test_a_bad_option_is_one_line() -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("lessons: error:")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("lang", "daemon_topic"), [("en", "daemon processes"), ("zh", "守护进程")])
+def test_no_lesson_named_lists_them_and_exits_cleanly(lang: str, daemon_topic: str) -> None:
+    done = _lessons("--lang", lang)
+    assert done.returncode == 0
+    assert done.stderr == ""  # no "lessons: error:"
+    for name in LESSONS:
+        assert f"  {name} " in done.stdout
+    assert daemon_topic in done.stdout
+    bare = _lessons()
+    assert (bare.returncode, bare.stderr) == (0, "")
+    assert all(name in bare.stdout for name in LESSONS)
+
+
+@pytest.mark.parametrize(
+    ("args", "needs"),
+    [
+        (["zombie-orphan"], "/proc, prctl"),
+        (["daemon"], "/proc"),
+        (["mutex", "--backend", "rabbitmq"], "fcntl.flock"),
+    ],
+)
+def test_a_lesson_that_needs_linux_says_so_in_one_line_elsewhere(
+    args: list[str],
+    needs: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lessons.__main__ import cli
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(SystemExit) as exit_:
+        cli([*args, "--lang", "en"])
+    assert exit_.value.code == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.strip().splitlines() == [
+        f"lessons: error: {args[0]} needs Linux ({needs}); this system is darwin"
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lessons import mutex
 from lessons.mutex import ticket_run
 
 SMALL = {"tickets": 10, "buyers": 40, "consumers": 4}
@@ -53,3 +54,31 @@ def test_rabbitmq_unsafe_methods_oversell(broker_url: str, method: str) -> None:
     assert run.lost == 0
     assert run.processes_used >= 2
     assert run.oversold > 0
+
+
+@pytest.mark.timeout(60)
+def test_the_courses_ticket_office_with_its_lock_sells_one_ticket_once() -> None:
+    for _ in range(2):
+        run = mutex.course_office(True)
+        assert run.errors == ""
+        assert (run.tickets, run.bought, run.refused, run.left, run.oversold) == (1, 1, 8, 0, 0)
+
+
+@pytest.mark.timeout(60)
+def test_the_courses_ticket_office_without_its_lock_oversells() -> None:
+    # Nine buyers read the count within milliseconds and write 0.1-0.3 s later.
+    run = mutex.course_office(False)
+    assert run.bought + run.refused == 9
+    assert run.oversold > 0
+    assert run.left == 0
+
+
+@pytest.mark.timeout(90)
+def test_one_run_shows_safe_and_unsafe_side_by_side() -> None:
+    both = mutex.run("local", tickets=10, buyers=40, consumers=4, delay=0.02, course=False)
+    assert [r.method for r in both.runs] == ["mp-lock", "none"]
+    safe, unsafe = both.runs
+    assert safe.oversold == 0 and unsafe.oversold > 0
+    assert safe.seconds > unsafe.seconds  # what the lock cost
+    only_unsafe = mutex.run("local", False, tickets=5, buyers=10, consumers=2, course=False)
+    assert [r.method for r in only_unsafe.runs] == ["none"]  # --no-lock

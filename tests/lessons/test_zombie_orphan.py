@@ -3,9 +3,14 @@ a killed supervisor leaves no stray worker."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from lessons import zombie_orphan
+from lessons import procs, zombie_orphan
+from lessons.runner import ROOT, project_env
 
 
 def _check(result: zombie_orphan.ZombieOrphan) -> None:
@@ -44,3 +49,40 @@ def test_local() -> None:
 @pytest.mark.timeout(90)
 def test_rabbitmq(broker_url: str) -> None:
     _check(zombie_orphan.run("rabbitmq", broker_url))
+
+
+def _ancestors(pid: int) -> list[int]:
+    found = []
+    while pid > 1:
+        parent = procs.parent_of(pid)
+        if parent is None:
+            break
+        found.append(parent)
+        pid = parent
+    return found
+
+
+@pytest.mark.timeout(30)
+def test_the_machines_welfare_home_is_named() -> None:
+    home = zombie_orphan.machine_home()
+    assert home.orphan_pid != os.getpid()
+    # pid 1, or a subreaper among this process's ancestors: nothing else can adopt it.
+    assert home.adopter_pid == 1 or home.adopter_pid in _ancestors(os.getpid())
+    assert home.adopter_name not in ("", "?")
+
+
+@pytest.mark.timeout(90)
+def test_the_lesson_prints_no_stray_log_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lessons", "zombie-orphan", "--lang", "en"],
+        cwd=ROOT,
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "WARNING" not in done.stdout
+    assert done.stdout.lstrip().startswith("僵尸进程与孤儿进程 · zombie and orphan processes")
+    assert "went to pid" in done.stdout  # the orphan's new parent, named
