@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from common.defaults import QueueType
 from common.errors import BrokerError, ConfigError, ConnectionLost, QueueMismatch
 from common.rabbitmq import dlq, topology
 from common.rabbitmq.delivery import Handle, ReplyCheck, take, unless_gone
-from common.rabbitmq.link import Link
+from common.rabbitmq.link import Link, Received
 from common.rabbitmq.reconnect import RETRYABLE, Reconnect, StopFlag
 from common.rabbitmq.topology import Message, QueueNames
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult, decode_result
@@ -126,6 +127,9 @@ class RabbitBackend(Backend):
         self._consuming = False
         self._replies = ReplyCheck(self.names)
         self.reply_queue = self.names.new_replies() if want_results else None
+        #: Results received and acked, not taken yet: kept across links, since they were
+        #: acked on arrival (see `Link.consume`'s `settle_on_arrival`).
+        self._results_inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
         self._link = self._first_link()
 
     @property
@@ -150,14 +154,15 @@ class RabbitBackend(Backend):
         node = self._nodes[self._next_node]
         # The next attempt (after a failure or a loss) goes to the next node in the list.
         self._next_node = (self._next_node + 1) % len(self._nodes)
-        link = Link(node.params, node.safe_url, self.queue_name)
+        inbox = self._results_inbox if self.want_results else None
+        link = Link(node.params, node.safe_url, self.queue_name, inbox=inbox)
         link.open(self._attempt_timeout)
         try:
             self._declare(link, self.queue_name, self.queue_arguments)
             self._declare(link, self.dlq_name, topology.dlq_arguments(self.queue_type))
             if self.reply_queue:
                 link.declare(self.reply_queue, topology.reply_queue_arguments())
-                link.consume(self.reply_queue, tag=self.reply_queue)
+                link.consume(self.reply_queue, tag=self.reply_queue, settle_on_arrival=True)
             if self._consuming:
                 link.consume(self.queue_name, prefetch=self.prefetch)
         except BaseException:
@@ -244,12 +249,14 @@ class RabbitBackend(Backend):
     def receive_result(self, timeout: float) -> TaskResult | None:
         if not self.want_results:
             raise BrokerError("this backend was built without want_results=True")
-        link = self._live_link(wait=timeout)
-        delivery = None if link is None else take(link, timeout, self._replies)
-        if delivery is None:
+        if self._results_inbox.empty():
+            # Only a live link adds to the inbox; what a lost one put there is still here.
+            self._live_link(wait=timeout)
+        try:
+            _tag, _redelivered, _props, body = self._results_inbox.get(timeout=timeout)
+        except queue.Empty:
             return None
-        self.ack(delivery)
-        return decode_result(delivery.body)
+        return decode_result(body)  # acked on arrival
 
     # -- worker side ---------------------------------------------------------------------
     def start_consuming(self) -> None:

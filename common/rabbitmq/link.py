@@ -72,9 +72,20 @@ Received = tuple[int, bool, BasicProperties, bytes]
 class Link(Connection):
     """One AMQP connection and its one confirm-mode channel; see the module's threading rules."""
 
-    def __init__(self, params: pika.URLParameters, safe_url: str, name: str) -> None:
+    def __init__(
+        self,
+        params: pika.URLParameters,
+        safe_url: str,
+        name: str,
+        *,
+        inbox: queue.SimpleQueue[Received] | None = None,
+    ) -> None:
         super().__init__(params, safe_url, name)
-        self.inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        #: What consumers received. A caller may pass its own, to outlive the link: what an
+        #: `consume(settle_on_arrival=True)` put there was acked already, and must not be lost.
+        self.inbox: queue.SimpleQueue[Received] = (
+            inbox if inbox is not None else queue.SimpleQueue()
+        )
         self._confirms = ConfirmTracker()
         self._outbox = Outbox()
         self._declared: set[str] = set()
@@ -94,9 +105,24 @@ class Link(Connection):
         """Declare a queue unless this link declared it already (then None)."""
         return None if name in self._declared else self.declare(name, arguments)
 
-    def consume(self, name: str, *, prefetch: int | None = None, tag: str | None = None) -> None:
-        """Deliver `name`'s messages to `inbox` (at most `prefetch` unacked, if given)."""
-        self._call(functools.partial(self._consume_io, name, prefetch, tag))
+    def consume(
+        self,
+        name: str,
+        *,
+        prefetch: int | None = None,
+        tag: str | None = None,
+        settle_on_arrival: bool = False,
+    ) -> None:
+        """Deliver `name`'s messages to `inbox` (at most `prefetch` unacked, if given).
+
+        With `settle_on_arrival`, the I/O thread acks each message once it is in `inbox`,
+        without waiting for a caller to take it: for a reply queue, whose messages are in
+        this process's hands from then on (a caller's inbox outlives the link). Its sender
+        waits for that ack before it acks the task the result is for; a caller busy waiting
+        for a publish's confirm would otherwise hold the whole chain up.
+        """
+        on_message = self._on_settled_message_io if settle_on_arrival else self._on_message_io
+        self._call(functools.partial(self._consume_io, name, prefetch, tag, on_message))
 
     def queue_length(self, name: str) -> int:
         """How many messages the queue `name` holds (it must exist)."""
@@ -211,14 +237,19 @@ class Link(Connection):
         self._conn.channel(on_open_callback=self._guard(opened))
 
     def _consume_io(
-        self, name: str, prefetch: int | None, tag: str | None, future: Future[Any]
+        self,
+        name: str,
+        prefetch: int | None,
+        tag: str | None,
+        on_message: Callable[..., None],
+        future: Future[Any],
     ) -> None:
         channel = self._channel
 
         def consume(_frame: Any = None) -> None:
             channel.basic_consume(
                 name,
-                self._guard(self._on_message_io),
+                self._guard(on_message),
                 consumer_tag=tag,
                 callback=lambda _frame: future.set_result(None),
             )
@@ -285,6 +316,12 @@ class Link(Connection):
     ) -> None:
         self._outbox.delivered_io(channel, method.delivery_tag)
         self.inbox.put((method.delivery_tag, method.redelivered, props, body))
+
+    def _on_settled_message_io(
+        self, channel: Any, method: Any, props: BasicProperties, body: bytes
+    ) -> None:
+        self.inbox.put((method.delivery_tag, method.redelivered, props, body))
+        self._outbox.settle_on_arrival_io(channel, method.delivery_tag)
 
     def _on_return_io(self, channel: Any, method: Any, props: BasicProperties, body: bytes) -> None:
         self._confirms.returned(props.message_id)
