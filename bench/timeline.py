@@ -10,10 +10,11 @@ wall-clock times (one machine, one clock):
     publish call -> publish returned (confirmed) -> handler start -> handler end
     -> result received by the producer
 
-The handler (``timeline`` in `bench.tasks`) notes when it starts and ends, and returns both, so they come back in the
-result. Without ``--rate`` each task is published once the previous result is in (no
-queueing anywhere: the floor of each hop); with ``--rate`` tasks are paced as
-`producer --rate` paces them, and results are taken while waiting, as `producer.run` does.
+The handler (``timeline`` in `bench.tasks`) notes when it starts and ends, and returns
+both, so they come back in the result. Without ``--rate`` each task is published once the
+previous result is in (no queueing anywhere: the floor of each hop); with ``--rate`` tasks
+are paced as `producer --rate` paces them, and results are taken while waiting, as
+`producer.run` does.
 Prints the median and p99 of each hop in milliseconds, and writes them as JSON with
 ``--json FILE``.
 """
@@ -27,7 +28,6 @@ import sys
 import time
 import uuid
 from typing import Any
-
 
 HOPS = (
     ("confirm", "publish call -> publish returned (confirmed)"),
@@ -115,10 +115,7 @@ def measure(url: str, queue_type: str, tasks: int, rate: float | None, workers: 
         pool.start()
         pool.wait_ready()
         time.sleep(0.5)  # every worker's consumer registered
-        if rate is None:
-            rows = _one_by_one(producer, tasks)
-        else:
-            rows = _paced(producer, tasks, rate)
+        rows = _one_by_one(producer, tasks) if rate is None else _paced(producer, tasks, rate)
     finally:
         producer.delete_queues()
         producer.close()
