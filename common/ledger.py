@@ -218,6 +218,9 @@ class Tally:
         #: sent tasks per state
         self._counts = [0] * 5
         self.sent = 0
+        #: when the first and the last task were sent (perf_counter), for the rate achieved
+        self.first_sent: float | None = None
+        self.last_sent: float | None = None
         #: tasks (sent or not) with at least one result
         self.answered = 0
         self._workers: Counter[tuple[int, int, str]] = Counter()
@@ -243,6 +246,9 @@ class Tally:
 
     def record_sent(self, tasks: Sequence[TaskEnvelope]) -> None:
         now = time.perf_counter()
+        if tasks:
+            self.first_sent = self.first_sent or now
+            self.last_sent = now
         for task in tasks:
             state = self._state(task.id)
             if state & _SENT:
