@@ -157,7 +157,7 @@ def _tally(job: Any) -> Any:
     """What `producer` records into: counts and histograms, no list of every task."""
     from common.ledger import Tally
 
-    return Tally(job.numbering)
+    return Tally(job.numbering, from_creation=True)
 
 
 # -- taskshuttle on RabbitMQ -----------------------------------------------------------------

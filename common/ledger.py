@@ -203,7 +203,11 @@ class Tally:
     """
 
     def __init__(
-        self, numbering: TaskNumbering | None = None, record: TextIO | None = None
+        self,
+        numbering: TaskNumbering | None = None,
+        record: TextIO | None = None,
+        *,
+        from_creation: bool = False,
     ) -> None:
         self.numbering = numbering or TaskNumbering()
         self.started = time.perf_counter()
@@ -226,46 +230,55 @@ class Tally:
         self._workers: Counter[tuple[int, int, str]] = Counter()
         #: from the publish returning (confirmed) to the first result
         self.latency = HdrHistogram(1, _LATENCY_MAX_US, 3)
-        #: from the task's creation (just before its publish call) to the first result
-        self.latency_from_created = HdrHistogram(1, _LATENCY_MAX_US, 3)
+        #: with `from_creation`: from the task's creation (just before its publish call, on
+        #: the wall clock) to the first result
+        self.latency_from_created = HdrHistogram(1, _LATENCY_MAX_US, 3) if from_creation else None
 
-    def _state(self, task_id: str) -> int:
+    def _number(self, task_id: str) -> int | None:
+        """The task's number in `numbering`, its states grown to hold it; None for an id
+        from elsewhere."""
         number = self.numbering.number(task_id)
-        if number is None:
-            return self._other_states.get(task_id, 0)
-        return self._states[number] if number < len(self._states) else 0
-
-    def _set_state(self, task_id: str, state: int) -> None:
-        number = self.numbering.number(task_id)
-        if number is None:
-            self._other_states[task_id] = state
-            return
-        if number >= len(self._states):
+        if number is not None and number >= len(self._states):
             self._states.extend(bytes(number + 1 - len(self._states)))
-        self._states[number] = state
+        return number
 
     def record_sent(self, tasks: Sequence[TaskEnvelope]) -> None:
         now = time.perf_counter()
         if tasks:
             self.first_sent = self.first_sent or now
             self.last_sent = now
+        states, others, counts, in_flight = (
+            self._states,
+            self._other_states,
+            self._counts,
+            self._in_flight,
+        )
         for task in tasks:
-            state = self._state(task.id)
+            task_id = task.id
+            number = self._number(task_id)
+            state = others.get(task_id, 0) if number is None else states[number]
             if state & _SENT:
                 continue  # sent again (a replay): still one task
-            self._set_state(task.id, state | _SENT)
+            if number is None:
+                others[task_id] = state | _SENT
+            else:
+                states[number] = state | _SENT
             self.sent += 1
-            self._counts[state] += 1
+            counts[state] += 1
             if state == _UNANSWERED:
-                self._in_flight[task.id] = now
+                in_flight[task_id] = now
 
     def record_result(self, result: TaskResult) -> None:
         now = time.perf_counter()
         task_id = result.task_id
-        code = self._state(task_id)
+        number = self._number(task_id)
+        code = self._other_states.get(task_id, 0) if number is None else self._states[number]
         state = code & ~_SENT
         new_state = _next_state(state, result)
-        self._set_state(task_id, (code & _SENT) | new_state)
+        if number is None:
+            self._other_states[task_id] = (code & _SENT) | new_state
+        else:
+            self._states[number] = (code & _SENT) | new_state
         if code & _SENT:
             self._counts[state] -= 1
             self._counts[new_state] += 1
@@ -276,8 +289,9 @@ class Tally:
             if sent_at is not None:
                 latency = now - sent_at
                 self.latency.record_value(_micros(latency))
-                created = time.time() - result.created_at.timestamp()
-                self.latency_from_created.record_value(_micros(created))
+                if self.latency_from_created is not None:
+                    created = time.time() - result.created_at.timestamp()
+                    self.latency_from_created.record_value(_micros(created))
         self._workers[(result.worker_pid, result.worker_ppid, result.worker_name)] += 1
         if self._record is not None:
             line = {

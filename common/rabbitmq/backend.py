@@ -154,8 +154,9 @@ class RabbitBackend(Backend):
         node = self._nodes[self._next_node]
         # The next attempt (after a failure or a loss) goes to the next node in the list.
         self._next_node = (self._next_node + 1) % len(self._nodes)
-        inbox = self._results_inbox if self.want_results else None
-        link = Link(node.params, node.safe_url, self.queue_name, inbox=inbox)
+        link = Link(node.params, node.safe_url, self.queue_name)
+        if self.want_results:
+            link.inbox = self._results_inbox  # before it opens: the I/O thread fills it
         link.open(self._attempt_timeout)
         try:
             self._declare(link, self.queue_name, self.queue_arguments)

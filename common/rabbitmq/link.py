@@ -72,20 +72,11 @@ Received = tuple[int, bool, BasicProperties, bytes]
 class Link(Connection):
     """One AMQP connection and its one confirm-mode channel; see the module's threading rules."""
 
-    def __init__(
-        self,
-        params: pika.URLParameters,
-        safe_url: str,
-        name: str,
-        *,
-        inbox: queue.SimpleQueue[Received] | None = None,
-    ) -> None:
+    def __init__(self, params: pika.URLParameters, safe_url: str, name: str) -> None:
         super().__init__(params, safe_url, name)
-        #: What consumers received. A caller may pass its own, to outlive the link: what an
-        #: `consume(settle_on_arrival=True)` put there was acked already, and must not be lost.
-        self.inbox: queue.SimpleQueue[Received] = (
-            inbox if inbox is not None else queue.SimpleQueue()
-        )
+        #: What consumers received. A caller may put its own here before `open`, to outlive
+        #: the link: what `consume(settle_on_arrival=True)` puts there is acked already.
+        self.inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
         self._confirms = ConfirmTracker()
         self._outbox = Outbox()
         self._declared: set[str] = set()
