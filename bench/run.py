@@ -345,12 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     print_report(report)
     out_markdown = opts.out / "latest.md"
     out_markdown.write_text(markdown_report(report))
+    chart = write_chart(report, opts.out / "throughput.png")
     if opts.docs is not None:
         opts.docs.mkdir(parents=True, exist_ok=True)
         (opts.docs / "latest.json").write_text(out_json.read_text())
         (opts.docs / "latest.md").write_text(out_markdown.read_text())
+        if chart is not None and Path(chart).exists():
+            (opts.docs / "throughput.png").write_bytes(Path(chart).read_bytes())
         print(f"copied to {opts.docs}")
-    chart = write_chart(report, opts.out / "throughput.png")
     print(f"JSON: {out_json}")
     print(f"Markdown: {out_markdown}")
     print(f"chart: {chart}")
