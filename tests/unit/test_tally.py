@@ -56,9 +56,7 @@ def test_numbered_ids_look_like_random_ones_and_give_their_number_back() -> None
 _events = st.lists(
     st.one_of(
         st.tuples(st.just("send"), st.integers(0, 7)),
-        st.tuples(
-            st.just("result"), st.integers(0, 9), st.sampled_from(TaskStatus), st.booleans()
-        ),
+        st.tuples(st.just("result"), st.integers(0, 9), st.sampled_from(TaskStatus), st.booleans()),
     ),
     max_size=40,
 )
@@ -66,15 +64,12 @@ _events = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(events=_events, foreign=st.booleans())
-def test_the_tally_counts_every_fate_as_the_ledger_does(
-    events: list[tuple], foreign: bool
-) -> None:
+def test_the_tally_counts_every_fate_as_the_ledger_does(events: list[tuple], foreign: bool) -> None:
     """Results before their send, duplicates, failures then successes, results for tasks
     never sent, ids of another numbering: the counts agree with the full ledger's."""
     numbering = TaskNumbering()
     ids = [
-        TaskNumbering().task_id(k) if foreign and k % 2 else numbering.task_id(k)
-        for k in range(10)
+        TaskNumbering().task_id(k) if foreign and k % 2 else numbering.task_id(k) for k in range(10)
     ]
     ledger, tally = Ledger(), Tally(numbering)
     sent: set[int] = set()
