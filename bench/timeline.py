@@ -75,7 +75,7 @@ def _paced(producer: Any, tasks: int, rate: float) -> list[dict[str, float]]:
     """As `producer --rate --wait` runs: `producer.run.send` and `collect` into a `Ledger`
     (which keeps every result); the times are the ledger's, put on the wall clock."""
     from common.ledger import Ledger
-    from producer.run import Job, Progress, _take_results, collect, send
+    from producer.run import Job, Progress, _publish_taking_results, _take_results, collect, send
 
     ledger, progress = Ledger(), Progress()
     offset = time.time() - time.perf_counter()
@@ -86,6 +86,7 @@ def _paced(producer: Any, tasks: int, rate: float) -> list[dict[str, float]]:
         ledger,
         progress,
         between=lambda wait: _take_results(producer, ledger, progress, wait),
+        publish=_publish_taking_results(producer, ledger, progress),
     )
     collect(producer, ledger, progress, until=time.perf_counter() + 30)
     rows = []

@@ -70,7 +70,9 @@ class Ledger:
         now = time.perf_counter()
         for task in tasks:
             self.sent[task.id] = now
-            self.answered += task.id in self.results
+            if task.id in self.results:  # answered before its confirm came back
+                self.answered += 1
+                self.latency.setdefault(task.id, 0.0)
 
     def record_result(self, result: TaskResult) -> None:
         first = result.task_id not in self.results
@@ -219,6 +221,10 @@ class Tally:
         self._other_states: dict[str, int] = {}
         #: task id -> when its publish returned (confirmed), for tasks with no result yet
         self._in_flight: dict[str, float] = {}
+        #: task id -> when its first result came and how long after the task's creation,
+        #: for results that came before their task's publish returned (a producer takes
+        #: results while it waits for confirms): their latency is counted once it returns
+        self._early: dict[str, tuple[float, float]] = {}
         #: sent tasks per state
         self._counts = [0] * 5
         self.sent = 0
@@ -267,6 +273,9 @@ class Tally:
             counts[state] += 1
             if state == _UNANSWERED:
                 in_flight[task_id] = now
+            elif (early := self._early.pop(task_id, None)) is not None:
+                # Answered before its confirm came back: no wait after the confirm at all.
+                self._record_latency(0.0, early[1])
 
     def record_result(self, result: TaskResult) -> None:
         now = time.perf_counter()
@@ -285,13 +294,13 @@ class Tally:
         latency: float | None = None
         if state == _UNANSWERED:
             self.answered += 1
+            from_creation = time.time() - result.created_at.timestamp()
             sent_at = self._in_flight.pop(task_id, None)
             if sent_at is not None:
                 latency = now - sent_at
-                self.latency.record_value(_micros(latency))
-                if self.latency_from_created is not None:
-                    created = time.time() - result.created_at.timestamp()
-                    self.latency_from_created.record_value(_micros(created))
+                self._record_latency(latency, from_creation)
+            elif not code & _SENT:
+                self._early[task_id] = (now, from_creation)
         self._workers[(result.worker_pid, result.worker_ppid, result.worker_name)] += 1
         if self._record is not None:
             line = {
@@ -306,6 +315,11 @@ class Tally:
                 "error": result.error,
             }
             self._record.write(json.dumps(line) + "\n")
+
+    def _record_latency(self, from_confirm: float, from_creation: float) -> None:
+        self.latency.record_value(_micros(from_confirm))
+        if self.latency_from_created is not None:
+            self.latency_from_created.record_value(_micros(from_creation))
 
     def record_lost(self) -> None:
         """Write a line for every sent task still without a result (when there is a record)."""

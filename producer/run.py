@@ -90,6 +90,7 @@ def send(
     between: Callable[[float], object] = time.sleep,
     stop: StopFlag = NEVER,
     window: int | None = None,
+    publish: Callable[[list[TaskEnvelope]], None] | None = None,
 ) -> None:
     """Publish the job's tasks: in batches of `BATCH`, or paced at `job.rate` per second.
 
@@ -97,8 +98,10 @@ def send(
     batch is due: it may wait that long, and should take results meanwhile, so that a
     result is recorded when it arrives, not when the producer wakes up. With `window`, a
     batch waits (in `between`, taking results) until no more than `window` tasks would be
-    in flight with it.
+    in flight with it. `publish` replaces `backend.publish` (`run_rabbitmq` has it take
+    results while it waits for confirms).
     """
+    publish = publish or backend.publish
     tasks = job.tasks()
     start = time.perf_counter()
     sent = 0
@@ -112,7 +115,7 @@ def send(
             continue
         if due > sent:
             batch = [next(tasks) for _ in range(due - sent)]
-            backend.publish(batch)
+            publish(batch)
             ledger.record_sent(batch)
             progress.sent(len(batch))
             sent = due
@@ -135,6 +138,26 @@ def collect(
         _take_results(backend, ledger, progress, min(poll, until - time.perf_counter()))
         tick()
     ledger.finished = time.perf_counter()
+
+
+def _publish_taking_results(
+    backend: ProducerBackend, ledger: Recorder, progress: Progress
+) -> Callable[[list[TaskEnvelope]], None]:
+    """`backend.publish`, recording the results that arrive while it waits for confirms:
+    otherwise they would wait for the publish to return, and a paced producer, always in
+    the middle of one, would count a confirm's wait into every latency."""
+    from common.rabbitmq import RabbitBackend
+
+    assert isinstance(backend, RabbitBackend)
+
+    def take_arrived() -> None:
+        results = backend.arrived_results()
+        for result in results:
+            ledger.record_result(result)
+        if results:
+            progress.done(len(results))
+
+    return lambda batch: backend.publish(batch, meanwhile=take_arrived)
 
 
 def _take_results(
@@ -304,6 +327,7 @@ def run_rabbitmq(
                 progress,
                 between=lambda wait: _take_results(backend, ledger, progress, wait),
                 stop=stop,
+                publish=_publish_taking_results(backend, ledger, progress),
             )
             collect(backend, ledger, progress, until=time.perf_counter() + timeout, stop=stop)
         except BrokerError as exc:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -38,7 +39,7 @@ import pika.exceptions
 from pika.spec import Basic, BasicProperties
 
 from common.errors import BrokerError
-from common.rabbitmq.confirms import Batch, ConfirmTracker, publish_in_chunks
+from common.rabbitmq.confirms import Batch, ConfirmTracker, Meanwhile, publish_in_chunks
 from common.rabbitmq.connection import Connection
 from common.rabbitmq.errors import refused_declare
 from common.rabbitmq.outbox import AckOp, NackOp, Outbox, OutboxOp, ResultOp
@@ -77,6 +78,9 @@ class Link(Connection):
         #: What consumers received. A caller may put its own here before `open`, to outlive
         #: the link: what `consume(settle_on_arrival=True)` puts there is acked already.
         self.inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        #: Set by the I/O thread each time `consume(settle_on_arrival=True)` adds to
+        #: `inbox`: a caller may put its own here too before `open`.
+        self.arrivals = threading.Event()
         self._confirms = ConfirmTracker()
         self._outbox = Outbox()
         self._declared: set[str] = set()
@@ -135,13 +139,16 @@ class Link(Connection):
         """Stop the consumer `tag`; then, if asked, delete a queue."""
         self._call(functools.partial(self._cancel_io, tag, then_delete), timeout)
 
-    def publish_many(self, messages: Sequence[Message], timeout: float) -> list[Message]:
-        """Publish every message with ``mandatory``; wait for the broker's confirms.
+    def publish_many(
+        self, messages: Sequence[Message], timeout: float, meanwhile: Meanwhile | None = None
+    ) -> list[Message]:
+        """Publish every message with ``mandatory``; wait for the broker's confirms (running
+        `meanwhile` while waiting, if given).
 
         Returns the messages left unconfirmed because the connection dropped (empty when
         all went through); raises `PublishFailed` for a nacked or returned message.
         """
-        return publish_in_chunks(messages, self._send_batch, timeout, self.safe_url)
+        return publish_in_chunks(messages, self._send_batch, timeout, self.safe_url, meanwhile)
 
     def _send_batch(self, batch: Batch) -> None:
         self._wait_on(batch.future)
@@ -312,6 +319,7 @@ class Link(Connection):
         self, channel: Any, method: Any, props: BasicProperties, body: bytes
     ) -> None:
         self.inbox.put((method.delivery_tag, method.redelivered, props, body))
+        self.arrivals.set()
         self._outbox.settle_on_arrival_io(channel, method.delivery_tag)
 
     def _on_return_io(self, channel: Any, method: Any, props: BasicProperties, body: bytes) -> None:
