@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.defaults import QueueType
@@ -80,6 +80,10 @@ class Options:
     queue_types: tuple[QueueType, ...] = QUEUE_TYPES
     #: The cluster's comma-separated node URLs (``scripts/cluster.sh urls``), or None.
     cluster_url: str | None = None
+    #: Task counts of the producer's peak-RSS rows, per backend (empty: no such rows).
+    rss_counts: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: Where the report is copied for the docs (`docs/bench`), or None.
+    docs: Path | None = None
 
     def variants(self) -> list[Variant]:
         """Every group of rows to measure, in order: each system (the typed ones once per
@@ -146,6 +150,21 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated node URLs of a cluster (`bash scripts/cluster.sh urls`): the "
         "quorum rows of raw-pika and rabbitmq again, there (default: none)",
     )
+    parser.add_argument(
+        "--rss-local",
+        help="task counts of the producer's peak-RSS rows, local backend "
+        "(10000,100000,1000000; quick: none)",
+    )
+    parser.add_argument(
+        "--rss-rabbitmq",
+        help="the same on RabbitMQ, with --wait and 2 consumers (10000,100000; quick: none)",
+    )
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        help="folder the report is copied to as latest.json and latest.md (docs/bench when "
+        "--out is not given; with --out, none unless given)",
+    )
     parser.add_argument("--quick", action="store_true", help="small N: a smoke run")
     return parser
 
@@ -181,6 +200,15 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error("--cluster-url measures quorum queues: add quorum to --queue-types")
     if args.cluster_url is not None and not split_urls(args.cluster_url):
         parser.error("--cluster-url needs at least one URL")
+    rss_counts: dict[str, tuple[int, ...]] = {}
+    for backend, given, full in (
+        ("local", args.rss_local, "10000,100000,1000000"),
+        ("rabbitmq", args.rss_rabbitmq, "10000,100000"),
+    ):
+        counts = _csv_ints(given if given is not None else ("" if args.quick else full))
+        if counts and backend in systems:
+            rss_counts[backend] = counts
+    default_out = args.out == ROOT / "bench" / "results"
     return Options(
         n=n,
         workers=args.workers,
@@ -197,6 +225,8 @@ def parse_args(argv: list[str] | None) -> Options:
         quick=args.quick,
         queue_types=queue_types,
         cluster_url=args.cluster_url,
+        rss_counts=rss_counts,
+        docs=args.docs or (ROOT / "docs" / "bench" if default_out else None),
     )
 
 

@@ -35,6 +35,7 @@ from bench.config import CaseConfig
 from bench.options import Options, Variant, missing, parse_args
 from bench.procs import broker_pid
 from bench.report import build_report
+from bench.rss import producer_peak
 from bench.tables import markdown_report, print_report
 from common.settings import redact_url, split_urls
 
@@ -279,6 +280,21 @@ def _meta(run: Run, started: float, load_before: tuple[float, ...]) -> dict[str,
     }
 
 
+def producer_memory(opts: Options) -> dict[str, list[dict[str, Any]]]:
+    """The `producer` command's peak RSS at each count of `opts.rss_counts` (`bench.rss`)."""
+    memory: dict[str, list[dict[str, Any]]] = {}
+    for backend, counts in opts.rss_counts.items():
+        for count in counts:
+            try:
+                run = producer_peak(ROOT, backend, count, workers=opts.workers, url=opts.amqp_url)
+            except Exception as exc:
+                run = {"count": count, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            memory.setdefault(backend, []).append(run)
+            figure = f"{run['peak_rss_mib']} MiB" if "peak_rss_mib" in run else run["error"]
+            print(f"  producer --backend {backend} --count {count}: peak RSS {figure}", flush=True)
+    return memory
+
+
 def _fresh_logs(out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
@@ -321,13 +337,22 @@ def main(argv: list[str] | None = None) -> int:
             continue
         run.system(variant)
 
-    report = build_report(_meta(run, started, load_before), run.results, run.scaling, opts.workers)
+    memory = producer_memory(opts)
+    meta = _meta(run, started, load_before)
+    report = build_report(meta, run.results, run.scaling, opts.workers, memory)
     out_json = opts.out / "latest.json"
     out_json.write_text(json.dumps(report, indent=2, default=str))
     print_report(report)
     out_markdown = opts.out / "latest.md"
     out_markdown.write_text(markdown_report(report))
     chart = write_chart(report, opts.out / "throughput.png")
+    if opts.docs is not None:
+        opts.docs.mkdir(parents=True, exist_ok=True)
+        (opts.docs / "latest.json").write_text(out_json.read_text())
+        (opts.docs / "latest.md").write_text(out_markdown.read_text())
+        if chart is not None and Path(chart).exists():
+            (opts.docs / "throughput.png").write_bytes(Path(chart).read_bytes())
+        print(f"copied to {opts.docs}")
     print(f"JSON: {out_json}")
     print(f"Markdown: {out_markdown}")
     print(f"chart: {chart}")

@@ -17,7 +17,7 @@ from typing import Any
 from bench.baselines import GATE_SETTLE
 from bench.broker import Gate, QueueSampler, gated_drain, wait_ready_count
 from bench.config import CaseConfig, CaseError, envelope_payload
-from bench.figures import latency_figures, per_second, stamped_figures, stamps_rss
+from bench.figures import per_second, stamped_figures, stamps_rss
 from bench.procs import CpuSampler, cmdline, cpu_sampler, descendants
 from bench.stamps import STAMPS_ENV, read_stamps, stamp_window
 
@@ -113,13 +113,13 @@ def _worker_figures(directory: str, expected: int) -> tuple[list[dict[str, Any]]
 
 
 def _ledger_e2e(cfg: CaseConfig, ledger: Any, directory: str, cpu: CpuSampler) -> dict[str, Any]:
-    """The ledger's own throughput (results on), checked against what the workers did."""
-    if len(ledger.results) != cfg.n:
-        raise CaseError(f"{len(ledger.results)} of {cfg.n} results came back")
+    """The tally's own throughput (results on), checked against what the workers did."""
+    if ledger.answered != cfg.n:
+        raise CaseError(f"{ledger.answered} of {cfg.n} results came back")
     stamps, rss = _worker_figures(directory, cfg.n)
     assert ledger.finished is not None
     return {
-        "e2e": per_second(len(ledger.results), ledger.finished - ledger.started),
+        "e2e": per_second(ledger.answered, ledger.finished - ledger.started),
         "rss": rss,
         "cpu": cpu.usage(ledger.started, ledger.finished, cfg.n),
         "details": {"per_worker": [s["count"] for s in stamps]},
@@ -127,22 +127,37 @@ def _ledger_e2e(cfg: CaseConfig, ledger: Any, directory: str, cpu: CpuSampler) -
 
 
 def _ledger_latency(ledger: Any, sent: int) -> dict[str, Any]:
-    """The ledger's latencies (confirm to result); also from each task's creation, which
-    `Job` does just before its publish: the wall clock, mapped onto perf_counter."""
-    offset = time.time() - time.perf_counter()
-    whole = [
-        ledger.sent[task_id]
-        + seconds
-        - (ledger.results[task_id][0].created_at.timestamp() - offset)
-        for task_id, seconds in ledger.latency.items()
-    ]
-    sent_times = sorted(ledger.sent.values())
-    elapsed = sent_times[-1] - sent_times[0] if len(sent_times) > 1 else 0.0
-    figures = latency_figures(ledger.latency.values(), max(sent - 1, 0), elapsed, whole)
-    figures["sent"] = sent
-    if len(ledger.latency) != sent:
-        raise CaseError(f"{len(ledger.latency)} of {sent} results came back")
-    return figures
+    """The tally's latencies, as the producer reports them (HDR histograms, within 0.1%):
+    from the confirmed publish to the result, and from each task's creation, which `Job`
+    does just before its publish."""
+    confirmed, created = ledger.latency, ledger.latency_from_created
+    samples = confirmed.get_total_count()
+    if samples != sent:
+        raise CaseError(f"{samples} of {sent} results came back")
+    elapsed = (ledger.last_sent or 0.0) - (ledger.first_sent or 0.0)
+    ms = _histogram_ms
+    return {
+        "p50_ms": ms(confirmed, 50),
+        "p99_ms": ms(confirmed, 99),
+        "max_ms": round(confirmed.get_max_value() / 1000, 3),
+        "samples": samples,
+        "sent": sent,
+        "achieved_rate": round((sent - 1) / elapsed, 1) if elapsed > 0 else None,
+        "from_publish_p50_ms": ms(created, 50),
+        "from_publish_p99_ms": ms(created, 99),
+        "method": "HDR histogram (hdrhistogram), 3 significant digits",
+    }
+
+
+def _histogram_ms(histogram: Any, pct: float) -> float:
+    return round(histogram.get_value_at_percentile(pct) / 1000, 3)
+
+
+def _tally(job: Any) -> Any:
+    """What `producer` records into: counts and histograms, no list of every task."""
+    from common.ledger import Tally
+
+    return Tally(job.numbering, from_creation=True)
 
 
 # -- taskshuttle on RabbitMQ -----------------------------------------------------------------
@@ -212,7 +227,13 @@ def _rabbit_running_pool(cfg: CaseConfig, burst_idle: float | None, deadline: fl
 def _run_rabbitmq(cfg: CaseConfig, job: Any, wait: bool, deadline: float) -> Any:
     from producer.run import run_rabbitmq
 
-    return run_rabbitmq(job, _settings(cfg), wait=wait, timeout=deadline - time.perf_counter())
+    return run_rabbitmq(
+        job,
+        _settings(cfg),
+        wait=wait,
+        timeout=deadline - time.perf_counter(),
+        ledger=_tally(job),
+    )
 
 
 def rabbit_e2e(cfg: CaseConfig) -> dict[str, Any]:
@@ -247,7 +268,7 @@ def rabbit_e2e_noresults(cfg: CaseConfig) -> dict[str, Any]:
         cpu.stop()
         pool.stop(timeout=5)
     figures = stamped_figures("e2e", cfg.n, read_stamps(directory), start, cpu)
-    figures["details"]["publish_during_e2e"] = per_second(len(ledger.sent), published - start)
+    figures["details"]["publish_during_e2e"] = per_second(ledger.sent, published - start)
     return figures
 
 
@@ -330,6 +351,7 @@ def _run_local(cfg: CaseConfig, job: Any, deadline: float) -> Any:
         options=WorkerOptions(),
         timeout=deadline - time.perf_counter(),
         handler_modules=HANDLERS,
+        ledger=_tally(job),
     )
     return ledger
 

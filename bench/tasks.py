@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing.util
 import os
+import time
 from typing import Any
 
 from bench.stamps import STAMPS_ENV, Stamps
@@ -20,6 +21,13 @@ stamps = Stamps()
 @registry.task("noop")
 def noop(payload: dict[str, Any]) -> None:
     stamps.hit()
+
+
+@registry.task("timeline")
+def timeline(payload: dict[str, Any]) -> dict[str, float]:
+    """For `bench.timeline`: when the handler started and ended, on the wall clock."""
+    started = time.time()
+    return {"start": started, "end": time.time()}
 
 
 if os.environ.get(STAMPS_ENV):

@@ -334,23 +334,26 @@ class Worker:
         value: object = None,
         error: str | None = None,
     ) -> TaskResult:
-        # Every field comes from this code or a validated task: skip re-validating them
-        # (a handler's value that is not JSON is caught when the result is encoded).
-        return TaskResult.model_construct(
-            task_id=task.id,
-            kind=task.kind,
-            status=status,
-            attempt=task.attempt,
-            redelivered=delivery.redelivered,
-            worker_pid=os.getpid(),
-            worker_ppid=os.getppid(),
-            worker_host=HOSTNAME,
-            worker_name=self._name,
-            started_at=started_at,
-            finished_at=utcnow(),
-            created_at=task.created_at,
-            value=value,
-            error=error,
+        # Validated, though every field comes from this code or a validated task: pydantic's
+        # validator (compiled) takes half the time of `model_construct` (Python). A handler's
+        # value that is not JSON is caught when the result is encoded.
+        return TaskResult.model_validate(
+            {
+                "task_id": task.id,
+                "kind": task.kind,
+                "status": status,
+                "attempt": task.attempt,
+                "redelivered": delivery.redelivered,
+                "worker_pid": os.getpid(),
+                "worker_ppid": os.getppid(),
+                "worker_host": HOSTNAME,
+                "worker_name": self._name,
+                "started_at": started_at,
+                "finished_at": utcnow(),
+                "created_at": task.created_at,
+                "value": value,
+                "error": error,
+            }
         )
 
 

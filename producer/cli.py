@@ -6,7 +6,9 @@ The library (`producer.run`, the backends, pydantic) is imported when a job runs
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
@@ -15,6 +17,8 @@ from common.cli import invalid, new_app, parse_json_object, run_app, setup_loggi
 from common.defaults import BackendName
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from common.errors import BrokerError
     from common.settings import Settings
     from consumer.worker import StopFlag
@@ -49,6 +53,15 @@ def main(
     max_deaths: options.MaxDeaths = defaults.MAX_DEATHS,
     connect_timeout: options.ConnectTimeout = None,
     handlers: options.Handlers = None,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write every task's fate to FILE as JSON lines: a line per result as it "
+            "comes, then one per task left without a result.",
+            metavar="FILE",
+            dir_okay=False,
+        ),
+    ] = None,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
     verbose: options.Verbose = False,
@@ -64,8 +77,13 @@ def main(
 
     stop = output.Stop()
     collecting = local or wait
-    with output.progress(count, collecting, show=not (quiet or as_json)) as bar:
-        summary, error = _run(job, settings, local, wait, timeout, tuple(handlers or ()), bar, stop)
+    with (
+        _record_file(record) as record_to,
+        output.progress(count, collecting, show=not (quiet or as_json)) as bar,
+    ):
+        summary, error = _run(
+            job, settings, local, wait, timeout, tuple(handlers or ()), bar, stop, record_to
+        )
     if collecting:
         output.report_results(
             summary, settings, as_json, count=count, timeout=timeout, stop=stop, error=error
@@ -83,18 +101,22 @@ def _run(
     modules: tuple[str, ...],
     progress: Progress,
     stop: StopFlag,
+    record: TextIO | None = None,
 ) -> tuple[dict[str, Any], BrokerError | None]:
     """Run the job on its backend (locally, with workers of its own): its summary, and the
     broker's error if the broker failed it midway (or it was stopped while waiting for one).
+
+    Results are counted in a `Tally`: its memory stays the same however many tasks run.
     """
     from common.errors import BrokerError
-    from common.ledger import Ledger
+    from common.ledger import Tally
     from consumer.worker import WorkerOptions
     from producer import run
 
+    tally = Tally(job.numbering, record=record)
     if local:
         options = WorkerOptions.from_settings(settings)
-        ledger, backend = run.run_local(
+        _, backend = run.run_local(
             job,
             settings,
             options=options,
@@ -102,20 +124,40 @@ def _run(
             handler_modules=modules,
             progress=progress,
             stop=stop,
+            ledger=tally,
         )
-        summary = ledger.summary("local")
+        tally.record_lost()
+        summary = tally.summary("local")
         return summary | {"recovered_from_dead_workers": backend.recovered}, None
     try:
-        ledger = run.run_rabbitmq(
-            job, settings, wait=wait, timeout=timeout, progress=progress, stop=stop
+        run.run_rabbitmq(
+            job, settings, wait=wait, timeout=timeout, progress=progress, stop=stop, ledger=tally
         )
     except run.JobFailed as failed:
-        return failed.ledger.summary("rabbitmq"), failed.cause
+        failure: BrokerError = failed.cause
     except BrokerError as exc:
         if not stop.is_set():
             raise  # never connected: the error alone says it
-        return Ledger().summary("rabbitmq"), exc  # stopped while waiting for the broker
-    return ledger.summary("rabbitmq"), None
+        failure = exc  # stopped while waiting for the broker
+    else:
+        failure = None
+    if wait:
+        tally.record_lost()
+    return tally.summary("rabbitmq"), failure
+
+
+@contextlib.contextmanager
+def _record_file(path: Path | None) -> Iterator[TextIO | None]:
+    """The --record file, open for writing (None without the option)."""
+    if path is None:
+        yield None
+        return
+    try:
+        handle = path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write it: {exc}", param_hint="'--record'") from None
+    with handle:
+        yield handle
 
 
 def _job(

@@ -137,6 +137,28 @@ def test_a_flag_wins_over_the_environment() -> None:
     assert len(json.loads(done.stdout)["workers"]) == 1
 
 
+def test_record_writes_every_task_fate_as_json_lines(tmp_path: Path) -> None:
+    record = tmp_path / "fates.jsonl"
+    done = run(
+        "producer",
+        *("--backend", "local", "--count", "30", "--workers", "2", "--json"),
+        *("--kind", "fail", "--max-attempts", "1", "--record", str(record)),
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    last_fate = {line["task_id"]: line["fate"] for line in lines}
+    assert len(last_fate) == summary["sent"] == 30
+    assert set(last_fate.values()) == {"dead-lettered"} and summary["failed"] == 30
+    assert all(line["status"] == "failed" and line["error"] for line in lines)
+
+
+def test_record_to_a_file_that_cannot_be_written_is_a_usage_error(tmp_path: Path) -> None:
+    done = run("producer", "--count", "1", "--record", str(tmp_path / "missing" / "f.jsonl"))
+    assert done.returncode == 2
+    assert "--record" in done.stderr and "cannot write it" in done.stderr
+
+
 HANDLERS = """
 import os
 from pathlib import Path

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import random
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +37,9 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.defaults import QueueType
 from common.errors import BrokerError, ConfigError, ConnectionLost, QueueMismatch
 from common.rabbitmq import dlq, topology
+from common.rabbitmq.confirms import Meanwhile
 from common.rabbitmq.delivery import Handle, ReplyCheck, take, unless_gone
-from common.rabbitmq.link import Link
+from common.rabbitmq.link import Link, Received
 from common.rabbitmq.reconnect import RETRYABLE, Reconnect, StopFlag
 from common.rabbitmq.topology import Message, QueueNames
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult, decode_result
@@ -126,6 +129,11 @@ class RabbitBackend(Backend):
         self._consuming = False
         self._replies = ReplyCheck(self.names)
         self.reply_queue = self.names.new_replies() if want_results else None
+        #: Results received and acked, not taken yet: kept across links, since they were
+        #: acked on arrival (see `Link.consume`'s `settle_on_arrival`).
+        self._results_inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        #: Set as each result arrives (see `publish`'s `meanwhile`).
+        self._result_arrived = threading.Event()
         self._link = self._first_link()
 
     @property
@@ -151,13 +159,16 @@ class RabbitBackend(Backend):
         # The next attempt (after a failure or a loss) goes to the next node in the list.
         self._next_node = (self._next_node + 1) % len(self._nodes)
         link = Link(node.params, node.safe_url, self.queue_name)
+        if self.want_results:
+            link.inbox = self._results_inbox  # before it opens: the I/O thread fills it
+            link.arrivals = self._result_arrived
         link.open(self._attempt_timeout)
         try:
             self._declare(link, self.queue_name, self.queue_arguments)
             self._declare(link, self.dlq_name, topology.dlq_arguments(self.queue_type))
             if self.reply_queue:
                 link.declare(self.reply_queue, topology.reply_queue_arguments())
-                link.consume(self.reply_queue, tag=self.reply_queue)
+                link.consume(self.reply_queue, tag=self.reply_queue, settle_on_arrival=True)
             if self._consuming:
                 link.consume(self.queue_name, prefetch=self.prefetch)
         except BaseException:
@@ -215,16 +226,30 @@ class RabbitBackend(Backend):
             link.close()
 
     # -- producer side -------------------------------------------------------------------
-    def publish(self, tasks: Sequence[TaskEnvelope], timeout: float = 60.0) -> None:
+    def publish(
+        self,
+        tasks: Sequence[TaskEnvelope],
+        timeout: float = 60.0,
+        *,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> None:
+        """Publish and wait for every confirm. With `meanwhile` (a backend with results),
+        it runs each time results arrive during that wait: a producer takes them with
+        `arrived_results` instead of leaving them until its publish returns."""
         queue_name, reply_to = self.queue_name, self.reply_queue
         messages = [topology.task_message(queue_name, task, reply_to) for task in tasks]
-        self._publish_with_retry(messages, timeout)
+        doing = None
+        if meanwhile is not None and self.want_results:
+            doing = Meanwhile(meanwhile, self._result_arrived)
+        self._publish_with_retry(messages, timeout, doing)
 
     def publish_raw(self, bodies: Sequence[bytes], timeout: float = 60.0) -> None:
         messages = [topology.raw_message(self.queue_name, body) for body in bodies]
         self._publish_with_retry(messages, timeout)
 
-    def _publish_with_retry(self, messages: Sequence[Message], timeout: float) -> None:
+    def _publish_with_retry(
+        self, messages: Sequence[Message], timeout: float, meanwhile: Meanwhile | None = None
+    ) -> None:
         """Publish; if the connection drops, reconnect and publish again what was unconfirmed.
 
         A message in flight when the connection dropped may already be stored: publishing it
@@ -233,7 +258,7 @@ class RabbitBackend(Backend):
         remaining = list(messages)
         while remaining:
             link = self._link_now()
-            remaining = link.publish_many(remaining, timeout)
+            remaining = link.publish_many(remaining, timeout, meanwhile)
             if remaining:
                 error = link.close_error or ConnectionLost("connection lost while publishing")
                 log.warning("connection lost with %d messages unconfirmed", len(remaining))
@@ -244,12 +269,25 @@ class RabbitBackend(Backend):
     def receive_result(self, timeout: float) -> TaskResult | None:
         if not self.want_results:
             raise BrokerError("this backend was built without want_results=True")
-        link = self._live_link(wait=timeout)
-        delivery = None if link is None else take(link, timeout, self._replies)
-        if delivery is None:
+        if self._results_inbox.empty():
+            # Only a live link adds to the inbox; what a lost one put there is still here.
+            self._live_link(wait=timeout)
+        try:
+            _tag, _redelivered, _props, body = self._results_inbox.get(timeout=timeout)
+        except queue.Empty:
             return None
-        self.ack(delivery)
-        return decode_result(delivery.body)
+        return decode_result(body)  # acked on arrival
+
+    def arrived_results(self) -> list[TaskResult]:
+        """The results that have arrived, without waiting and without touching the
+        connection (so it may run in the middle of a publish: see `publish`)."""
+        taken = []
+        while True:
+            try:
+                _tag, _redelivered, _props, body = self._results_inbox.get_nowait()
+            except queue.Empty:
+                return taken
+            taken.append(decode_result(body))
 
     # -- worker side ---------------------------------------------------------------------
     def start_consuming(self) -> None:

@@ -10,9 +10,12 @@ a `Future` per message costs more than the publish itself.
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 
 from common.errors import BrokerError, ConnectionLost, PublishFailed
 from common.rabbitmq.topology import Message
@@ -20,6 +23,16 @@ from common.rabbitmq.topology import Message
 #: Publishes handed to the I/O thread at once; the next chunk goes out while this one's
 #: confirms come back, so at most two chunks are unconfirmed.
 PUBLISH_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Meanwhile:
+    """Work for a publisher's thread while it waits for confirms: `run()` each time `wake` is
+    set (by whatever it waits for besides: results arriving), and once at the start. The
+    confirms set `wake` too, so the wait ends as soon as they are in."""
+
+    run: Callable[[], object]
+    wake: threading.Event
 
 
 class Batch:
@@ -44,16 +57,34 @@ class Batch:
         if self.remaining == 0 and not self.future.done():
             self.future.set_result(None)
 
+    def _wait_doing(self, meanwhile: Meanwhile, timeout: float) -> float:
+        """Wait for the future (at most `timeout`), running `meanwhile` at each wake-up; the
+        time left."""
+        wake, future = meanwhile.wake, self.future
+        future.add_done_callback(lambda _: wake.set())
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            wake.clear()  # cleared before looking: a wake-up after this is not missed
+            meanwhile.run()
+            left = deadline - time.monotonic()
+            if future.done() or left <= 0:
+                break
+            wake.wait(left)
+        return max(deadline - time.monotonic(), 0.0)
+
     @property
     def unconfirmed(self) -> list[Message]:
         return [m for m, ok in zip(self.messages, self.confirmed, strict=True) if not ok]
 
-    def wait(self, timeout: float, safe_url: str) -> bool:
-        """True once all are confirmed; False if the connection dropped first.
+    def wait(self, timeout: float, safe_url: str, meanwhile: Meanwhile | None = None) -> bool:
+        """True once all are confirmed; False if the connection dropped first. With
+        `meanwhile`, its work runs whenever its event wakes this wait.
 
         Raises `PublishFailed` if the broker nacked or returned any, `BrokerError` if it
         stayed silent for `timeout` seconds.
         """
+        if meanwhile is not None:
+            timeout = self._wait_doing(meanwhile, timeout)
         try:
             self.future.result(timeout)
         except FutureTimeout:
@@ -129,9 +160,10 @@ def publish_in_chunks(
     send: Callable[[Batch], None],
     timeout: float,
     safe_url: str,
+    meanwhile: Meanwhile | None = None,
 ) -> list[Message]:
     """`send` each chunk of `messages` as a `Batch`, with at most two chunks in flight: the
-    next one goes out while this one's confirms come back.
+    next one goes out while this one's confirms come back (and `meanwhile` runs).
 
     Returns the messages left unconfirmed because the connection dropped (`send` raised
     `ConnectionLost`, or a batch learnt it); raises as `Batch.wait` does.
@@ -145,10 +177,10 @@ def publish_in_chunks(
         except ConnectionLost:
             break
         batches.append(batch)
-        if len(batches) > 1 and not batches[-2].wait(timeout, safe_url):
+        if len(batches) > 1 and not batches[-2].wait(timeout, safe_url, meanwhile):
             break
     if batches:
-        batches[-1].wait(timeout, safe_url)
+        batches[-1].wait(timeout, safe_url, meanwhile)
     unconfirmed = [m for batch in batches for m in batch.unconfirmed]
     for chunk in chunks[len(batches) :]:
         unconfirmed.extend(chunk)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -38,7 +39,7 @@ import pika.exceptions
 from pika.spec import Basic, BasicProperties
 
 from common.errors import BrokerError
-from common.rabbitmq.confirms import Batch, ConfirmTracker, publish_in_chunks
+from common.rabbitmq.confirms import Batch, ConfirmTracker, Meanwhile, publish_in_chunks
 from common.rabbitmq.connection import Connection
 from common.rabbitmq.errors import refused_declare
 from common.rabbitmq.outbox import AckOp, NackOp, Outbox, OutboxOp, ResultOp
@@ -74,7 +75,12 @@ class Link(Connection):
 
     def __init__(self, params: pika.URLParameters, safe_url: str, name: str) -> None:
         super().__init__(params, safe_url, name)
+        #: What consumers received. A caller may put its own here before `open`, to outlive
+        #: the link: what `consume(settle_on_arrival=True)` puts there is acked already.
         self.inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        #: Set by the I/O thread each time `consume(settle_on_arrival=True)` adds to
+        #: `inbox`: a caller may put its own here too before `open`.
+        self.arrivals = threading.Event()
         self._confirms = ConfirmTracker()
         self._outbox = Outbox()
         self._declared: set[str] = set()
@@ -94,9 +100,24 @@ class Link(Connection):
         """Declare a queue unless this link declared it already (then None)."""
         return None if name in self._declared else self.declare(name, arguments)
 
-    def consume(self, name: str, *, prefetch: int | None = None, tag: str | None = None) -> None:
-        """Deliver `name`'s messages to `inbox` (at most `prefetch` unacked, if given)."""
-        self._call(functools.partial(self._consume_io, name, prefetch, tag))
+    def consume(
+        self,
+        name: str,
+        *,
+        prefetch: int | None = None,
+        tag: str | None = None,
+        settle_on_arrival: bool = False,
+    ) -> None:
+        """Deliver `name`'s messages to `inbox` (at most `prefetch` unacked, if given).
+
+        With `settle_on_arrival`, the I/O thread acks each message once it is in `inbox`,
+        without waiting for a caller to take it: for a reply queue, whose messages are in
+        this process's hands from then on (a caller's inbox outlives the link). Its sender
+        waits for that ack before it acks the task the result is for; a caller busy waiting
+        for a publish's confirm would otherwise hold the whole chain up.
+        """
+        on_message = self._on_settled_message_io if settle_on_arrival else self._on_message_io
+        self._call(functools.partial(self._consume_io, name, prefetch, tag, on_message))
 
     def queue_length(self, name: str) -> int:
         """How many messages the queue `name` holds (it must exist)."""
@@ -118,13 +139,16 @@ class Link(Connection):
         """Stop the consumer `tag`; then, if asked, delete a queue."""
         self._call(functools.partial(self._cancel_io, tag, then_delete), timeout)
 
-    def publish_many(self, messages: Sequence[Message], timeout: float) -> list[Message]:
-        """Publish every message with ``mandatory``; wait for the broker's confirms.
+    def publish_many(
+        self, messages: Sequence[Message], timeout: float, meanwhile: Meanwhile | None = None
+    ) -> list[Message]:
+        """Publish every message with ``mandatory``; wait for the broker's confirms (running
+        `meanwhile` while waiting, if given).
 
         Returns the messages left unconfirmed because the connection dropped (empty when
         all went through); raises `PublishFailed` for a nacked or returned message.
         """
-        return publish_in_chunks(messages, self._send_batch, timeout, self.safe_url)
+        return publish_in_chunks(messages, self._send_batch, timeout, self.safe_url, meanwhile)
 
     def _send_batch(self, batch: Batch) -> None:
         self._wait_on(batch.future)
@@ -211,14 +235,19 @@ class Link(Connection):
         self._conn.channel(on_open_callback=self._guard(opened))
 
     def _consume_io(
-        self, name: str, prefetch: int | None, tag: str | None, future: Future[Any]
+        self,
+        name: str,
+        prefetch: int | None,
+        tag: str | None,
+        on_message: Callable[..., None],
+        future: Future[Any],
     ) -> None:
         channel = self._channel
 
         def consume(_frame: Any = None) -> None:
             channel.basic_consume(
                 name,
-                self._guard(self._on_message_io),
+                self._guard(on_message),
                 consumer_tag=tag,
                 callback=lambda _frame: future.set_result(None),
             )
@@ -285,6 +314,13 @@ class Link(Connection):
     ) -> None:
         self._outbox.delivered_io(channel, method.delivery_tag)
         self.inbox.put((method.delivery_tag, method.redelivered, props, body))
+
+    def _on_settled_message_io(
+        self, channel: Any, method: Any, props: BasicProperties, body: bytes
+    ) -> None:
+        self.inbox.put((method.delivery_tag, method.redelivered, props, body))
+        self.arrivals.set()
+        self._outbox.settle_on_arrival_io(channel, method.delivery_tag)
 
     def _on_return_io(self, channel: Any, method: Any, props: BasicProperties, body: bytes) -> None:
         self._confirms.returned(props.message_id)

@@ -148,6 +148,13 @@ class Outbox:
         """`channel` handed out `tag` (to a consumer or a get)."""
         self._acks_of(channel).delivered(tag)
 
+    def settle_on_arrival_io(self, channel: Any, tag: int) -> None:
+        """`channel` handed out `tag` and it is acked at once (see `Link.consume`)."""
+        acks = self._acks_of(channel)
+        acks.delivered(tag)
+        acks.ack(tag)
+        acks.flush()
+
     def _acks_of(self, channel: Any) -> Acks:
         """The settlement record of `channel` (a new channel counts its tags from 1 again)."""
         acks = self._acks

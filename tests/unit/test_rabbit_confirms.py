@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from pika.spec import BasicProperties
 
 from common.errors import BrokerError, ConnectionLost, PublishFailed
-from common.rabbitmq.confirms import PUBLISH_CHUNK, Batch, ConfirmTracker, publish_in_chunks
+from common.rabbitmq.confirms import (
+    PUBLISH_CHUNK,
+    Batch,
+    ConfirmTracker,
+    Meanwhile,
+    publish_in_chunks,
+)
 from common.rabbitmq.topology import Message
 
 pytestmark = pytest.mark.timeout(10)
@@ -135,3 +144,31 @@ def test_a_closed_link_leaves_every_chunk_it_did_not_take() -> None:
     messages = _messages(2 * PUBLISH_CHUNK)
     channel = _Channel(drop_at_chunk=1)
     assert publish_in_chunks(messages, channel.send, 1, URL) == messages[PUBLISH_CHUNK:]
+
+
+def test_a_wait_with_work_meanwhile_does_it_at_each_wake_up_and_ends_with_the_confirms() -> None:
+    """A producer takes the results that arrive while its publish waits (each arrival sets
+    the event), and the wait ends as soon as the confirms are in."""
+    tracker = ConfirmTracker()
+    batch = _published(tracker, 2)
+    wake = threading.Event()
+    runs: list[float] = []
+
+    def arrivals() -> None:  # the I/O thread: a result arrives, then the confirms
+        time.sleep(0.05)
+        wake.set()
+        time.sleep(0.05)
+        tracker.answered(2, multiple=True, acked=True)
+
+    threading.Thread(target=arrivals).start()
+    started = time.monotonic()
+    assert batch.wait(5, URL, Meanwhile(lambda: runs.append(time.monotonic()), wake)) is True
+    assert time.monotonic() - started < 1
+    assert len(runs) >= 2  # once at the start, once when the result arrived
+    assert runs[1] - started >= 0.04
+
+
+def test_a_wait_with_work_meanwhile_still_times_out() -> None:
+    batch = _published(ConfirmTracker(), 1)
+    with pytest.raises(BrokerError, match="did not confirm within"):
+        batch.wait(0.2, URL, Meanwhile(lambda: None, threading.Event()))
