@@ -25,6 +25,9 @@ PROJECT = "taskshuttle-e2e"
 AMQP_PORT = 5674
 MANAGEMENT_PORT = 15674
 USER = PASSWORD = "taskshuttle"  # docker-compose.yml's broker user
+QUEUE = "tasks"  # the consumer service's default queue
+#: Consumers on QUEUE once the stack is up: 3 containers of 2 worker processes, each a consumer.
+CONSUMING = 6
 #: Seconds Compose may take for one call (an `up` waits for the broker's healthcheck).
 COMPOSE_TIMEOUT = 240
 
@@ -141,9 +144,9 @@ class Stack:
         logs = self.compose("logs", "--tail", "30", "rabbitmq", check=False).stdout
         raise AssertionError(f"the broker was not healthy within {timeout}s\n{logs}")
 
-    def ready(self, queue: str) -> int | None:
-        """Messages ready in `queue` (a passive declare from the host, through the published
-        port); None when the queue or the broker is not there."""
+    def _declared(self, queue: str) -> tuple[int, int] | None:
+        """(messages ready, consumers) of `queue`, by a passive declare from the host through
+        the published port; None when the queue or the broker is not there."""
         params = pika.URLParameters(self.url)
         params.socket_timeout = params.blocked_connection_timeout = 10
         params.connection_attempts = 1
@@ -152,13 +155,29 @@ class Stack:
         except AMQPError:
             return None
         try:
-            declared = connection.channel().queue_declare(queue, passive=True)
-            return int(declared.method.message_count)
+            method = connection.channel().queue_declare(queue, passive=True).method
+            return int(method.message_count), int(method.consumer_count)
         except AMQPError:  # 404: not declared (yet)
             return None
         finally:
             if connection.is_open:
                 connection.close()
+
+    def ready(self, queue: str) -> int | None:
+        """Messages ready in `queue`; None when the queue or the broker is not there."""
+        declared = self._declared(queue)
+        return None if declared is None else declared[0]
+
+    def wait_consuming(self, queue: str, consumers: int, timeout: float = 180) -> float:
+        """Seconds until `queue` has `consumers` consumers: a container is started long before
+        its workers have connected, above all on a busy machine."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            declared = self._declared(queue)
+            if declared is not None and declared[1] >= consumers:
+                return time.monotonic() - started
+            time.sleep(0.25)
+        raise AssertionError(f"{queue} did not reach {consumers} consumers within {timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -176,12 +195,15 @@ def stack() -> Iterator[Stack]:
         # Compose starts the consumers only once the broker's healthcheck passes.
         stack.compose("up", "-d", "--scale", "consumer=3", "consumer")
         stack.wait_healthy()
-        took = time.monotonic() - started
+        healthy = time.monotonic() - started
+        stack.wait_consuming(QUEUE, CONSUMING)
+        consuming = time.monotonic() - started
         image = stack.images["RABBITMQ_IMAGE"]
         note_broker(
             suite="compose",
             description=f"compose project {PROJECT} ({image}, 127.0.0.1:{AMQP_PORT}):"
-            f" broker healthy and 3 consumers started {took:.1f}s after `up`",
+            f" after `up`, the broker healthy in {healthy:.1f}s, the 3 consumers' 6 workers"
+            f" consuming in {consuming:.1f}s",
         )
         yield stack
     finally:

@@ -13,13 +13,11 @@ from typing import Any
 
 import pytest
 
-from tests.compose.conftest import Stack
+from tests.compose.conftest import CONSUMING, QUEUE, Stack
 from tests.conftest import note_figure
 from tests.helpers import start, stop, wait_until
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(420)]
-
-QUEUE = "tasks"  # the consumer service's default queue
 
 
 def _summary(stdout: str) -> dict[str, Any]:
@@ -92,6 +90,7 @@ def test_a_consumer_container_killed_mid_run_loses_nothing(stack: Stack) -> None
     assert summary["ledger"]["done after redelivery"] > 0, summary["ledger"]
     stack.compose("up", "-d", "--no-recreate", "--scale", "consumer=3", "consumer")
     assert wait_until(lambda: len(stack.running("consumer")) == 3, timeout=60)
+    stack.wait_consuming(QUEUE, CONSUMING)
 
 
 def test_down_with_tasks_in_hand_then_up_again_loses_nothing(stack: Stack) -> None:
