@@ -140,9 +140,7 @@ class RabbitNode:
         """Start the node (if not running) and wait until its AMQP port answers."""
         from tests.conftest import note_broker  # not at import: conftest imports this module
 
-        note_broker(
-            f"private Debian nodes of tests/rabbit_node.py ({self.node.partition('-')[0]}-*)"
-        )
+        note_broker("private Debian nodes (tests/rabbit_node.py), each started for one test")
         if not self.running:
             if port_open(self.port):
                 raise RabbitNodeError(f"port {self.port} is already taken by something else")
