@@ -113,7 +113,8 @@ start_dockerd() {
 cmd_engine() {
     if engine_answers; then
         log "engine: answers ($(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?'))"
-        ensure_installed
+        # An engine of the user's own is used as it is; only Compose is needed beside it.
+        compose_command >/dev/null 2>&1 || ensure_installed
         return 0
     fi
     ensure_installed
@@ -142,6 +143,7 @@ debian_mirror() {
 build_base() {
     local rootfs
     need_root "debootstrap"
+    command -v debootstrap >/dev/null 2>&1 || ensure_installed
     rootfs="$(mktemp -d /var/tmp/taskshuttle-rootfs.XXXXXX)"
     if ! debootstrap --variant=minbase bookworm "$rootfs" "$(debian_mirror)" >"$STATE/debootstrap.log" 2>&1; then
         rm -rf "$rootfs"
