@@ -19,6 +19,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 COMPOSE_FILE="$ROOT/docker-compose.yml"
 # shellcheck source=lib/amqp.sh
 source "$ROOT/scripts/lib/amqp.sh"
+# shellcheck source=lib/docker.sh
+source "$ROOT/scripts/lib/docker.sh"
 HOST=127.0.0.1
 PORT=5672
 WAIT="${BROKER_WAIT:-90}"
@@ -45,28 +47,22 @@ amqp_ok() {
     amqp_answers "$HOST" "$PORT"
 }
 
-docker_engine() {
-    command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1
-}
-
 compose() {
-    if docker compose version >/dev/null 2>&1; then
-        docker compose -f "$COMPOSE_FILE" "$@"
-    elif command -v docker-compose >/dev/null 2>&1; then
-        docker-compose -f "$COMPOSE_FILE" "$@"
-    else
+    local command
+    command="$(compose_command)" ||
         die "a Docker engine answers but neither 'docker compose' nor 'docker-compose' is installed"
-    fi
+    # shellcheck disable=SC2086  # "docker compose" is two words, split on purpose
+    $command -f "$COMPOSE_FILE" "$@"
 }
 
 pick_mode() {
     case "$MODE" in
         docker)
-            docker_engine || die "BROKER_MODE=docker but no Docker engine answers ('docker info' failed)"
+            engine_answers || die "BROKER_MODE=docker but no Docker engine answers ('docker info' failed)"
             echo docker
             ;;
         debian) echo debian ;;
-        auto) if docker_engine; then echo docker; else echo debian; fi ;;
+        auto) if engine_answers; then echo docker; else echo debian; fi ;;
         *) die "BROKER_MODE must be auto, docker or debian (got '$MODE')" ;;
     esac
 }

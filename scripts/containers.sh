@@ -26,6 +26,8 @@ STATE="${TASKSHUTTLE_DOCKER_STATE:-/var/tmp/taskshuttle-docker}"
 DOCKERD_PID="$STATE/dockerd.pid"
 DOCKERD_LOG="$STATE/dockerd.log"
 ENGINE_WAIT="${ENGINE_WAIT:-60}"
+# shellcheck source=lib/docker.sh
+source "$ROOT/scripts/lib/docker.sh"
 
 BASE_IMAGE=local/bookworm:base
 RABBITMQ_IMAGE=taskshuttle/rabbitmq:local
@@ -45,10 +47,6 @@ timed() {
     log "$name ..."
     "$@"
     log "$name: done in $((SECONDS - t0))s"
-}
-
-engine_answers() {
-    command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1
 }
 
 need_root() {
@@ -76,17 +74,6 @@ ensure_installed() {
     command -v apt-get >/dev/null 2>&1 || die "no apt-get here: cannot install ${missing[*]}"
     timed "installing docker.io, docker-compose and debootstrap from Debian (missing: ${missing[*]})" \
         install_packages
-}
-
-# The Compose command: v2 (`docker compose`) where the plugin exists, else v1 (`docker-compose`).
-compose_command() {
-    if docker compose version >/dev/null 2>&1; then
-        echo "docker compose"
-    elif command -v docker-compose >/dev/null 2>&1; then
-        echo docker-compose
-    else
-        return 1
-    fi
 }
 
 start_dockerd() {

@@ -21,6 +21,8 @@ cd "$ROOT"
 PY="${PY:-$ROOT/.venv/bin/python}"
 # shellcheck source=lib/amqp.sh
 source "$ROOT/scripts/lib/amqp.sh"
+# shellcheck source=lib/docker.sh
+source "$ROOT/scripts/lib/docker.sh"
 PROJECT=taskshuttle-test
 AMQP_PORT="${TASKSHUTTLE_TEST_AMQP_PORT:-5670}"
 MANAGEMENT_PORT="${TASKSHUTTLE_TEST_MANAGEMENT_PORT:-15670}"
@@ -33,10 +35,6 @@ die() {
     exit 1
 }
 
-engine_answers() {
-    command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1
-}
-
 # A Docker engine can be had: one answers, or root can install (apt-get) and start one.
 engine_possible() {
     engine_answers && return 0
@@ -44,11 +42,10 @@ engine_possible() {
 }
 
 compose() {
-    if docker compose version >/dev/null 2>&1; then
-        docker compose -p "$PROJECT" -f "$ROOT/docker-compose.yml" "$@"
-    else
-        docker-compose -p "$PROJECT" -f "$ROOT/docker-compose.yml" "$@"
-    fi
+    local command
+    command="$(compose_command)" || die "no Compose command (docker compose or docker-compose)"
+    # shellcheck disable=SC2086  # "docker compose" is two words, split on purpose
+    $command -p "$PROJECT" -f "$ROOT/docker-compose.yml" "$@"
 }
 
 started_dockerd=0
