@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
@@ -16,6 +17,24 @@ from tests.rabbit_node import (
     pid_alive,
     port_open,
 )
+
+
+def mnesia_holds(node: RabbitNode, needle: bytes) -> bool:
+    """Whether any file of the node's Mnesia directory holds these bytes (a queue's name is
+    stored as it is in the records Mnesia logs)."""
+    for path in (node.dir / "mnesia").rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and needle in path.read_bytes():
+                return True
+    return False
+
+
+def wait_for(ready: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout:.0f}s for {what}")
+        time.sleep(0.05)
 
 
 @pytest.mark.broker
@@ -34,10 +53,10 @@ def test_persistent_message_survives_sigkill(tmp_path: Path) -> None:
         channel.queue_declare(queue, durable=True)
         channel.basic_publish(
             "", queue, b"survivor", pika.BasicProperties(delivery_mode=2), mandatory=True
-        )  # confirmed: the broker has written it to disk
-        # ... but a queue's own record reaches disk a moment after it is declared (seen here:
-        # a queue declared just before a SIGKILL came back missing on a loaded machine).
-        time.sleep(1.5)
+        )  # confirmed: the broker has written the message to disk
+        # The queue's own record goes to Mnesia's log, not to the message store: wait until it
+        # is in a file (the kernel keeps it across a SIGKILL of the VM) rather than for a while.
+        wait_for(lambda: mnesia_holds(node, queue.encode()), 30, "the queue's record on disk")
 
         vm_pid = node.vm_pid()
         assert vm_pid is not None and pid_alive(vm_pid)
@@ -51,7 +70,13 @@ def test_persistent_message_survives_sigkill(tmp_path: Path) -> None:
         connection = pika.BlockingConnection(pika.URLParameters(node.url))
         try:
             channel = connection.channel()
-            declared = channel.queue_declare(queue, durable=True, passive=True)
+            try:
+                declared = channel.queue_declare(queue, durable=True, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                pytest.fail(
+                    f"{exc}; in Mnesia's files: {mnesia_holds(node, queue.encode())}\n"
+                    f"{node.log_tail(60)}"
+                )
             assert declared.method.message_count == 1
             _, properties, body = channel.basic_get(queue, auto_ack=True)
             assert body == b"survivor"
