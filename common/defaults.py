@@ -60,4 +60,5 @@ ENVIRONMENT = {
     "max_deaths": "TASKSHUTTLE_MAX_DEATHS",
     "shutdown_timeout": "TASKSHUTTLE_SHUTDOWN_TIMEOUT",
     "connect_timeout": "TASKSHUTTLE_CONNECT_TIMEOUT",
+    "task_events": "TASKSHUTTLE_TASK_EVENTS",
 }

@@ -123,6 +123,7 @@ SETTINGS_FIELDS = {
     "max_deaths": "max_deaths",
     "shutdown_timeout": "shutdown_timeout",
     "connect_timeout": "connect_timeout",
+    "task_events": "task_events",
 }
 
 
@@ -212,6 +213,15 @@ ShutdownTimeout = Annotated[
         envvar=ENVIRONMENT["shutdown_timeout"],
         help="Seconds the first Ctrl-C or SIGTERM waits for the tasks in hand; "
         "then (or at the second) the workers are killed.",
+    ),
+]
+TaskEvents = Annotated[
+    bool,
+    typer.Option(
+        "--task-events/--no-task-events",
+        envvar=ENVIRONMENT["task_events"],
+        help="Publish task events for `consumer events`, `status` and the dashboard "
+        "(heartbeats always; each task's steps only while somebody listens).",
     ),
 ]
 ConnectTimeout = Annotated[

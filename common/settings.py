@@ -155,6 +155,9 @@ class Settings(BaseModel):
     max_deaths: Annotated[int, Field(ge=1, le=1000)] = defaults.MAX_DEATHS
     #: Seconds a stopping consumer waits for the tasks in hand before it kills the workers.
     shutdown_timeout: Annotated[float, Field(gt=0)] = defaults.SHUTDOWN_TIMEOUT
+    #: Workers publish task events to the broker: heartbeats always, the steps of each task
+    #: while somebody listens (`common.events`). Off: nothing at all.
+    task_events: bool = True
 
     @field_validator("amqp_url")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from common.rabbitmq import RabbitBackend
     from common.schemas import DeadLetter
     from common.settings import Settings
+    from consumer.supervisor import ThreadWorkers, WorkerPool
     from consumer.worker import WorkerOptions
 
 log = logging.getLogger("taskshuttle.consumer")
@@ -68,6 +69,18 @@ def main(
         bool, typer.Option(help="Exit 0 once the queue has been empty for a moment.")
     ] = False,
     handlers: options.Handlers = None,
+    task_events: options.TaskEvents = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on this port (0: any free one; the log says which).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="The address the metrics endpoint listens on.")
+    ] = "127.0.0.1",
     verbose: options.Verbose = False,
     version: options.Version = False,
 ) -> None:
@@ -90,7 +103,8 @@ def main(
     _admin(settings, waits=True).close()  # a bad password or queue fails here, before any worker
     _warn_about_consumer_timeout(settings)
     worker_options = WorkerOptions.from_settings(settings, burst_idle=1.0 if burst else None)
-    supervise(settings, worker_options, tuple(handlers or ()), pool)
+    metrics = None if metrics_port is None else (metrics_host, metrics_port)
+    supervise(settings, worker_options, tuple(handlers or ()), pool, metrics)
 
 
 def _admin(settings: Settings, *, waits: bool = False) -> Backend:
@@ -141,6 +155,7 @@ def supervise(
     worker_options: WorkerOptions,
     modules: tuple[str, ...],
     pool_kind: PoolKind = PoolKind.process,
+    metrics: tuple[str, int] | None = None,
 ) -> None:
     """Run the workers until a signal (or, with --burst, until they are done); then stop
     them in two steps (`consumer.shutdown`)."""
@@ -150,13 +165,15 @@ def supervise(
     shutdown = Shutdown(settings.shutdown_timeout)
     shutdown.install()
     events_shown = logging.getLogger("taskshuttle.events").isEnabledFor(logging.INFO)
-    spec = WorkerSpec(settings, worker_options, modules, log_events=events_shown)
+    spec = WorkerSpec(
+        settings, worker_options, modules, log_events=events_shown, metrics=metrics is not None
+    )
     pool: WorkerPool | ThreadWorkers = (
         ThreadWorkers(spec, settings.workers, max_deaths=settings.max_deaths)
         if pool_kind is PoolKind.thread
         else WorkerPool(spec, settings.workers, max_deaths=settings.max_deaths)
     )
-    with shutdown.stopping(pool):
+    with _metrics_served(metrics, settings, pool), shutdown.stopping(pool):
         pool.start()
         pool.wait_ready(stop=shutdown.requested)
         if not shutdown.requested():
@@ -169,6 +186,36 @@ def supervise(
                 pool.pids,
             )
         pool.wait_all(shutdown.requested)
+
+
+@contextlib.contextmanager
+def _metrics_served(
+    metrics: tuple[str, int] | None, settings: Settings, pool: WorkerPool | ThreadWorkers
+) -> Iterator[None]:
+    """The Prometheus endpoint, up before the first worker starts (a port in use fails the
+    start, not a scrape) and closed after the last one stopped."""
+    if metrics is None:
+        yield
+        return
+    from common.errors import ConfigError
+    from consumer.metrics import MetricsServer, SupervisorCollector
+
+    server = MetricsServer(*metrics)
+    collector = SupervisorCollector(
+        settings,
+        in_hand=lambda: sum(pool.in_flight.held(slot) is not None for slot in range(pool.count)),
+        restarts=lambda: len(pool.deaths),
+    )
+    try:
+        try:
+            server.start(collector)
+        except OSError as exc:
+            host, port = metrics
+            message = f"--metrics-port: cannot listen on {host}:{port}: {exc.strerror}"
+            raise ConfigError(message) from None
+        yield
+    finally:
+        server.close()
 
 
 def _dlq_settings(ctx: typer.Context) -> Settings:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from common.backend import WorkerBackend
 from common.errors import TaskshuttleError
-from common.events import LogSink
+from common.events import EventSink, LogSink
 from common.local import MP_CONTEXT
 from common.settings import LOG_FORMAT, Settings
 from consumer.handlers import import_handlers, registry
@@ -111,6 +111,8 @@ class WorkerSpec:
     #: Each worker logs its tasks, a line per step (``consumer -v``). The local backend's
     #: workers send their task events to the parent, which logs them (see `common.factory`).
     log_events: bool = False
+    #: Each worker counts its tasks for the supervisor's Prometheus endpoint (`consumer.metrics`).
+    metrics: bool = False
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -151,6 +153,17 @@ def _sigint_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def event_sinks(spec: WorkerSpec, backend: WorkerBackend) -> list[EventSink]:
+    """Where a worker's task events go besides its backend's own sink."""
+    sinks: list[EventSink] = [LogSink()] if spec.log_events else []
+    if spec.metrics:
+        from consumer.metrics import MetricsSink
+
+        reconnects = lambda: int(getattr(backend, "reconnects", 0))  # noqa: E731
+        sinks.append(MetricsSink(spec.settings.queue, registry.kinds(), reconnects))
+    return sinks
+
+
 def worker_main(
     spec: WorkerSpec,
     slot: int,
@@ -183,7 +196,7 @@ def worker_main(
         import_handlers(list(spec.handler_modules))
         backend = spec.backend.connect(spec.settings)
         queue = spec.settings.queue
-        sinks = [LogSink()] if spec.log_events else []
+        sinks = event_sinks(spec, backend)
         worker = Worker(
             backend, registry, spec.options, _Either(), queue, in_flight=in_hand, event_sinks=sinks
         )

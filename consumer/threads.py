@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from common.errors import ConfigError
-from common.events import LogSink
 from consumer.handlers import registry
 from consumer.restarts import Cut, WorkerSlots, is_connection_error, is_fatal, never
 from consumer.worker import Worker
@@ -66,6 +65,8 @@ class ThreadWorkers(WorkerSlots):
             self._ready.release()
             self._changed.set()
             return
+        from consumer.supervisor import event_sinks  # it imports this module
+
         spec, record = self.spec, self.in_flight.record(slot)
         try:
             worker = Worker(
@@ -75,7 +76,7 @@ class ThreadWorkers(WorkerSlots):
                 self.stop_event,
                 spec.settings.queue,
                 in_flight=record,
-                event_sinks=[LogSink()] if spec.log_events else [],
+                event_sinks=event_sinks(spec, backend),
             )
             self._ready.release()
             worker.run()

@@ -58,6 +58,8 @@ class WorkerOptions:
     #: Seconds a task may run; past it the task fails (retried or dead-lettered) and the
     #: worker process is replaced, since Python cannot stop a running function. None: no limit.
     task_timeout: float | None = None
+    #: Publish task events through the backend (`Settings.task_events`).
+    task_events: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, burst_idle: float | None = None) -> WorkerOptions:
@@ -67,6 +69,7 @@ class WorkerOptions:
             retry_max_delay=settings.retry_max_delay,
             task_timeout=settings.task_timeout or None,
             burst_idle=burst_idle,
+            task_events=settings.task_events,
         )
 
 
@@ -132,7 +135,7 @@ class Worker:
         self.clock = clock
         #: Where this worker notes the task in hand, for its supervisor (`consumer.inflight`).
         self.in_flight = in_flight
-        own_sink = backend.event_sink()
+        own_sink = backend.event_sink() if options.task_events else None
         sinks = [*([own_sink] if own_sink is not None else []), *event_sinks]
         self.events = Emitter(sinks, queue_name, self._name, self._totals)
 

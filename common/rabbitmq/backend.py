@@ -461,6 +461,19 @@ class RabbitBackend(Backend):
         """Dead letters in the DLQ (not counting those an `iter_dead_letters` holds)."""
         return self._link_now().queue_length(self.dlq_name)
 
+    def depths(self) -> dict[str, int]:
+        """Messages ready in the work queue, in its wait queues (declared here if absent, as
+        `pending` does) and in its DLQ, keyed ``work``, ``waiting``, ``dead_letter``."""
+        link = self._link_now()
+        waits = self.names.wait_queues()
+        for name in waits:
+            self._declare(link, name, self._wait_arguments)
+        return {
+            "work": link.queue_length(self.queue_name),
+            "waiting": link.count(waits),
+            "dead_letter": link.queue_length(self.dlq_name),
+        }
+
     def dead_letters(self) -> list[DeadLetter]:
         return list(self.iter_dead_letters())
 

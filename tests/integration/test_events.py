@@ -146,3 +146,21 @@ def _wait(condition: Callable[[], bool], timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def test_no_task_events_publishes_nothing(broker_url: str, queue_name: str) -> None:
+    with EventListener(broker_url, queue_name) as listener:
+        consumer = start(
+            "consumer", "--url", broker_url, "--queue", queue_name, "--workers", "1",
+            "--no-task-events",
+        )  # fmt: skip
+        try:
+            with RabbitBackend(broker_url, queue_name) as producer:
+                producer.publish([TaskEnvelope(kind="echo") for _ in range(5)])
+                assert _wait(lambda: producer.pending() == 0, 30)
+            # two heartbeat intervals: a worker that published anything would have by now
+            heard = _collect(listener, lambda seen: bool(seen), 4.5)
+        finally:
+            code, _, err = stop(consumer)
+    assert code == 0, err
+    assert heard == []
