@@ -12,10 +12,13 @@ import os
 
 from celery import Celery
 
+from bench.stamps import STAMPS_ENV, LiveStamps
 from common.settings import DEFAULT_AMQP_URL
 
 URL_ENV = "TASKSHUTTLE_BENCH_AMQP_URL"
 QUEUE_ENV = "TASKSHUTTLE_BENCH_QUEUE"
+#: When and how many tasks each worker process ran, for the harness to read as they run.
+stamps = LiveStamps(os.environ[STAMPS_ENV]) if os.environ.get(STAMPS_ENV) else None
 
 app = Celery("taskshuttle_bench", broker=os.environ.get(URL_ENV, DEFAULT_AMQP_URL))
 app.conf.update(
@@ -28,4 +31,5 @@ app.conf.update(
 
 @app.task(name="bench.noop")
 def noop(pad: str) -> None:
-    return None
+    if stamps is not None:
+        stamps.hit()

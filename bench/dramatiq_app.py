@@ -12,10 +12,13 @@ import os
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
+from bench.stamps import STAMPS_ENV, LiveStamps
 from common.settings import DEFAULT_AMQP_URL
 
 URL_ENV = "TASKSHUTTLE_BENCH_AMQP_URL"
 QUEUE_ENV = "TASKSHUTTLE_BENCH_QUEUE"
+#: When and how many tasks each worker process ran, for the harness to read as they run.
+stamps = LiveStamps(os.environ[STAMPS_ENV]) if os.environ.get(STAMPS_ENV) else None
 
 broker = RabbitmqBroker(url=os.environ.get(URL_ENV, DEFAULT_AMQP_URL))
 dramatiq.set_broker(broker)
@@ -23,4 +26,5 @@ dramatiq.set_broker(broker)
 
 @dramatiq.actor(actor_name="bench_noop", queue_name=os.environ.get(QUEUE_ENV, "bench.dramatiq"))
 def noop(pad: str) -> None:
-    return None
+    if stamps is not None:
+        stamps.hit()

@@ -1,8 +1,11 @@
 """Celery and Dramatiq under test: each system's own client sends, its own worker program
 runs (`bench.celery_app`, `bench.dramatiq_app`), with its defaults.
 
-Their workers cannot report stamps, so the timed window ends when the broker shows the
-queue empty, and peak RSS is read from outside (`PeakRss`).
+Their no-op tasks stamp each run in shared memory (`bench.stamps.LiveStamps`): the timed
+window ends at the last task run, read while the workers still run (their exit paths are
+their own, so no stamps are written at exit), and peak RSS is read from outside
+(`PeakRss`). The queue looking empty is not the end: both prefetch, so the broker has
+handed out the last tasks well before they run.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bench.broker import Gate, QueueSampler, gated_drain, wait_ready_count
 from bench.config import CaseConfig, CaseError, envelope_payload
 from bench.figures import per_second
 from bench.procs import CpuSampler, PeakRss, cpu_sampler, descendants
+from bench.stamps import STAMPS_ENV, read_live_stamps, stamp_window
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +77,8 @@ class _External:
             return ""
 
 
-def _start_worker(cfg: CaseConfig) -> _External:
+def _start_worker(cfg: CaseConfig, stamps: str) -> _External:
+    os.environ[STAMPS_ENV] = stamps  # the worker's environment is a copy of this one
     if cfg.system == "celery":
         argv = [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker"]
         argv += ["-P", "prefork", "-c", str(cfg.workers), "-Q", cfg.queue, "-l", "WARNING"]
@@ -115,6 +120,20 @@ def _watch(cfg: CaseConfig, ext: _External) -> tuple[PeakRss, CpuSampler]:
     return rss, cpu_sampler(cfg, workers)
 
 
+def _last_run(directory: str, n: int, deadline: float, ext: _External) -> float:
+    """When the workers ran the last of the `n` tasks, once their stamps count them all."""
+    while True:
+        stamps = read_live_stamps(directory)
+        count = sum(s["count"] for s in stamps)
+        if count >= n:
+            if count > n:
+                raise CaseError(f"workers ran {count} tasks, {n} were sent")
+            return stamp_window(stamps)[1]
+        if time.perf_counter() > deadline:
+            raise CaseError(f"workers ran {count} of {n} tasks in time; output: {ext.tail()}")
+        time.sleep(0.01)
+
+
 def _send_all(cfg: CaseConfig, send: Callable[[], object]) -> tuple[float, float]:
     start = time.perf_counter()
     for _ in range(cfg.n):
@@ -135,16 +154,15 @@ def external_publish_drain(cfg: CaseConfig) -> dict[str, Any]:
     gate = Gate(cfg.amqp_url, cfg.queue, cfg.n, deadline)
     sampler = QueueSampler(cfg.amqp_url, cfg.queue)
     sampler.start()
-    ext = _start_worker(cfg)
+    stamps = tempfile.mkdtemp(prefix="taskshuttle-bench-stamps-")
+    ext = _start_worker(cfg, stamps)
     rss, cpu = _watch(cfg, ext)
     try:
         try:
-            window_start, empty = gated_drain(
-                sampler, gate, _consumers(cfg), deadline, wait_empty=True
-            )
+            window_start, _ = gated_drain(sampler, gate, _consumers(cfg), deadline, wait_empty=True)
         except CaseError as exc:
             raise CaseError(f"{exc}; worker output: {ext.tail()}") from None
-        assert empty is not None
+        empty = _last_run(stamps, cfg.n, deadline, ext)
         rss_figs = rss.finish()
     finally:
         gate.close()
@@ -164,7 +182,8 @@ def external_e2e(cfg: CaseConfig) -> dict[str, Any]:
     """The worker program running; send N tasks; timed first send to the queue empty."""
     deadline = cfg.deadline()
     send = _sender(cfg)
-    ext = _start_worker(cfg)
+    stamps = tempfile.mkdtemp(prefix="taskshuttle-bench-stamps-")
+    ext = _start_worker(cfg, stamps)
     sampler = QueueSampler(cfg.amqp_url, cfg.queue)
     sampler.start()
     rss, cpu = _watch(cfg, ext)
@@ -174,9 +193,7 @@ def external_e2e(cfg: CaseConfig) -> dict[str, Any]:
         except CaseError as exc:
             raise CaseError(f"{exc}; worker output: {ext.tail()}") from None
         start, published = _send_all(cfg, send)
-        empty, _, _ = sampler.wait_for(
-            lambda r, _c: r == 0, deadline, since=published, what="the queue to empty"
-        )
+        empty = _last_run(stamps, cfg.n, deadline, ext)
         rss_figs = rss.finish()
     finally:
         sampler.stop()
