@@ -123,6 +123,16 @@ def broker_url() -> str:
     return require_broker()
 
 
+#: The test broker's management API (scripts/test.sh sets it: the container's published port).
+MANAGEMENT_URL = os.environ.get("TASKSHUTTLE_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672")
+
+
+def rabbitmqctl(*args: str) -> list[str]:
+    """The command line of the test broker's own ``rabbitmqctl`` with `args` (scripts/test.sh
+    says which: ``docker exec <container> rabbitmqctl`` for the container broker)."""
+    return [*os.environ.get("TASKSHUTTLE_TEST_RABBITMQCTL", "rabbitmqctl").split(), *args]
+
+
 @pytest.fixture
 def queue_name(request: pytest.FixtureRequest) -> Iterator[str]:
     """A queue name of this test's own; its queues are deleted afterwards (RabbitMQ)."""
