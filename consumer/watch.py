@@ -151,18 +151,20 @@ def render(found: QueueFamilyStatus) -> RenderableType:
             style="yellow",
         )
     queues = Table(show_edge=False, pad_edge=False)
-    queues.add_column("queue", no_wrap=True)
+    queues.add_column("queue", overflow="fold")  # a long name folds; figures never do
     for column in ("ready", "unacked", "consumers", "publish/s", "deliver/s"):
-        queues.add_column(column, justify="right")
+        queues.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     queues.add_column("consumers on", overflow="fold")
     for one in found.queues:
-        queues.add_row(*_queue_row(one))
+        queues.add_row(*_queue_row(one, found.queue))
     return Group(heading, source, queues, Text(""), _workers(found))
 
 
-def _queue_row(one: QueueStatus) -> list[str]:
+def _queue_row(one: QueueStatus, work_queue: str) -> list[str]:
+    # A companion by what follows the work queue's name, which the heading gives.
+    name = one.name if one.role == "work" else "  " + one.name.removeprefix(work_queue)
     if not one.exists:
-        return [one.name, "-", "-", "-", "-", "-", "no such queue"]
+        return [name, "-", "-", "-", "-", "-", "no such queue"]
 
     def number(value: float | None, rate: bool = False) -> str:
         if value is None:
@@ -177,7 +179,7 @@ def _queue_row(one: QueueStatus) -> list[str]:
             count[node] = count.get(node, 0) + 1
         nodes = ", ".join(f"{node} x{n}" for node, n in sorted(count.items())) or "-"
     return [
-        one.name,
+        name,
         number(one.ready),
         number(one.unacked),
         number(one.consumers),
