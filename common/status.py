@@ -28,21 +28,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
-from common.errors import BrokerError
+from common.errors import BrokerError, BrokerUnreachable
+from common.events import HEARTBEAT_INTERVAL, EventKind, EventListener, TaskEvent
 from common.rabbitmq.topology import QueueNames
 from common.settings import Settings, redact_url, split_urls
 
-if TYPE_CHECKING:
-    from common.events import EventListener, TaskEvent
-
-#: Seconds to listen for heartbeats: a little over the workers' heartbeat interval (2 s),
-#: so each live worker is heard at least once.
-LISTEN_FOR = 2.5
+#: Seconds to listen for heartbeats: a little over the workers' heartbeat interval, so each
+#: live worker is heard at least once.
+LISTEN_FOR = HEARTBEAT_INTERVAL + 0.5
 #: The management API's port when only the AMQP URL is known.
 MANAGEMENT_PORT = 15672
 #: Seconds one management request may take before the API counts as not answering.
@@ -50,7 +48,7 @@ MANAGEMENT_TIMEOUT = 3.0
 #: Seconds one AMQP connection attempt may take.
 AMQP_TIMEOUT = 5.0
 #: A worker not heard for this long (five heartbeats missed) is dropped from a watched screen.
-WORKER_FORGOTTEN_AFTER = 10.0
+WORKER_FORGOTTEN_AFTER = 5 * HEARTBEAT_INTERVAL
 
 
 class Source(StrEnum):
@@ -297,16 +295,10 @@ def _amqp_connection(amqp_url: str) -> Any:
             return pika.BlockingConnection(params)
         except Exception as exc:  # pika's connection errors, and OSError beneath them
             error = translate(exc, redact_url(url))
-            if not _may_try_next(error):
+            if not isinstance(error, BrokerUnreachable):  # a refused password: same on all
                 raise error from None
     assert error is not None  # split_urls gave at least one URL (Settings checked it)
     raise error
-
-
-def _may_try_next(error: BrokerError) -> bool:
-    from common.errors import BrokerUnreachable
-
-    return isinstance(error, BrokerUnreachable)
 
 
 # -- workers --------------------------------------------------------------------------------
@@ -320,8 +312,6 @@ class WorkerBook:
         self._last: dict[tuple[str, int], TaskEvent] = {}
 
     def note(self, event: TaskEvent) -> None:
-        from common.events import EventKind
-
         key = (event.host, event.pid)
         if event.kind is EventKind.OFFLINE:
             self._last.pop(key, None)
@@ -353,29 +343,8 @@ class WorkerBook:
 
 def open_worker_listener(settings: Settings) -> EventListener:
     """A listener for the heartbeats (and online/offline events) of this queue's workers."""
-    from common.events import EventKind, EventListener
-
     kinds = (EventKind.HEARTBEAT, EventKind.ONLINE, EventKind.OFFLINE)
-    return open_translated(
-        lambda: EventListener(settings.amqp_url, settings.queue, kinds), settings
-    )
-
-
-def open_translated(open_it: Any, settings: Settings) -> Any:
-    """`open_it()` (it opens a connection), with pika's errors, if any get through, as the
-    project's."""
-    try:
-        return open_it()
-    except BrokerError:
-        raise
-    except Exception as exc:
-        import pika.exceptions
-
-        from common.rabbitmq.errors import translate
-
-        if isinstance(exc, pika.exceptions.AMQPError | OSError):
-            raise translate(exc, settings.safe_url) from None
-        raise
+    return EventListener(settings.amqp_url, settings.queue, kinds)
 
 
 # -- the whole ------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from common.events import EventKind, TaskEvent
-    from common.status import QueueFamilyStatus, QueueStatus
+    from common.status import QueueFamilyStatus, QueueStatus, StatusWatcher
 
 
 def register(app: typer.Typer) -> None:
@@ -93,27 +93,25 @@ def status(
             return
 
 
-def _watch(watcher: object, listen: float, interval: float, as_json: bool) -> None:
-    """Refresh until Ctrl-C: each round listens for heartbeats for `interval` seconds (the
-    first for `listen`), then takes the queue figures again."""
-    from common.status import StatusWatcher
+def _watch(watcher: StatusWatcher, listen: float, interval: float, as_json: bool) -> None:
+    """Refresh until Ctrl-C. Each round after the first listens for heartbeats for
+    `interval` seconds (or, with ``--listen 0``, sleeps), then takes the figures again."""
 
-    assert isinstance(watcher, StatusWatcher)
-    first = watcher.collect(listen)
+    def again() -> QueueFamilyStatus:
+        if not listen:
+            time.sleep(interval)
+        return watcher.collect(interval if listen else 0)
+
     if as_json:
-        _show(first, as_json=True, indent=None)
+        _show(watcher.collect(listen), as_json=True, indent=None)
         while True:
-            _show(watcher.collect(interval if listen else 0), as_json=True, indent=None)
-            if not listen:
-                time.sleep(interval)
+            _show(again(), as_json=True, indent=None)
     from rich.console import Console
     from rich.live import Live
 
-    with Live(render(first), console=Console(), auto_refresh=False) as live:
+    with Live(render(watcher.collect(listen)), console=Console(), auto_refresh=False) as live:
         while True:
-            if not listen:
-                time.sleep(interval)
-            live.update(render(watcher.collect(interval if listen else 0)), refresh=True)
+            live.update(render(again()), refresh=True)
 
 
 def _show(found: QueueFamilyStatus, as_json: bool, indent: int | None = 2) -> None:
@@ -235,7 +233,7 @@ class Outcome(StrEnum):
 
 
 EVENTS_NOTICE = (
-    "task events are seen from at most 2 s after this line: workers publish them only while "
+    "task events are seen from at most {:g} s after this line: workers publish them only while "
     "someone listens, and learn it from their next heartbeat"
 )
 
@@ -271,17 +269,13 @@ def events(
     Ctrl-C (or --count events)."""
     settings = options.settings_from(ctx)
     kinds = _kinds(list(kind or ()), list(outcome or ()))
-    from common.status import open_translated
-
-    from common.events import EventListener
+    from common.events import HEARTBEAT_INTERVAL, EventListener
 
     queue_name = None if all_queues else settings.queue
-    listener = open_translated(
-        lambda: EventListener(settings.amqp_url, queue_name, kinds), settings
-    )
+    listener = EventListener(settings.amqp_url, queue_name, kinds)
     where = "every queue" if all_queues else f"queue {settings.queue!r}"
     print(f"consumer: listening to the events of {where} on {settings.safe_url}", file=sys.stderr)
-    print(f"consumer: {EVENTS_NOTICE}", file=sys.stderr, flush=True)
+    print(f"consumer: {EVENTS_NOTICE.format(HEARTBEAT_INTERVAL)}", file=sys.stderr, flush=True)
     shown = 0
     try:
         with listener:
