@@ -12,7 +12,8 @@ the wait queues ``Q.wait.K`` that exist. Their figures come from one of two sour
   messages are ready and how many consumers there are, nothing more. Unacked messages,
   rates and consumers' nodes are then unknown, and stay None: never 0.
 
-Nothing here creates or changes a queue. The workers are learnt from their heartbeats
+No queue of the family is created or changed here (the heartbeats' listener has a queue of
+its own, gone with its connection). The workers are learnt from their heartbeats
 (`common.events`), which each worker publishes every ``HEARTBEAT_INTERVAL`` seconds: a
 listener hears every live worker within that time. `StatusWatcher` keeps one listener open
 for a screen that refreshes; `collect_status` is one look.
@@ -62,6 +63,10 @@ class Source(StrEnum):
 UNKNOWN_WITHOUT_MANAGEMENT = ("unacked", "publish_rate", "deliver_rate", "consumer_details")
 
 
+#: What a queue is to its family.
+Role = Literal["work", "wait", "dlq"]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -80,7 +85,7 @@ class QueueStatus(_Model):
     not exist, or the source cannot tell), never 0."""
 
     name: str
-    role: Literal["work", "wait", "dlq"]
+    role: Role
     exists: bool
     type: str | None = None  # quorum, classic (management only)
     node: str | None = None  # the node holding the queue (a quorum queue's leader)
@@ -195,9 +200,9 @@ def _rate(stats: dict[str, Any], key: str) -> float | None:
     return float(details["rate"]) if isinstance(details, dict) and "rate" in details else None
 
 
-def _from_management(name: str, role: str, record: dict[str, Any] | None) -> QueueStatus:
+def _from_management(name: str, role: Role, record: dict[str, Any] | None) -> QueueStatus:
     if record is None:
-        return QueueStatus(name=name, role=role, exists=False)  # type: ignore[arg-type]
+        return QueueStatus(name=name, role=role, exists=False)
     # A queue created moments ago has no statistics yet: its figures stay unknown until
     # the broker emits them. Once it has some, no ``message_stats`` means no traffic yet.
     counted = "messages_ready" in record
@@ -219,7 +224,7 @@ def _from_management(name: str, role: str, record: dict[str, Any] | None) -> Que
 
     return QueueStatus(
         name=name,
-        role=role,  # type: ignore[arg-type]
+        role=role,
         exists=True,
         type=record.get("type"),
         node=record.get("leader") or record.get("node"),
@@ -240,7 +245,7 @@ def _peer(channel: dict[str, Any]) -> str | None:
 # -- AMQP alone -----------------------------------------------------------------------------
 
 
-def _from_amqp(amqp_url: str, family: list[tuple[str, str]]) -> list[QueueStatus]:
+def _from_amqp(amqp_url: str, family: list[tuple[str, Role]]) -> list[QueueStatus]:
     """Ready counts and consumer counts by passive declares, on a connection of their own
     (the first node of the list that answers). A missing queue closes its channel (404):
     the next one gets a new channel."""
@@ -259,13 +264,13 @@ def _from_amqp(amqp_url: str, family: list[tuple[str, str]]) -> list[QueueStatus
             except pika.exceptions.ChannelClosedByBroker as exc:
                 if exc.reply_code != 404:
                     raise translate(exc, redact_url(amqp_url)) from None
-                found.append(QueueStatus(name=name, role=role, exists=False))  # type: ignore[arg-type]
+                found.append(QueueStatus(name=name, role=role, exists=False))
                 channel = connection.channel()
                 continue
             found.append(
                 QueueStatus(
                     name=name,
-                    role=role,  # type: ignore[arg-type]
+                    role=role,
                     exists=True,
                     ready=ok.message_count,
                     consumers=ok.consumer_count,
@@ -350,14 +355,11 @@ def open_worker_listener(settings: Settings) -> EventListener:
 # -- the whole ------------------------------------------------------------------------------
 
 
-def family_of(queue: str) -> list[tuple[str, str]]:
+def family_of(queue: str) -> list[tuple[str, Role]]:
     """The queue family's names and roles, in the order a task meets them."""
     names = QueueNames(queue)
-    return [
-        (names.work, "work"),
-        *((name, "wait") for name in names.wait_queues()),
-        (names.dlq, "dlq"),
-    ]
+    waits: list[tuple[str, Role]] = [(name, "wait") for name in names.wait_queues()]
+    return [(names.work, "work"), *waits, (names.dlq, "dlq")]
 
 
 def queue_figures(

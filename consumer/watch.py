@@ -249,6 +249,7 @@ def events(
         list[str] | None,
         typer.Option(
             "--kind",
+            metavar="<kind>",
             help="Only events of this kind (repeatable): task-received, task-started, "
             "task-succeeded, task-failed, task-retried, task-dead-lettered, worker-online, "
             "worker-heartbeat, worker-offline (the part after 'task-' or 'worker-' will do). "
@@ -257,7 +258,10 @@ def events(
     ] = None,
     outcome: Annotated[
         list[Outcome] | None,
-        typer.Option(help="Only the attempts that ended so (repeatable; adds to --kind)."),
+        typer.Option(
+            metavar="<succeeded|failed|retried|dead-lettered>",
+            help="Only the attempts that ended so (repeatable; adds to --kind).",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     count: Annotated[
@@ -281,7 +285,7 @@ def events(
         with listener:
             while count is None or shown < count:
                 event = listener.get(timeout=1.0)  # a short wait, so Ctrl-C is seen at once
-                if event is None or event.kind not in kinds:
+                if event is None:
                     continue
                 print(_json_line(event) if as_json else event_line(event), flush=True)
                 shown += 1

@@ -220,6 +220,15 @@ def test_watch_refreshes_until_ctrl_c_then_exits_0(family: HeldFamily, queue_nam
     assert all(d["queue"] == queue_name for d in documents)
 
 
+def test_the_watched_screen_ends_at_ctrl_c_with_exit_0(queue_name: str) -> None:
+    watching = start("consumer", "status", "--queue", queue_name, "--watch", "--interval", "0.5")
+    time.sleep(4)  # the first look (2.5 s of listening), then refreshes
+    code, out, err = stop(watching, signal.SIGINT)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert f"queue {queue_name!r}" in out and "no workers heard" in out  # its last screen
+
+
 @pytest.mark.parametrize("listen", [[], ["--listen", "0"]])
 @pytest.mark.parametrize(
     ("broker", "fragment"),
