@@ -21,7 +21,7 @@ import pytest
 from common.defaults import QueueType
 from common.rabbitmq import topology
 from common.rabbitmq.topology import QueueNames
-from tests.conftest import url_with
+from tests.conftest import note_figure, url_with
 from tests.helpers import output_of, run, start, stop, wait_for_output, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
@@ -106,6 +106,10 @@ def _status_figures(found: dict[str, Any]) -> dict[str, tuple[int, int, int]]:
     return {q["name"]: (q["ready"], q["unacked"], q["consumers"]) for q in queues}
 
 
+def _since(began: float) -> str:
+    return f"{time.monotonic() - began:.1f} s"
+
+
 def _rabbitmqctl_usable() -> None:
     """The broker of the tests is the node `rabbitmqctl` (run as root) talks to."""
     if shutil.which("rabbitmqctl") is None or os.geteuid() != 0:
@@ -129,7 +133,9 @@ def test_management_figures_are_the_brokers(family: HeldFamily, queue_name: str)
         seen[:] = [found, broker]
         return found["source"] == "management" and _status_figures(found) == broker
 
+    began = time.monotonic()
     assert wait_until(same, timeout=30, interval=1), seen
+    note_figure(f"consumer status: management figures = rabbitmqctl's after {_since(began)}")
     found, broker = seen
     assert broker == expected  # the test's own consumer does hold messages unacked
     assert [q["name"] for q in found["queues"]] == names  # the wait queues that exist only
