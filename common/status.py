@@ -109,7 +109,7 @@ class WorkerStatus(_Model):
     retried: int | None
     in_hand: str | None  # the id of the task it is running
     in_hand_kind: str | None
-    in_hand_for: float | None  # seconds it has been running it
+    in_hand_for: float | None  # seconds it had been running it when last heard
     last_heard: float  # seconds ago
 
 
@@ -195,16 +195,18 @@ class Management:
         return {name: self.get(f"/api/queues/{vhost}/{quote(name, safe='')}") for name in names}
 
 
-def _rate(stats: dict[str, Any], key: str) -> float | None:
+def _rate(stats: dict[str, Any], key: str) -> float:
+    """A rate of the queue's statistics: a counter never moved is left out of them (a wait
+    queue's messages leave it by expiring, never by a delivery), so its rate is 0."""
     details = stats.get(f"{key}_details")
-    return float(details["rate"]) if isinstance(details, dict) and "rate" in details else None
+    return float(details.get("rate", 0.0)) if isinstance(details, dict) else 0.0
 
 
 def _from_management(name: str, role: Role, record: dict[str, Any] | None) -> QueueStatus:
     if record is None:
         return QueueStatus(name=name, role=role, exists=False)
     # A queue created moments ago has no statistics yet: its figures stay unknown until
-    # the broker emits them. Once it has some, no ``message_stats`` means no traffic yet.
+    # the broker emits them. Once it has some, a counter left out has never moved.
     counted = "messages_ready" in record
     stats = record.get("message_stats") or {}
     consumers = [
@@ -218,9 +220,7 @@ def _from_management(name: str, role: Role, record: dict[str, Any] | None) -> Qu
     ]
 
     def rate(key: str) -> float | None:
-        if not counted:
-            return None
-        return _rate(stats, key) if stats else 0.0
+        return _rate(stats, key) if counted else None
 
     return QueueStatus(
         name=name,
@@ -339,7 +339,8 @@ class WorkerBook:
                 retried=e.retried,
                 in_hand=e.in_hand,
                 in_hand_kind=e.in_hand_kind,
-                in_hand_for=max(0.0, now - e.in_hand_since) if e.in_hand_since else None,
+                # as of the heartbeat: the task may have ended since
+                in_hand_for=max(0.0, e.at - e.in_hand_since) if e.in_hand_since else None,
                 last_heard=max(0.0, now - e.at),
             )
             for _key, e in sorted(self._last.items())

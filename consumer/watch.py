@@ -198,10 +198,11 @@ def _workers(found: QueueFamilyStatus) -> RenderableType:
     table = Table(title=f"workers heard ({len(found.workers)})", show_edge=False, pad_edge=False)
     for column in ("host", "pid", "ppid", "done", "failed", "retried"):
         table.add_column(column, justify="left" if column == "host" else "right")
-    for column in ("task in hand", "for", "last heard"):
-        table.add_column(column, justify="right" if column != "task in hand" else "left")
+    table.add_column("task in hand", overflow="fold")
+    table.add_column("for", justify="right")  # as of the last heartbeat
+    table.add_column("last heard", justify="right")
     for w in found.workers:
-        in_hand = f"{w.in_hand} ({w.in_hand_kind or UNKNOWN})" if w.in_hand else "-"
+        in_hand = f"{w.in_hand_kind or UNKNOWN}[{w.in_hand}]" if w.in_hand else "-"
         running = f"{w.in_hand_for:.1f} s" if w.in_hand_for is not None else "-"
         table.add_row(
             _printable(w.host),
