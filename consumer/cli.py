@@ -18,6 +18,7 @@ import typer
 from common import defaults, options
 from common.cli import invalid, new_app, run_app, setup_logging
 from common.defaults import BackendName
+from consumer import watch
 
 if TYPE_CHECKING:
     from common.backend import Backend
@@ -32,6 +33,7 @@ log = logging.getLogger("taskshuttle.consumer")
 app = new_app()
 dlq_app = new_app(help="See and replay dead letters.")
 app.add_typer(dlq_app, name="dlq")
+watch.register(app)  # status, events
 
 LOCAL_MESSAGE = (
     "the local backend's queue lives inside one process tree, so a separate consumer "

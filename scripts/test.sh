@@ -95,7 +95,7 @@ container_broker() {
     export AMQP_URL="amqp://taskshuttle:taskshuttle@127.0.0.1:$AMQP_PORT/%2F"
     # What the operator's-view tests compare with: this broker's management API and its
     # own rabbitmqctl (the host's would talk to the Debian node).
-    export TASKSHUTTLE_TEST_MANAGEMENT_URL="http://127.0.0.1:$MANAGEMENT_PORT"
+    export TASKSHUTTLE_MANAGEMENT_URL="http://127.0.0.1:$MANAGEMENT_PORT"
     export TASKSHUTTLE_TEST_RABBITMQCTL="docker exec $id rabbitmqctl"
     local version
     version="$(docker exec "$id" sh -c 'rabbitmqctl -q version' 2>/dev/null || echo '?')"
@@ -105,7 +105,7 @@ container_broker() {
 
 debian_broker() {
     BROKER_MODE=debian bash "$ROOT/scripts/broker.sh" start
-    export TASKSHUTTLE_TEST_MANAGEMENT_URL="http://127.0.0.1:15672"
+    export TASKSHUTTLE_MANAGEMENT_URL="http://127.0.0.1:15672"
     export TASKSHUTTLE_TEST_RABBITMQCTL="rabbitmqctl"
     export TASKSHUTTLE_TEST_BROKER_LABEL="Debian's rabbitmq-server (rabbit@localhost)"
 }

@@ -123,8 +123,9 @@ def broker_url() -> str:
     return require_broker()
 
 
-#: The test broker's management API (scripts/test.sh sets it: the container's published port).
-MANAGEMENT_URL = os.environ.get("TASKSHUTTLE_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672")
+#: The test broker's management API: scripts/test.sh sets it (the container's published port),
+#: and `consumer status` and `dashboard` read the same variable.
+MANAGEMENT_URL = os.environ.get("TASKSHUTTLE_MANAGEMENT_URL", "http://127.0.0.1:15672")
 
 
 def rabbitmqctl(*args: str) -> list[str]:

@@ -21,7 +21,7 @@ import pytest
 from common.defaults import QueueType
 from common.rabbitmq import topology
 from common.rabbitmq.topology import QueueNames
-from tests.conftest import note_figure, url_with
+from tests.conftest import note_figure, rabbitmqctl, url_with
 from tests.helpers import output_of, run, start, stop, wait_for_output, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
@@ -87,7 +87,7 @@ FIGURES = ("name", "messages_ready", "messages_unacknowledged", "consumers")
 def _rabbitmqctl_figures(names: list[str]) -> dict[str, tuple[int, int, int]]:
     """(ready, unacked, consumers) of each queue named, as the broker's node says now."""
     listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", *FIGURES],
+        rabbitmqctl("-q", "list_queues", *FIGURES),
         capture_output=True,
         text=True,
         timeout=30,
@@ -111,9 +111,10 @@ def _since(began: float) -> str:
 
 
 def _rabbitmqctl_usable() -> None:
-    """The broker of the tests is the node `rabbitmqctl` (run as root) talks to."""
-    if shutil.which("rabbitmqctl") is None or os.geteuid() != 0:
-        pytest.skip("needs rabbitmqctl, run as root, for the broker's own figures")
+    """The test broker's own `rabbitmqctl` can be run (the host's needs root)."""
+    command = rabbitmqctl()
+    if shutil.which(command[0]) is None or (command[0] == "rabbitmqctl" and os.geteuid() != 0):
+        pytest.skip(f"needs {command[0]} (as root) for the broker's own figures")
 
 
 def test_management_figures_are_the_brokers(family: HeldFamily, queue_name: str) -> None:
