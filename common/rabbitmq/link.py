@@ -10,8 +10,8 @@ Threading rules (pika's own: a connection belongs to the thread that runs its io
 ``add_callback_threadsafe`` is its one thread-safe method):
 
 - **Any thread** may call `open`, `close`, `alive` and `close_error`, and the blocking
-  operations (`declare`, `declare_once`, `consume`, `queue_length`, `get`, `delete`,
-  `cancel`, `publish_many`): each hands its work to the I/O thread and waits on a future,
+  operations (`declare`, `declare_once`, `consume`, `queue_length`, `get`, `purge`,
+  `delete`, `cancel`, `publish_many`): each hands its work to the I/O thread and waits on a future,
   raising `ConnectionLost` (or the broker's reason) if the link dies first.
 - **Any thread** may queue deliveries' outcomes in the outbox (`ack`, `nack`,
   `ack_with_result`): they go out with one wake-up of the I/O thread per batch, acks
@@ -131,6 +131,11 @@ class Link(Connection):
     def get(self, name: str) -> Received | None:
         """One message from `name`, unacked (closing the link gives it back); None if empty."""
         return self._call(functools.partial(self._get_io, name))  # type: ignore[no-any-return]
+
+    def purge(self, name: str) -> int:
+        """Remove the messages ready in `name` (it must exist); how many. Those delivered and
+        not acked yet are not ready: they stay with whoever holds them."""
+        return int(self._call(functools.partial(self._purge_io, name)))
 
     def delete(self, name: str) -> None:
         self._call(functools.partial(self._delete_io, name))
@@ -282,6 +287,11 @@ class Link(Connection):
             future.set_result(0)
         for name in names:
             self._channel.queue_declare(name, passive=True, callback=counted)
+
+    def _purge_io(self, name: str, future: Future[Any]) -> None:
+        self._channel.queue_purge(
+            name, callback=lambda frame: future.set_result(frame.method.message_count)
+        )
 
     def _delete_io(self, name: str, future: Future[Any]) -> None:
         self._channel.queue_delete(name, callback=lambda _frame: future.set_result(None))
