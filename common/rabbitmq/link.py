@@ -13,7 +13,7 @@ Threading rules (pika's own: a connection belongs to the thread that runs its io
   operations (`declare`, `declare_once`, `consume`, `queue_length`, `get`, `purge`,
   `delete`, `cancel`, `publish_many`): each hands its work to the I/O thread and waits on a future,
   raising `ConnectionLost` (or the broker's reason) if the link dies first.
-- **Any thread** may queue deliveries' outcomes in the outbox (`ack`, `nack`,
+- **Any thread** may queue deliveries' outcomes in the outbox (`ack`, `ack_all`, `nack`,
   `ack_with_result`): they go out with one wake-up of the I/O thread per batch, acks
   coalesced into ``multiple=True`` acks where every earlier delivery is settled, and a task's
   ack only after its result is confirmed (see `outbox`); `settle_pending` waits for all that.
@@ -167,6 +167,15 @@ class Link(Connection):
     def ack(self, tag: int) -> None:
         self._enqueue(AckOp(tag))
 
+    def ack_all(self, tags: Sequence[int]) -> None:
+        """Ack several deliveries at once: queued in the I/O thread, so no flush splits them,
+        and sent before this returns; as one ``multiple=True`` ack where they follow every
+        earlier delivery, settled. A quorum queue takes each ack frame of a consumer's
+        deliveries as a command of its own; past 32 unapplied it holds the next back, and
+        drops them if the channel closes first: acks sent one by one just before closing can
+        be lost, and their deliveries come back."""
+        self._call(functools.partial(self._ack_all_io, list(tags)))
+
     def nack(self, tag: int) -> None:
         """Give a delivery back to its queue, to be handed out again."""
         self._enqueue(NackOp(tag))
@@ -315,6 +324,12 @@ class Link(Connection):
     def _publish_batch_io(self, batch: Batch) -> None:
         for index, message in enumerate(batch.messages):
             self._publish_io(message, batch, index, mandatory=True)
+
+    def _ack_all_io(self, tags: list[int], future: Future[Any]) -> None:
+        for tag in tags:
+            self._outbox.put(AckOp(tag))
+        self._flush_io()  # sends them with whatever else was queued
+        future.set_result(None)
 
     def _flush_io(self) -> None:
         self._outbox.send_io(self._channel, self._publish_io)
