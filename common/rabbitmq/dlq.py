@@ -17,9 +17,12 @@ replay to the DLQ's tail, copy first, rather than by giving it back.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import queue
 from collections.abc import Callable, Iterator, Sequence
+
+from pika.spec import BasicProperties
 
 from common.errors import ConnectionLost
 from common.rabbitmq import topology
@@ -141,10 +144,23 @@ def replay_matching(link: Link, names: QueueNames, wanted: Callable[[DeadLetter]
                 copies.append(topology.raw_message(names.work, as_first_attempt(body)))
                 moved += 1
             else:
-                copies.append(Message(names.dlq, body, props))
+                copies.append(Message(names.dlq, body, _as_stored(props)))
         _move(link, chunk, copies)
     link.settle_pending(timeout=30)
     return moved
+
+
+#: A header a quorum queue adds to each message it delivers: not part of the letter.
+_DELIVERY_HEADER = "x-delivery-count"
+
+
+def _as_stored(props: BasicProperties) -> BasicProperties:
+    """A letter's properties as they were stored, without what its delivery added."""
+    if not isinstance(props.headers, dict) or _DELIVERY_HEADER not in props.headers:
+        return props
+    stored = copy.copy(props)
+    stored.headers = {k: v for k, v in props.headers.items() if k != _DELIVERY_HEADER}
+    return stored
 
 
 def _move(link: Link, chunk: Sequence[Received], copies: Sequence[Message]) -> None:

@@ -204,6 +204,32 @@ def test_replay_of_a_task_id_not_in_the_dlq_says_so_and_changes_nothing(
     assert _task_ids_left(channel, queue_name) == ids
 
 
+def test_letters_a_filtered_replay_leaves_keep_their_bodies_and_headers_however_odd(
+    broker_url: str, queue_name: str, channel: Any
+) -> None:
+    """Each letter left is a copy (see `dlq.replay_matching`): nothing of it may change."""
+    _queues(broker_url, queue_name)
+    dlq = QueueNames(queue_name).dlq
+    odd: list[dict[str, Any]] = [
+        {"x-reason": b"\xff\xfe not utf-8", "x-task-id": b"\x80\x81", "x-attempts": "abc"},
+        {"x-reason": "nested", "x-attempts": {"a": [1, 2]}, "x-queue": 7, "big": 10**18},
+        {"x-first-death-reason": "delivery_limit", "x-first-death-queue": queue_name},
+        {"x-reason": "picked", "x-task-id": "t-picked"},
+    ]
+    for index, headers in enumerate(odd):
+        properties = pika.BasicProperties(headers=headers, message_id=f"m{index}")
+        channel.basic_publish("", dlq, f"body {index}".encode(), properties)
+    with RabbitBackend(broker_url, queue_name) as backend:
+        assert backend.replay_dead_letters(reason="picked") == 1
+    left = _taken(channel, dlq)
+    assert [body for _, body in left] == [b"body 0", b"body 1", b"body 2"]
+    # A quorum queue adds its delivery count to whatever it delivers, the test's `get` too.
+    stored = [{k: v for k, v in p.headers.items() if k != "x-delivery-count"} for p, _ in left]
+    assert stored == odd[:3]
+    assert [props.message_id for props, _ in left] == ["m0", "m1", "m2"]
+    assert [body for _, body in _taken(channel, queue_name)] == [b"body 3"]
+
+
 def test_replay_by_reason_moves_those_letters_in_order_and_leaves_the_others(
     broker_url: str, queue_name: str, channel: Any
 ) -> None:
