@@ -7,9 +7,8 @@ supervisor, the backends, pydantic, pika) is imported only by the command that r
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,12 +17,10 @@ import typer
 from common import defaults, options
 from common.cli import invalid, new_app, run_app, setup_logging
 from common.defaults import BackendName
-from consumer import watch
+from consumer import admin, watch
 
 if TYPE_CHECKING:
     from common.backend import Backend
-    from common.rabbitmq import RabbitBackend
-    from common.schemas import DeadLetter
     from common.settings import Settings
     from consumer.supervisor import ThreadWorkers, WorkerPool
     from consumer.worker import WorkerOptions
@@ -31,8 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskshuttle.consumer")
 
 app = new_app()
-dlq_app = new_app(help="See and replay dead letters.")
-app.add_typer(dlq_app, name="dlq")
+# The queue's admin commands (`consumer.admin`): purge, and the dead letters'.
+app.command("purge")(admin.purge)
+app.add_typer(admin.dlq_app, name="dlq")
 watch.register(app)  # status, events
 
 LOCAL_MESSAGE = (
@@ -90,7 +88,7 @@ def main(
     the queue is empty)."""
     setup_logging(verbose)
     if ctx.invoked_subcommand is not None:
-        return  # `dlq`: it reads --backend, --url and --queue from here or from its own
+        return  # `dlq`, `purge`: they read --backend, --url and --queue from here or their own
     if backend is BackendName.local:
         raise options.bad_value(ctx, "backend", LOCAL_MESSAGE)
     settings = options.settings_from(ctx)  # --queue, --url, --workers...
@@ -110,8 +108,9 @@ def main(
 
 
 def _admin(settings: Settings, *, waits: bool = False) -> Backend:
-    """A short-lived connection: the dead-letter commands, or (`waits`) the check before the
-    workers start, which waits for a broker that is down as the workers would."""
+    """A short-lived connection (the admin commands have their own: `consumer.admin`), or
+    (`waits`) the check before the workers start, which waits for a broker that is down as
+    the workers would."""
     from common.factory import Role, open_backend
 
     return open_backend(settings, Role.PROBE if waits else Role.ADMIN)
@@ -218,88 +217,6 @@ def _metrics_served(
         yield
     finally:
         server.close()
-
-
-def _dlq_settings(ctx: typer.Context) -> Settings:
-    """Settings from --backend, --url and --queue, given before `dlq` or after its command."""
-    if options.given(ctx, "backend")[1] is BackendName.local:
-        raise options.bad_value(
-            ctx, "backend", "dead letters of the local backend are shown by `producer` itself"
-        )
-    return options.settings_from(ctx)
-
-
-def _dlq_admin(ctx: typer.Context) -> RabbitBackend:
-    from common.rabbitmq import RabbitBackend
-
-    admin = _admin(_dlq_settings(ctx))
-    assert isinstance(admin, RabbitBackend)  # _dlq_settings refused the local backend
-    return admin
-
-
-@dlq_app.command("list")
-def dlq_list(
-    ctx: typer.Context,
-    backend: options.Backend = BackendName.rabbitmq,
-    queue: options.Queue = defaults.QUEUE,
-    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
-    url: options.Url = defaults.DEFAULT_AMQP_URL,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    limit: options.DlqLimit = 100,
-) -> None:
-    """Show the dead letters, oldest first, with why each is there (they stay in the DLQ)."""
-    with _dlq_admin(ctx) as admin:
-        total = admin.dead_letter_count()
-        with contextlib.closing(admin.iter_dead_letters(limit or None)) as letters:
-            shown = _print_letters(letters, as_json)
-    if not as_json:
-        print(f"{shown} of {total} dead letters shown")
-
-
-#: The columns of `dlq list`, and how wide each is.
-_LETTER_COLUMNS = {"task id": 32, "reason": 16, "attempts": 8, "when": 25, "error": 80}
-
-
-def _print_letters(letters: Iterable[DeadLetter], as_json: bool) -> int:
-    """Print each letter as it comes (the DLQ may be long); how many were printed."""
-    from common.rabbitmq.topology import UNKNOWN_ATTEMPTS
-
-    if not as_json:
-        print("  ".join(name.ljust(width) for name, width in _LETTER_COLUMNS.items()).rstrip())
-    shown = 0
-    for letter in letters:
-        shown += 1
-        if as_json:  # json.dumps escapes whatever a header holds
-            print(json.dumps(letter.model_dump(mode="json")))
-            continue
-        attempts = "?" if letter.attempts == UNKNOWN_ATTEMPTS else str(letter.attempts)
-        when = letter.dead_lettered_at.isoformat(timespec="seconds")
-        cells = [letter.task_id or "-", letter.reason, attempts, when, letter.error]
-        widths = _LETTER_COLUMNS.values()
-        print("  ".join(map(_cell, cells, widths)).rstrip())
-    return shown
-
-
-def _cell(text: str, width: int) -> str:
-    """`text` in a column `width` wide, cut short, with anything a terminal would act on
-    (escape sequences, newlines: a header may hold any bytes) shown escaped."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: width + 1])
-    return (text[: width - 1] + "~" if len(text) > width else text).ljust(width)
-
-
-@dlq_app.command("replay")
-def dlq_replay(
-    ctx: typer.Context,
-    backend: options.Backend = BackendName.rabbitmq,
-    queue: options.Queue = defaults.QUEUE,
-    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
-    url: options.Url = defaults.DEFAULT_AMQP_URL,
-) -> None:
-    """Move the dead letters back to the work queue, as first attempts."""
-    settings = _dlq_settings(ctx)
-    with _admin(settings) as admin:
-        moved = admin.replay_dead_letters()
-    print(f"replayed {moved} dead letters to {settings.queue!r}")
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -12,7 +12,8 @@ A backend plays one of two roles on its connection, chosen when it is built:
   consumes instead, for `receive_result`. Such a backend cannot consume the work queue:
   `start_consuming` and `receive` raise rather than hand out its results as tasks.
 
-Both can publish, count, list and replay dead letters, and delete the queues.
+Both can publish, count, list, replay and purge dead letters, purge the work queue and its
+wait queues, and delete the queues.
 
 Settling a delivery follows one rule: it is done on the link the delivery came on, and if
 that link is gone, the delivery is left alone and nothing raises: the broker hands it out
@@ -477,17 +478,55 @@ class RabbitBackend(Backend):
     def dead_letters(self) -> list[DeadLetter]:
         return list(self.iter_dead_letters())
 
-    def iter_dead_letters(self, limit: int | None = None) -> Iterator[DeadLetter]:
-        """The dead letters, oldest first, one at a time (at most `limit`), on a connection
-        of their own: see `dlq.read_letters`."""
+    def iter_dead_letters(
+        self, limit: int | None = None, reason: str | None = None
+    ) -> Iterator[DeadLetter]:
+        """The dead letters, oldest first, one at a time (at most `limit`; only those whose
+        reason is `reason`, if given), on a connection of their own: see `dlq.read_letters`."""
         with self._side_link() as link:
-            yield from dlq.read_letters(link, self.names, limit)
+            yield from dlq.read_letters(link, self.names, limit, reason)
 
-    def replay_dead_letters(self) -> int:
-        """Move the dead letters back to the work queue as fresh first attempts (a chunk at
-        a time, on a connection of their own: see `dlq.replay_letters`)."""
+    def replay_dead_letters(self, task_id: str | None = None, reason: str | None = None) -> int:
+        """Move dead letters back to the work queue as fresh first attempts, on a connection
+        of their own; how many moved. All of them without a filter (`dlq.replay_letters`);
+        with `task_id` and/or `reason`, those that match, the others left in their order
+        (`dlq.replay_matching`, which goes once through the whole DLQ)."""
         with self._side_link() as link:
-            return dlq.replay_letters(link, self.names)
+            if task_id is None and reason is None:
+                return dlq.replay_letters(link, self.names)
+            return dlq.replay_matching(link, self.names, dlq.matching(task_id, reason))
+
+    def purge_dead_letters(self) -> int:
+        """Remove every dead letter the DLQ holds; how many. Letters a listing or a replay
+        holds at that moment are not removed (they are not in the queue until given back)."""
+        with self._side_link() as link:
+            return link.purge(self.dlq_name)
+
+    def queued_messages(self) -> dict[str, int]:
+        """Messages ready in the work queue and in each of its wait queues (declared if
+        absent): what `purge_queues` would remove now. The DLQ is not among them."""
+        with self._side_link() as link:
+            return {name: link.queue_length(name) for name in self._purgeable(link)}
+
+    def purge_queues(self) -> dict[str, int]:
+        """Empty the work queue and its wait queues (retries waiting out their delay), never
+        the DLQ; how many messages each lost. Only ready messages go: those in a worker's
+        hands (delivered, not acked) stay with it, and come back if it does not ack them."""
+        with self._side_link() as link:
+            names = self._purgeable(link)
+            # The wait queues first: a retry whose delay ends meanwhile moves to the work
+            # queue, and is purged there.
+            purged = {name: link.purge(name) for name in reversed(names)}
+        return {name: purged[name] for name in names}
+
+    def _purgeable(self, link: Link) -> list[str]:
+        """The work queue and its wait queues, declared on `link` if absent (a missing queue
+        would close the channel): the work queue first, then its wait queues, shortest
+        delays first."""
+        waits = self.names.wait_queues()
+        for name in waits:
+            self._declare(link, name, self._wait_arguments)
+        return [self.queue_name, *waits]
 
     def delete_queues(self) -> None:
         """Delete this queue, every companion the topology creates for it and this backend's

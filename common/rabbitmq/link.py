@@ -10,10 +10,10 @@ Threading rules (pika's own: a connection belongs to the thread that runs its io
 ``add_callback_threadsafe`` is its one thread-safe method):
 
 - **Any thread** may call `open`, `close`, `alive` and `close_error`, and the blocking
-  operations (`declare`, `declare_once`, `consume`, `queue_length`, `get`, `delete`,
-  `cancel`, `publish_many`): each hands its work to the I/O thread and waits on a future,
+  operations (`declare`, `declare_once`, `consume`, `queue_length`, `get`, `purge`,
+  `delete`, `cancel`, `publish_many`): each hands its work to the I/O thread and waits on a future,
   raising `ConnectionLost` (or the broker's reason) if the link dies first.
-- **Any thread** may queue deliveries' outcomes in the outbox (`ack`, `nack`,
+- **Any thread** may queue deliveries' outcomes in the outbox (`ack`, `ack_all`, `nack`,
   `ack_with_result`): they go out with one wake-up of the I/O thread per batch, acks
   coalesced into ``multiple=True`` acks where every earlier delivery is settled, and a task's
   ack only after its result is confirmed (see `outbox`); `settle_pending` waits for all that.
@@ -150,6 +150,11 @@ class Link(Connection):
         """One message from `name`, unacked (closing the link gives it back); None if empty."""
         return self._call(functools.partial(self._get_io, name))  # type: ignore[no-any-return]
 
+    def purge(self, name: str) -> int:
+        """Remove the messages ready in `name` (it must exist); how many. Those delivered and
+        not acked yet are not ready: they stay with whoever holds them."""
+        return int(self._call(functools.partial(self._purge_io, name)))
+
     def delete(self, name: str) -> None:
         self._call(functools.partial(self._delete_io, name))
 
@@ -184,6 +189,15 @@ class Link(Connection):
     # -- any thread: the outbox -----------------------------------------------------------
     def ack(self, tag: int) -> None:
         self._enqueue(AckOp(tag))
+
+    def ack_all(self, tags: Sequence[int]) -> None:
+        """Ack several deliveries at once: queued in the I/O thread, so no flush splits them,
+        and sent before this returns; as one ``multiple=True`` ack where they follow every
+        earlier delivery, settled. A quorum queue takes each ack frame of a consumer's
+        deliveries as a command of its own; past 32 unapplied it holds the next back, and
+        drops them if the channel closes first: acks sent one by one just before closing can
+        be lost, and their deliveries come back."""
+        self._call(functools.partial(self._ack_all_io, list(tags)))
 
     def nack(self, tag: int) -> None:
         """Give a delivery back to its queue, to be handed out again."""
@@ -306,6 +320,11 @@ class Link(Connection):
         for name in names:
             self._channel.queue_declare(name, passive=True, callback=counted)
 
+    def _purge_io(self, name: str, future: Future[Any]) -> None:
+        self._channel.queue_purge(
+            name, callback=lambda frame: future.set_result(frame.method.message_count)
+        )
+
     def _delete_io(self, name: str, future: Future[Any]) -> None:
         self._channel.queue_delete(name, callback=lambda _frame: future.set_result(None))
 
@@ -367,6 +386,12 @@ class Link(Connection):
     def _publish_batch_io(self, batch: Batch) -> None:
         for index, message in enumerate(batch.messages):
             self._publish_io(message, batch, index, mandatory=True)
+
+    def _ack_all_io(self, tags: list[int], future: Future[Any]) -> None:
+        for tag in tags:
+            self._outbox.put(AckOp(tag))
+        self._flush_io()  # sends them with whatever else was queued
+        future.set_result(None)
 
     def _flush_io(self) -> None:
         self._outbox.send_io(self._channel, self._publish_io)
