@@ -54,7 +54,8 @@ LATENCY_NOTES = {
     ("local", "latency_pub_p50_ms"): "from each task's creation, just before its put()",
 }
 #: (system, key) -> (kind, bound, text): kind "ratio" (value / baseline >= bound),
-#: "ratio_max" (value / baseline <= bound) or "max" (value < bound). The project's performance targets.
+#: "ratio_max" (value / baseline <= bound) or "max" (value < bound). The project's performance
+#: targets.
 TARGETS: dict[tuple[str, str], tuple[str, float, str]] = {
     ("rabbitmq", "publish"): ("ratio", 0.9, ">= 0.90x raw pika without confirms"),
     ("rabbitmq", "drain"): ("ratio", 1.5, ">= 1.50x raw pika, prefetch 100"),

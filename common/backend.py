@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
+from common.events import EventSink
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult
 
 
@@ -123,6 +124,10 @@ class WorkerBackend(_Side):
     @abstractmethod
     def requeue(self, delivery: Delivery) -> None:
         """Give an unfinished delivery back, to be handed out again."""
+
+    def event_sink(self) -> EventSink | None:
+        """Where this worker's task events go (`common.events`); None: nowhere."""
+        return None
 
 
 class Backend(ProducerBackend, WorkerBackend):

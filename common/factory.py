@@ -24,6 +24,7 @@ single-active-consumer queue) are passed by the caller that needs them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -96,6 +97,8 @@ def open_backend(
             queue_name=settings.queue,
             batch_size=settings.prefetch,
             max_deaths=settings.max_deaths,
+            # shown as log lines: asked for only when they would be shown (-v)
+            task_events=logging.getLogger("taskshuttle.events").isEnabledFor(logging.INFO),
         )
     from common.rabbitmq import RabbitBackend  # only this path needs pika
 

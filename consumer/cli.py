@@ -149,7 +149,8 @@ def supervise(
 
     shutdown = Shutdown(settings.shutdown_timeout)
     shutdown.install()
-    spec = WorkerSpec(settings, worker_options, modules)
+    events_shown = logging.getLogger("taskshuttle.events").isEnabledFor(logging.INFO)
+    spec = WorkerSpec(settings, worker_options, modules, log_events=events_shown)
     pool: WorkerPool | ThreadWorkers = (
         ThreadWorkers(spec, settings.workers, max_deaths=settings.max_deaths)
         if pool_kind is PoolKind.thread

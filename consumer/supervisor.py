@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from common.backend import WorkerBackend
 from common.errors import TaskshuttleError
+from common.events import LogSink
 from common.local import MP_CONTEXT
 from common.settings import LOG_FORMAT, Settings
 from consumer.handlers import import_handlers, registry
@@ -107,6 +108,9 @@ class WorkerSpec:
     init_args: tuple[Any, ...] = ()
     #: The workers log at the level their parent was set to.
     log_level: int = field(default_factory=lambda: logging.getLogger().getEffectiveLevel())
+    #: Each worker logs its tasks, a line per step (``consumer -v``). The local backend's
+    #: workers send their task events to the parent, which logs them (see `common.factory`).
+    log_events: bool = False
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -179,7 +183,10 @@ def worker_main(
         import_handlers(list(spec.handler_modules))
         backend = spec.backend.connect(spec.settings)
         queue = spec.settings.queue
-        worker = Worker(backend, registry, spec.options, _Either(), queue, in_flight=in_hand)
+        sinks = [LogSink()] if spec.log_events else []
+        worker = Worker(
+            backend, registry, spec.options, _Either(), queue, in_flight=in_hand, event_sinks=sinks
+        )
         ready.release()
         worker.run()
         backend.close()

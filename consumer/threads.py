@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from common.errors import ConfigError
+from common.events import LogSink
 from consumer.handlers import registry
 from consumer.restarts import Cut, WorkerSlots, is_connection_error, is_fatal, never
 from consumer.worker import Worker
@@ -74,6 +75,7 @@ class ThreadWorkers(WorkerSlots):
                 self.stop_event,
                 spec.settings.queue,
                 in_flight=record,
+                event_sinks=[LogSink()] if spec.log_events else [],
             )
             self._ready.release()
             worker.run()

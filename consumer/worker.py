@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -22,6 +22,7 @@ from pydantic_core import PydanticSerializationError
 from common.backend import Delivery, WorkerBackend
 from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import BadMessage, ConnectionLost
+from common.events import Emitter, EventKind, EventSink
 from common.schemas import (
     HOSTNAME,
     MAX_ATTEMPTS,
@@ -108,6 +109,7 @@ class Worker:
         on_timeout: Callable[[WorkerBackend], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         in_flight: InHand | None = None,
+        event_sinks: Sequence[EventSink] = (),
     ) -> None:
         self.backend = backend
         self.registry = registry
@@ -115,6 +117,9 @@ class Worker:
         self.stop = stop
         self.queue_name = queue_name
         self.processed = 0
+        self.succeeded = 0
+        self.retried = 0
+        self.dead_lettered = 0
         thread = threading.current_thread()
         self._name = multiprocessing.current_process().name
         if thread is not threading.main_thread():  # --pool thread: say which thread
@@ -127,15 +132,20 @@ class Worker:
         self.clock = clock
         #: Where this worker notes the task in hand, for its supervisor (`consumer.inflight`).
         self.in_flight = in_flight
+        own_sink = backend.event_sink()
+        sinks = [*([own_sink] if own_sink is not None else []), *event_sinks]
+        self.events = Emitter(sinks, queue_name, self._name, self._totals)
 
     def run(self) -> int:
         """Take tasks until stopped (or, in burst mode, until the queue stays empty)."""
         if self.options.task_timeout:
             threading.Thread(target=self._watchdog, name="task-timeout", daemon=True).start()
+        self.events.start()
         try:
             self._loop()
         finally:
             self._finished.set()
+            self.events.stop()
         return self.processed
 
     def _loop(self) -> None:
@@ -167,6 +177,13 @@ class Worker:
             except BadMessage as exc:
                 self._dead_letter(delivery, exc.reason, exc.detail, attempts=0, task=None)
                 return
+            self.events.task(
+                EventKind.RECEIVED,
+                task_id=task.id,
+                task_kind=task.kind,
+                attempt=task.attempt,
+                redelivered=delivery.redelivered,
+            )
             self._run(delivery, task)
         except ConnectionLost as exc:
             self._release()
@@ -174,6 +191,8 @@ class Worker:
         except Exception as exc:
             self._release()
             self._worker_error(delivery, task, exc)
+        finally:
+            self.events.flush()
 
     def _worker_error(self, delivery: Delivery, task: TaskEnvelope | None, exc: Exception) -> None:
         log.exception("unexpected error while processing %s", _which(task))
@@ -201,8 +220,10 @@ class Worker:
             return
 
         started_at = utcnow()
+        started = self.clock.monotonic()
         with self._in_hand_lock:
-            self._in_hand = _InHand(delivery, task, started_at, self.clock.monotonic())
+            self._in_hand = _InHand(delivery, task, started_at, started)
+        self.events.task(EventKind.STARTED, task_id=task.id, task_kind=task.kind)
         try:
             context = self._context(task, delivery) if handler.wants_context else None
             value = handler(task.payload, context)
@@ -212,13 +233,15 @@ class Worker:
             return
         except Exception as exc:
             if self._release():
-                self._failed(delivery, task, f"{type(exc).__name__}: {exc}", started_at)
+                error = f"{type(exc).__name__}: {exc}"
+                self._failed(delivery, task, error, started_at, self.clock.monotonic() - started)
             return
         if not self._release():
             return  # the watchdog already failed it for running too long
+        duration = self.clock.monotonic() - started
         if not delivery.wants_result:
             self.backend.ack(delivery)
-            self.processed += 1
+            self._succeeded(task, duration)
             return
         result = self._result(task, delivery, TaskStatus.DONE, started_at, value=value)
         try:
@@ -227,7 +250,27 @@ class Worker:
             error = f"the handler returned a value that is not JSON: {exc}"
             self._dead_letter(delivery, "bad-result", error, task.attempt, task, started_at)
             return
+        self._succeeded(task, duration)
+
+    def _succeeded(self, task: TaskEnvelope, duration: float) -> None:
         self.processed += 1
+        self.succeeded += 1
+        self.events.task(
+            EventKind.SUCCEEDED, task_id=task.id, task_kind=task.kind, duration=duration
+        )
+
+    def _totals(self) -> dict[str, object]:
+        """What this worker did so far, and what it holds (its heartbeats carry them)."""
+        with self._in_hand_lock:
+            in_hand = self._in_hand
+        return {
+            "succeeded": self.succeeded,
+            "failed": self.dead_lettered,
+            "retried": self.retried,
+            "in_hand": in_hand.task.id if in_hand else None,
+            "in_hand_kind": in_hand.task.kind if in_hand else None,
+            "in_hand_since": in_hand.started_at.timestamp() if in_hand else None,
+        }
 
     def _context(self, task: TaskEnvelope, delivery: Delivery) -> TaskContext:
         return TaskContext(
@@ -263,7 +306,9 @@ class Worker:
             log.warning("task %s ran over its %gs limit; stopping it", in_hand.task.id, limit)
             error = f"TaskTimeout: still running after {limit:g}s"
             try:
-                self._failed(in_hand.delivery, in_hand.task, error, in_hand.started_at)
+                ran = self.clock.monotonic() - in_hand.started
+                self._failed(in_hand.delivery, in_hand.task, error, in_hand.started_at, ran)
+                self.events.flush()
             except Exception as exc:  # unsettled: handed out again once this process is gone
                 log.error(
                     "task %s: could not settle it: %s: %s", in_hand.task.id, type(exc).__name__, exc
@@ -273,14 +318,27 @@ class Worker:
             return
 
     def _failed(
-        self, delivery: Delivery, task: TaskEnvelope, error: str, started_at: object
+        self,
+        delivery: Delivery,
+        task: TaskEnvelope,
+        error: str,
+        started_at: object,
+        duration: float | None = None,
     ) -> None:
         allowed = self._allowed(task)
+        self.events.task(
+            EventKind.FAILED,
+            task_id=task.id,
+            task_kind=task.kind,
+            attempt=task.attempt,
+            duration=duration,
+            error=error,
+        )
         if task.attempt < allowed:
             delay = backoff_delay(
                 task.attempt, self.options.retry_base_delay, self.options.retry_max_delay
             )
-            log.info(
+            log.debug(
                 "task %s attempt %d/%d failed (%s); retry in %.2fs",
                 task.id,
                 task.attempt,
@@ -290,6 +348,15 @@ class Worker:
             )
             next_try = task.model_copy(update={"attempt": task.attempt + 1})
             self.backend.retry_later(delivery, next_try, delay)
+            self.retried += 1
+            self.events.task(
+                EventKind.RETRIED,
+                task_id=task.id,
+                task_kind=task.kind,
+                attempt=task.attempt,
+                retry_in=delay,
+                error=error,
+            )
             return
         self._dead_letter(delivery, "max-attempts", error, task.attempt, task, started_at)
 
@@ -323,6 +390,15 @@ class Worker:
             )
         self.backend.dead_letter(delivery, letter, result)
         self.processed += 1
+        self.dead_lettered += 1
+        self.events.task(
+            EventKind.DEAD_LETTERED,
+            task_id=task.id if task else None,
+            task_kind=task.kind if task else None,
+            attempt=attempts,
+            reason=reason,
+            error=error,
+        )
 
     def _result(
         self,

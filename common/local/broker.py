@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from common.backend import ProducerBackend
 from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import BadMessage, TaskshuttleError
+from common.events import LogSink, decode_event
 from common.local.end import LocalWorkerEnd
 from common.local.wire import (
     KEY_BYTES,
@@ -26,6 +27,7 @@ from common.local.wire import (
     Dead,
     Event,
     Item,
+    Noted,
     Requeue,
     Result,
     Retry,
@@ -65,6 +67,7 @@ class LocalBroker(ProducerBackend):
         context: BaseContext = MP_CONTEXT,
         clock: Clock = SYSTEM_CLOCK,
         max_deaths: int = 2,
+        task_events: bool = False,
     ) -> None:
         if max_deaths < 1:
             raise ValueError(f"max_deaths must be at least 1, not {max_deaths}")
@@ -72,6 +75,9 @@ class LocalBroker(ProducerBackend):
         self.batch_size = batch_size
         #: Workers a task may take down with it before it is dead-lettered (``killed-worker``).
         self.max_deaths = max_deaths
+        #: Whether workers send task events, which this process logs (``producer -v``).
+        self.task_events = task_events
+        self._event_log = LogSink(say_who=True)
         #: Task key -> workers that died running it so far.
         self._deaths: dict[str, int] = {}
         #: Schedules retries. (Waiting for events is a real wait on pipes, on real time.)
@@ -165,6 +171,10 @@ class LocalBroker(ProducerBackend):
                     self._dead.append(DeadLetter.model_validate_json(event.letter))
                     if event.result is not None:
                         self._results.append(decode_result(event.result))
+                case Noted():
+                    self._event_log.send(
+                        [e for line in event.events.split(b"\n") if (e := decode_event(line))]
+                    )
                 case Requeue() if event.key in unfinished:
                     self._enqueue([(event.key, unfinished[event.key], True)])
 
@@ -294,7 +304,9 @@ class Slots:
             raise TaskshuttleError(f"slot {slot} is taken: its worker has the pipe's writer")
         broker = self._broker
         held, memory = self._held_keys[slot], self._memory[slot]
-        return LocalWorkerEnd(broker._tasks, broker._queued, held, memory, writer, slot)
+        return LocalWorkerEnd(
+            broker._tasks, broker._queued, held, memory, writer, slot, broker.task_events
+        )
 
     def on_started(self, slot: int) -> None:
         """The worker in `slot` has started with its own copy of the writer: close ours."""

@@ -9,12 +9,24 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from common.backend import Delivery, WorkerBackend
-from common.local.wire import Acked, Dead, Event, Item, Requeue, Result, Retry, task_key
+from common.events import EventSink, TaskEvent, encode_event
+from common.local.wire import (
+    Acked,
+    Dead,
+    Event,
+    Item,
+    Noted,
+    Requeue,
+    Result,
+    Retry,
+    task_key,
+)
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult, encode
 
 if TYPE_CHECKING:
@@ -57,8 +69,11 @@ class LocalWorkerEnd(WorkerBackend):
         memory: SlotMemory,
         writer: Connection,
         slot: int,
+        task_events: bool = False,
     ) -> None:
         self.slot = slot
+        #: Whether the parent wants task events (it shows them: ``producer -v``).
+        self.task_events = task_events
         self._tasks = tasks
         self._queued = queued
         self._held_keys = held_keys
@@ -76,7 +91,7 @@ class LocalWorkerEnd(WorkerBackend):
         self._closed = False
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("slot", "_tasks", "_queued", "_held_keys", "_memory", "_writer")
+        keep = ("slot", "task_events", "_tasks", "_queued", "_held_keys", "_memory", "_writer")
         return {name: self.__dict__[name] for name in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -199,6 +214,9 @@ class LocalWorkerEnd(WorkerBackend):
     def pending(self) -> int:
         return int(self._queued.value)
 
+    def event_sink(self) -> EventSink | None:
+        return _ParentSink(self) if self.task_events else None
+
     def close(self) -> None:
         """Give back the tasks taken but never started, and send what is not sent yet. The
         task queue is the parent's: a worker's copy goes with its process."""
@@ -210,3 +228,16 @@ class LocalWorkerEnd(WorkerBackend):
             self._inbox.clear()
             self._give_back(unstarted)
             self._writer.close()
+
+
+class _ParentSink:
+    """Task events to the parent, with the worker's other events (in order with them)."""
+
+    wanted = True
+
+    def __init__(self, end: LocalWorkerEnd) -> None:
+        self._end = end
+
+    def send(self, events: Sequence[TaskEvent]) -> None:
+        if not self._end._closed:
+            self._end._send(Noted(b"\n".join(encode_event(event) for event in events)))

@@ -93,4 +93,11 @@ class Requeue:
     key: str
 
 
-Event = Result | Acked | Retry | Dead | Requeue
+@dataclass(frozen=True, slots=True)
+class Noted:
+    """Task events (`common.events`), one encoded event per line, for the parent to show."""
+
+    events: bytes
+
+
+Event = Result | Acked | Retry | Dead | Requeue | Noted

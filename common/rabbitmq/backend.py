@@ -36,6 +36,14 @@ from common.backend import Backend, Delivery
 from common.clock import SYSTEM_CLOCK, Clock
 from common.defaults import QueueType
 from common.errors import BrokerError, ConfigError, ConnectionLost, QueueMismatch
+from common.events import (
+    EVENTS_EXCHANGE,
+    WORKER_KINDS,
+    EventSink,
+    TaskEvent,
+    encode_event,
+    routing_key,
+)
 from common.rabbitmq import dlq, topology
 from common.rabbitmq.confirms import Meanwhile
 from common.rabbitmq.delivery import Handle, ReplyCheck, take, unless_gone
@@ -68,6 +76,47 @@ def _node(url: str, attempt_timeout: float) -> Node:
     params.connection_attempts = 1  # the retries are ours (`Reconnect`), over every node
     params.socket_timeout = attempt_timeout
     return Node(params, safe_url)
+
+
+def first_answering_link(url: str, name: str, attempt_timeout: float = 10.0) -> Link:
+    """An open link to the first node of `url` (one or several, comma-separated) that
+    answers; raises the last node's error if none does."""
+    error: BaseException | None = None
+    for one in split_urls(url):
+        node = _node(one, attempt_timeout)
+        link = Link(node.params, node.safe_url, name)
+        try:
+            link.open(attempt_timeout)
+        except RETRYABLE as exc:
+            error = exc
+            continue
+        return link
+    raise error or ConfigError("no AMQP URL given")
+
+
+class RabbitEventSink:
+    """Task events to `EVENTS_EXCHANGE`, on the worker's own connection (see `common.events`).
+
+    Every worker event (online, heartbeat, offline) is a probe: it clears the link's
+    `events_returned` flag as it goes, and the broker sets it again within milliseconds if
+    no queue was bound to take it. Task events are wanted while the flag is clear.
+    """
+
+    def __init__(self, backend: RabbitBackend) -> None:
+        self._backend = backend
+
+    @property
+    def wanted(self) -> bool:
+        return not self._backend._link.events_returned.is_set()
+
+    def send(self, events: Sequence[TaskEvent]) -> None:
+        link = self._backend._link  # read once: the worker's thread may replace it
+        if not link.alive:
+            return
+        if events[0].kind in WORKER_KINDS:
+            link.events_returned.clear()
+        with contextlib.suppress(BrokerError):
+            link.publish_events([(routing_key(e.queue, e.kind), encode_event(e)) for e in events])
 
 
 class RabbitBackend(Backend):
@@ -127,6 +176,8 @@ class RabbitBackend(Backend):
         self._attempt_timeout = attempt_timeout
         self._reconnect = Reconnect(wait_for_broker, max_reconnect_delay, clock, stop=stop)
         self._consuming = False
+        #: Whether this backend's links declare the events exchange (see `event_sink`).
+        self._events = False
         self._replies = ReplyCheck(self.names)
         self.reply_queue = self.names.new_replies() if want_results else None
         #: Results received and acked, not taken yet: kept across links, since they were
@@ -169,6 +220,8 @@ class RabbitBackend(Backend):
             if self.reply_queue:
                 link.declare(self.reply_queue, topology.reply_queue_arguments())
                 link.consume(self.reply_queue, tag=self.reply_queue, settle_on_arrival=True)
+            if self._events:
+                link.declare_exchange(EVENTS_EXCHANGE)
             if self._consuming:
                 link.consume(self.queue_name, prefetch=self.prefetch)
         except BaseException:
@@ -313,6 +366,15 @@ class RabbitBackend(Backend):
         if not self._consuming:
             self.start_consuming()
         return take(link, timeout, self._replies)
+
+    def event_sink(self) -> EventSink:
+        """Where a worker on this backend sends its task events (the exchange is declared
+        now, and again on each new connection: publishing to a missing one would close the
+        channel)."""
+        if not self._events:
+            self._events = True
+            self._link_now().declare_exchange(EVENTS_EXCHANGE)
+        return RabbitEventSink(self)
 
     @property
     def refused_replies(self) -> int:

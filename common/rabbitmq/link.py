@@ -39,6 +39,7 @@ import pika.exceptions
 from pika.spec import Basic, BasicProperties
 
 from common.errors import BrokerError
+from common.events import EVENTS_EXCHANGE
 from common.rabbitmq.confirms import Batch, ConfirmTracker, Meanwhile, publish_in_chunks
 from common.rabbitmq.connection import Connection
 from common.rabbitmq.errors import refused_declare
@@ -46,6 +47,9 @@ from common.rabbitmq.outbox import AckOp, NackOp, Outbox, OutboxOp, ResultOp
 from common.rabbitmq.topology import Message
 
 log = logging.getLogger("taskshuttle.rabbitmq")
+
+#: Task events: transient (never written to disk), JSON.
+_EVENT_PROPERTIES = BasicProperties(delivery_mode=1, content_type="application/json")
 
 
 class Declared(NamedTuple):
@@ -84,6 +88,9 @@ class Link(Connection):
         self._confirms = ConfirmTracker()
         self._outbox = Outbox()
         self._declared: set[str] = set()
+        #: Set by the I/O thread when the broker returns a task event as unroutable: nobody
+        #: listens (see `common.events`; whoever sends a probe clears it first).
+        self.events_returned = threading.Event()
 
     # -- any thread: operations that wait for the broker's answer -------------------------
     def declare(self, name: str, arguments: dict[str, Any] | None = None) -> Declared:
@@ -119,6 +126,17 @@ class Link(Connection):
         on_message = self._on_settled_message_io if settle_on_arrival else self._on_message_io
         self._call(functools.partial(self._consume_io, name, prefetch, tag, on_message))
 
+    def declare_exchange(self, name: str) -> None:
+        """Declare the transient topic exchange `name` (task events)."""
+        self._call(functools.partial(self._exchange_io, name))
+
+    def listen(self, exchange: str, keys: Sequence[str], backlog: int) -> str:
+        """Bind a new exclusive queue (at most `backlog` messages, the oldest dropped first)
+        to `exchange` with each routing key, and deliver what it gets to `inbox`, acked by
+        the broker as it sends it: a listener's messages are a view, never work. Returns
+        the queue's (server-made) name; it goes with the connection."""
+        return str(self._call(functools.partial(self._listen_io, exchange, list(keys), backlog)))
+
     def queue_length(self, name: str) -> int:
         """How many messages the queue `name` holds (it must exist)."""
         return int(self._call(functools.partial(self._count_io, [name])))
@@ -149,6 +167,11 @@ class Link(Connection):
         all went through); raises `PublishFailed` for a nacked or returned message.
         """
         return publish_in_chunks(messages, self._send_batch, timeout, self.safe_url, meanwhile)
+
+    def publish_events(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish task events (routing key, body) to `EVENTS_EXCHANGE`, ``mandatory``, and
+        wait for nothing: a return sets `events_returned`; a lost link drops them."""
+        self._post(functools.partial(self._publish_events_io, list(messages)))
 
     def _send_batch(self, batch: Batch) -> None:
         self._wait_on(batch.future)
@@ -302,6 +325,45 @@ class Link(Connection):
         self._channel.basic_publish("", routing_key, body, props, mandatory)
         self._confirms.published(batch, index, props.message_id)
 
+    def _publish_events_io(self, messages: list[tuple[str, bytes]]) -> None:
+        for key, body in messages:
+            self._channel.basic_publish(EVENTS_EXCHANGE, key, body, _EVENT_PROPERTIES, True)
+            self._confirms.published(None, 0, None)  # the channel confirms it: count its tag
+
+    def _exchange_io(self, name: str, future: Future[Any]) -> None:
+        self._channel.exchange_declare(
+            name, "topic", durable=False, callback=lambda _frame: future.set_result(None)
+        )
+
+    def _listen_io(self, exchange: str, keys: list[str], backlog: int, future: Future[Any]) -> None:
+        channel = self._channel
+
+        def on_message(_channel: Any, method: Any, props: BasicProperties, body: bytes) -> None:
+            self.inbox.put((method.delivery_tag, method.redelivered, props, body))
+
+        def bind(name: str, remaining: list[str]) -> None:
+            if remaining:
+                key, *rest = remaining
+                channel.queue_bind(name, exchange, key, callback=lambda _f: bind(name, rest))
+                return
+            channel.basic_consume(
+                name,
+                self._guard(on_message),
+                auto_ack=True,
+                callback=lambda _frame: future.set_result(name),
+            )
+
+        def declare_queue(_frame: Any) -> None:
+            channel.queue_declare(
+                "",
+                exclusive=True,
+                auto_delete=True,
+                arguments={"x-max-length": backlog},
+                callback=lambda frame: bind(frame.method.queue, keys),
+            )
+
+        channel.exchange_declare(exchange, "topic", durable=False, callback=declare_queue)
+
     def _publish_batch_io(self, batch: Batch) -> None:
         for index, message in enumerate(batch.messages):
             self._publish_io(message, batch, index, mandatory=True)
@@ -323,6 +385,9 @@ class Link(Connection):
         self._outbox.settle_on_arrival_io(channel, method.delivery_tag)
 
     def _on_return_io(self, channel: Any, method: Any, props: BasicProperties, body: bytes) -> None:
+        if method.exchange == EVENTS_EXCHANGE:
+            self.events_returned.set()
+            return
         self._confirms.returned(props.message_id)
 
     def _on_confirm_io(self, frame: Any) -> None:

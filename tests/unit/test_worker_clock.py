@@ -36,6 +36,9 @@ class ScriptedQueue:
         self.pending_calls += 1
         return 0
 
+    def event_sink(self) -> None:
+        return None
+
     def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
         self.settled.append(("ack", result))
 
