@@ -12,11 +12,13 @@ command runs: the workers and ``--help`` never load it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
+import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -25,6 +27,8 @@ from common import defaults, options
 from common.defaults import BackendName
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from common.settings import Settings
     from consumer.dashboard.state import Board
 
@@ -33,6 +37,7 @@ log = logging.getLogger("taskshuttle.dashboard")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 MISSING_EXTRA = "the dashboard needs its web server: pip install 'taskshuttle[dashboard]'"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: Seconds between two tries of an event listener that failed.
 LISTENER_RETRY = 3.0
 
@@ -121,6 +126,26 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server_class() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but a SIGINT or SIGTERM only stops it: uvicorn raises the
+        signal again once it has stopped, and the process would die of it, where a dashboard
+        stopped on purpose exits 0, as the consumer does. A second SIGINT still forces it."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 def serve(settings: Settings, host: str, port: int, management_url: str) -> None:
     """Connect, bind, print the URL, serve until SIGINT/SIGTERM."""
     import uvicorn
@@ -155,7 +180,7 @@ def serve(settings: Settings, host: str, port: int, management_url: str) -> None
     token = secrets.token_urlsafe(24)
     app = build_app(runtime, token, lambda: server.should_exit)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     runtime.start()
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
