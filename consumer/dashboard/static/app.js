@@ -102,7 +102,7 @@ function render(p) {
     cell(tr, w.pid, "num");
     cell(tr, w.ppid, "num");
     cell(tr, w.worker);
-    cell(tr, w.status + (w.status === "online" ? "" : ` (${w.quiet}s)`), "status");
+    cell(tr, w.status === "online" ? "online" : `${w.status}, last heard ${w.quiet}s ago`, "status");
     cell(tr, w.succeeded, "num");
     cell(tr, w.failed, "num");
     cell(tr, w.retried, "num");
