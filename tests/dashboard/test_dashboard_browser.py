@@ -91,6 +91,8 @@ def replays_one_by_one() -> bool:
 def test_the_page_shows_the_job_and_replays_a_dead_letter(
     page: Any, dashboard: Running, broker_url: str, queue_name: str, tmp_path: Path
 ) -> None:
+    from playwright.sync_api import expect
+
     page.goto(dashboard.url)
     shows(page, "#queue", queue_name)
     shows(page, "#events-status", "events: listening")
@@ -116,7 +118,9 @@ def test_the_page_shows_the_job_and_replays_a_dead_letter(
     assert "still-broken still exists" in letters.first.text_content()
     assert page.locator("#recent tr.fate-task-succeeded").count() == SUCCEEDING
     assert page.locator("#recent tr.fate-task-dead-lettered").count() == FAILING
-    # The workers came and went: each said what it did in its last word.
+    # The workers came and went: each said what it did in its last word (which may come
+    # after the other worker's last task event).
+    expect(page.locator("#workers tbody tr.status-offline")).to_have_count(2, timeout=SHOWN_WITHIN)
     shows(page, "#workers-count", "2")
     done_by_workers = page.locator("#workers tbody tr td:nth-child(6)").all_text_contents()
     assert sum(map(int, done_by_workers)) == SUCCEEDING
@@ -163,6 +167,4 @@ def test_the_page_shows_the_job_and_replays_a_dead_letter(
     consume(broker_url, queue_name)
     shows(page, "#tile-succeeded", str(SUCCEEDING + replayed))
     done = page.locator(f'#recent tr[data-task-id="{task_id}"] td.fate')
-    from playwright.sync_api import expect
-
     expect(done).to_have_text("succeeded", timeout=SHOWN_WITHIN)
