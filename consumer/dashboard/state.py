@@ -81,6 +81,7 @@ class WorkerView:
     worker: str
     queue: str
     last_seen: float  # the dashboard's clock
+    heard_at: float  # the worker's clock, at its last word
     online: bool = True
     succeeded: int = 0
     failed: int = 0
@@ -203,9 +204,9 @@ class Board:
         worker = self._workers.get(key)
         if worker is None:
             worker = self._workers[key] = WorkerView(
-                event.host, event.pid, event.ppid, event.worker, event.queue, now
+                event.host, event.pid, event.ppid, event.worker, event.queue, now, event.at
             )
-        worker.last_seen, worker.online = now, kind != OFFLINE
+        worker.last_seen, worker.heard_at, worker.online = now, event.at, kind != OFFLINE
         for name in ("succeeded", "failed", "retried"):
             value = getattr(event, name)
             if value is not None:

@@ -106,7 +106,9 @@ function render(p) {
     cell(tr, w.succeeded, "num");
     cell(tr, w.failed, "num");
     cell(tr, w.retried, "num");
-    const since = w.in_hand_since ? ` for ${Math.max(0, p.now - w.in_hand_since).toFixed(1)}s` : "";
+    // How long it had held the task when it said so (heartbeats come every 2 s).
+    const held = w.in_hand_since ? Math.max(0, w.heard_at - w.in_hand_since) : null;
+    const since = held === null ? "" : ` (${held.toFixed(1)}s at the last heartbeat)`;
     cell(tr, w.in_hand ? `${w.in_hand_kind || "?"} ${w.in_hand}${since}` : "idle", "id");
   });
 
