@@ -114,6 +114,9 @@ RECEIVED, STARTED, SUCCEEDED, FAILED = (
 RETRIED, DEAD_LETTERED = "task-retried", "task-dead-lettered"
 ONLINE, HEARTBEAT, OFFLINE = "worker-online", "worker-heartbeat", "worker-offline"
 
+#: The worker total each outcome adds to (a worker's `failed` counts its dead letters).
+_WORKER_TOTALS = {SUCCEEDED: "succeeded", DEAD_LETTERED: "failed", RETRIED: "retried"}
+
 
 def _percentile(ordered: list[float], fraction: float) -> float | None:
     if not ordered:
@@ -160,6 +163,7 @@ class Board:
                 self._worker_event(kind, event, now)
                 return
             self._count(kind, event, now)
+            self._credit(kind, event)
             if event.task_id is not None:
                 self._remember(kind, event)
 
@@ -180,6 +184,15 @@ class Board:
         if kind in (SUCCEEDED, FAILED) and event.duration is not None:
             self._durations.append((now, event.duration))
             self._row_durations.append(event.duration)
+
+    def _credit(self, kind: str, event: Event) -> None:
+        """Count a task's outcome in its worker's totals at once, not only at its next
+        heartbeat, which sets them again (it went out on the same connection as the task
+        events, so it counts those sent before it and none after)."""
+        field = _WORKER_TOTALS.get(kind)
+        worker = self._workers.get((event.host, event.pid))
+        if field is not None and worker is not None:
+            setattr(worker, field, getattr(worker, field) + 1)
 
     def _remember(self, kind: str, event: Event) -> None:
         assert event.task_id is not None

@@ -24,10 +24,13 @@ def event(kind: EventKind, pid: int = 10, **fields: Any) -> TaskEvent:
     )
 
 
-def run_task(board: Board, task_id: str, outcome: EventKind, duration: float, **extra: Any):
-    board.add(event(EventKind.RECEIVED, task_id=task_id, task_kind="echo", attempt=1))
-    board.add(event(EventKind.STARTED, task_id=task_id, task_kind="echo"))
-    board.add(event(outcome, task_id=task_id, task_kind="echo", duration=duration, **extra))
+def run_task(
+    board: Board, task_id: str, outcome: EventKind, duration: float, pid: int = 10, **extra: Any
+) -> None:
+    """A task's events, as a worker (`pid`) sends them."""
+    board.add(event(EventKind.RECEIVED, pid, task_id=task_id, task_kind="echo", attempt=1))
+    board.add(event(EventKind.STARTED, pid, task_id=task_id, task_kind="echo"))
+    board.add(event(outcome, pid, task_id=task_id, task_kind="echo", duration=duration, **extra))
 
 
 @pytest.mark.timeout(10)
@@ -104,11 +107,16 @@ def test_workers_come_from_heartbeats_go_silent_and_are_forgotten() -> None:
         1,
         "t9",
     )
+    # Between heartbeats, each outcome counts at once; the next heartbeat sets the totals.
+    run_task(board, "t10", EventKind.SUCCEEDED, duration=0.1, pid=7)
+    assert board.snapshot()["workers"][0]["succeeded"] == 5
+    board.add(event(EventKind.HEARTBEAT, pid=7, succeeded=5, failed=1, retried=2))
+    assert board.snapshot()["workers"][0]["succeeded"] == 5
     clock.now += SILENT_AFTER + 0.1
     assert board.snapshot()["workers"][0]["status"] == "silent"
-    board.add(event(EventKind.OFFLINE, pid=7, succeeded=5, failed=1, retried=2))
+    board.add(event(EventKind.OFFLINE, pid=7, succeeded=6, failed=1, retried=2))
     (worker,) = board.snapshot()["workers"]
-    assert (worker["status"], worker["succeeded"], worker["in_hand"]) == ("offline", 5, None)
+    assert (worker["status"], worker["succeeded"], worker["in_hand"]) == ("offline", 6, None)
     clock.now += FORGET_AFTER + 1
     assert board.snapshot()["workers"] == []
 
