@@ -13,6 +13,7 @@ command runs: the workers and ``--help`` never load it.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import secrets
 import signal
@@ -54,7 +55,11 @@ def dashboard(
     queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
     url: options.Url = defaults.DEFAULT_AMQP_URL,
     host: Annotated[
-        str, typer.Option(help="Address to listen on (anything but loopback: see the docs).")
+        str,
+        typer.Option(
+            help="Address to listen on; beyond loopback, others can reach the page "
+            "(the token still guards it, but travels unencrypted)."
+        ),
     ] = DEFAULT_HOST,
     port: Annotated[
         int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")
@@ -63,8 +68,8 @@ def dashboard(
         str,
         typer.Option(
             envvar="TASKSHUTTLE_MANAGEMENT_URL",
-            help="RabbitMQ's management API, for queue depths ('': count over AMQP only); "
-            "its credentials default to the broker URL's.",
+            help="RabbitMQ's management API, for the count of unacked messages, which AMQP "
+            "cannot tell ('': do without); its credentials default to the broker URL's.",
         ),
     ] = "http://127.0.0.1:15672",
 ) -> None:
@@ -184,6 +189,12 @@ def serve(settings: Settings, host: str, port: int, management_url: str) -> None
     runtime.start()
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    if not ipaddress.ip_address(bound_host).is_loopback:
+        log.warning(
+            "listening on %s: whoever can reach this port and learns the token (it travels "
+            "unencrypted over HTTP) can replay and purge dead letters",
+            bound_host,
+        )
     print(f"dashboard: http://{shown}:{bound_port}/?token={token}", flush=True)
     try:
         server.run(sockets=[sock])

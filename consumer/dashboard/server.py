@@ -90,9 +90,13 @@ class Dashboard:
 
     def _poll(self) -> None:
         while not self.stopping.is_set():
-            depths, why = self.depths.read()
-            self.board.tick(depths, self.depths.source, why)
-            self.desk.refresh()
+            try:
+                depths, why = self.depths.read()
+                self.board.tick(depths, self.depths.source, why)
+                self.desk.refresh()
+            except Exception as exc:  # a page that stops moving says nothing: keep going
+                log.exception("reading the queue failed")
+                self.board.tick(None, "none", f"{type(exc).__name__}: {exc}")
             self.stopping.wait(PERIOD)
 
     def picture(self) -> dict[str, Any]:
