@@ -168,3 +168,10 @@ def test_the_page_shows_the_job_and_replays_a_dead_letter(
     shows(page, "#tile-succeeded", str(SUCCEEDING + replayed))
     done = page.locator(f'#recent tr[data-task-id="{task_id}"] td.fate')
     expect(done).to_have_text("succeeded", timeout=SHOWN_WITHIN)
+
+    # What is left is purged from the page, once the user has said yes.
+    if replayed < FAILING and hasattr(RabbitBackend, "purge_dead_letters"):
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#purge").click()
+        shows(page, "#action-result", f"purged {FAILING - replayed} dead letter(s)")
+        shows(page, "#tile-dlq", "0")
