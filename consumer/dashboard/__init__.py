@@ -92,11 +92,8 @@ def listen_for_events(url: str, queue: str) -> Callable[[Board, threading.Event]
     board, until stopped; a listener that fails is opened again after `LISTENER_RETRY`."""
 
     def listen(board: Board, stopping: threading.Event) -> None:
-        try:
-            from common.events import EventListener
-        except ImportError:
-            board.events_status = "unavailable: this version's workers send no task events"
-            return
+        from common.events import EventListener
+
         while not stopping.is_set():
             try:
                 with EventListener(url, queue=queue) as listener:
@@ -127,8 +124,14 @@ def _bind(host: str, port: int) -> socket.socket:
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", param_hint="'--port'"
         ) from None
     sock.listen(128)
-    sock.set_inheritable(True)
     return sock
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a scoped IPv6 address (fe80::1%eth0) is no loopback one
+        return False
 
 
 def _server_class() -> type[uvicorn.Server]:
@@ -189,7 +192,7 @@ def serve(settings: Settings, host: str, port: int, management_url: str) -> None
     runtime.start()
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    if not ipaddress.ip_address(bound_host).is_loopback:
+    if not _is_loopback(bound_host):
         log.warning(
             "listening on %s: whoever can reach this port and learns the token (it travels "
             "unencrypted over HTTP) can replay and purge dead letters",

@@ -44,9 +44,10 @@ def chromium_path() -> str:
 
 @pytest.fixture
 def page() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright  # the test extra has it
+
     executable = chromium_path()
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 1000})
