@@ -17,7 +17,7 @@ import typer
 from common import defaults, options
 from common.cli import invalid, new_app, run_app, setup_logging
 from common.defaults import BackendName
-from consumer import admin, watch
+from consumer import admin, dashboard, watch
 
 if TYPE_CHECKING:
     from common.backend import Backend
@@ -32,6 +32,7 @@ app = new_app()
 app.command("purge")(admin.purge)
 app.add_typer(admin.dlq_app, name="dlq")
 watch.register(app)  # status, events
+dashboard.register(app)
 
 LOCAL_MESSAGE = (
     "the local backend's queue lives inside one process tree, so a separate consumer "
