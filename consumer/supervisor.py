@@ -27,7 +27,8 @@ from typing import Any, Protocol
 from common.backend import WorkerBackend
 from common.errors import TaskshuttleError
 from common.local import MP_CONTEXT
-from common.settings import LOG_FORMAT, Settings
+from common.logs import LogFormat, configure
+from common.settings import Settings
 from consumer.handlers import import_handlers, registry
 from consumer.inflight import InHand
 from consumer.restarts import (
@@ -105,8 +106,18 @@ class WorkerSpec:
     #: shared `multiprocessing.Lock` this way, as `multiprocessing.Pool`'s initializer does).
     initializer: Callable[..., object] | None = None
     init_args: tuple[Any, ...] = ()
-    #: The workers log at the level their parent was set to.
+    #: The workers log at the level their parent was set to, in its format.
     log_level: int = field(default_factory=lambda: logging.getLogger().getEffectiveLevel())
+    log_format: LogFormat = field(default_factory=lambda: _log_format())
+
+
+def _log_format() -> LogFormat:
+    """The format this process logs in (`common.logs.configure`): JSON or text."""
+    from common.logs import JsonFormatter
+
+    handlers = logging.getLogger().handlers
+    json = any(isinstance(h.formatter, JsonFormatter) for h in handlers)
+    return LogFormat.json if json else LogFormat.text
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -171,8 +182,10 @@ def worker_main(
         def is_set(self) -> bool:
             return stop.is_set() or stop_all.is_set()
 
-    logging.basicConfig(level=spec.log_level, format=LOG_FORMAT)
+    configure(spec.log_level, spec.log_format)
     logging.getLogger("pika").setLevel(logging.CRITICAL)
+    if in_hand is not None:
+        in_hand.started(os.getpid(), parent_pid)
     try:
         if spec.initializer is not None:
             spec.initializer(*spec.init_args)
@@ -284,8 +297,10 @@ class WorkerPool(WorkerSlots):
         process.join()  # reap: no zombie
         code = process.exitcode
         if code == 0 or self._stopping():
+            self.in_flight.retire(slot, replaced=False)
             self.in_flight.clear(slot)
             return
+        self.in_flight.retire(slot, replaced=code != EXIT_FATAL)
         self.deaths.append((process.pid or 0, code))
         if self.slots is not None:
             self.slots.on_death(slot)
@@ -313,6 +328,7 @@ class WorkerPool(WorkerSlots):
             process.kill()  # SIGKILL: a stuck handler cannot refuse it
         for slot, process in rest:
             process.join()
+            self.in_flight.retire(slot, replaced=False)
             self.in_flight.clear(slot)
         self.workers.clear()
         return cut

@@ -115,6 +115,9 @@ class Worker:
         self.stop = stop
         self.queue_name = queue_name
         self.processed = 0
+        self.succeeded = 0
+        self.retried = 0
+        self.dead_lettered = 0
         thread = threading.current_thread()
         self._name = multiprocessing.current_process().name
         if thread is not threading.main_thread():  # --pool thread: say which thread
@@ -154,6 +157,7 @@ class Worker:
             idle_since = None
             self.process(delivery)
             if self.in_flight is not None:
+                self.in_flight.count(self.succeeded, self.retried, self.dead_lettered)
                 self.in_flight.release()  # settled
 
     def process(self, delivery: Delivery) -> None:
@@ -189,7 +193,9 @@ class Worker:
             )
 
     def _run(self, delivery: Delivery, task: TaskEnvelope) -> None:
-        if self.in_flight and (killed := self.in_flight.take(task.id, delivery.redelivered)):
+        if self.in_flight and (
+            killed := self.in_flight.take(task.id, delivery.redelivered, task.kind)
+        ):
             error = f"killed {killed} workers"
             self._dead_letter(delivery, "killed-worker", error, task.attempt, task)
             return
@@ -219,6 +225,7 @@ class Worker:
         if not delivery.wants_result:
             self.backend.ack(delivery)
             self.processed += 1
+            self.succeeded += 1
             return
         result = self._result(task, delivery, TaskStatus.DONE, started_at, value=value)
         try:
@@ -228,6 +235,7 @@ class Worker:
             self._dead_letter(delivery, "bad-result", error, task.attempt, task, started_at)
             return
         self.processed += 1
+        self.succeeded += 1
 
     def _context(self, task: TaskEnvelope, delivery: Delivery) -> TaskContext:
         return TaskContext(
@@ -269,6 +277,8 @@ class Worker:
                     "task %s: could not settle it: %s: %s", in_hand.task.id, type(exc).__name__, exc
                 )
             finally:
+                if self.in_flight is not None:
+                    self.in_flight.count(self.succeeded, self.retried, self.dead_lettered)
                 self.on_timeout(self.backend)
             return
 
@@ -290,6 +300,7 @@ class Worker:
             )
             next_try = task.model_copy(update={"attempt": task.attempt + 1})
             self.backend.retry_later(delivery, next_try, delay)
+            self.retried += 1
             return
         self._dead_letter(delivery, "max-attempts", error, task.attempt, task, started_at)
 
@@ -323,6 +334,7 @@ class Worker:
             )
         self.backend.dead_letter(delivery, letter, result)
         self.processed += 1
+        self.dead_lettered += 1
 
     def _result(
         self,
