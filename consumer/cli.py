@@ -170,19 +170,22 @@ def supervise(
         if pool_kind is PoolKind.thread
         else WorkerPool(spec, settings.workers, max_deaths=settings.max_deaths)
     )
-    what = "threads" if pool_kind is PoolKind.thread else "processes"
+    what = "thread" if pool_kind is PoolKind.thread else "process"
+    if settings.workers != 1:
+        what = "threads" if pool_kind is PoolKind.thread else "processes"
     title = f"consumer · queue {settings.queue!r} · {settings.workers} worker {what}"
     try:
         with watching(pool, title, live=live), shutdown.stopping(pool):
             pool.start()
             pool.wait_ready(stop=shutdown.requested)
             if not shutdown.requested():
-                pids = ", ".join(map(str, pool.pids))
+                pids = pool.pids
                 status.info(
-                    "consumer started: %d worker %s (pids %s) consuming queue %r on %s",
+                    "consumer started: %d worker %s (%s %s) consuming queue %r on %s",
                     settings.workers,
                     what,
-                    pids,
+                    "pid" if len(pids) == 1 else "pids",
+                    ", ".join(map(str, pids)),
                     settings.queue,
                     settings.safe_url,
                 )
