@@ -158,13 +158,15 @@ def supervise(
     `live`: on a terminal, a table of the workers redrawn while they run (`consumer.live`),
     and the summary as a table; else the summary is log lines.
     """
-    from consumer.live import watching
+    from consumer.live import WorkerStderr, watching
     from consumer.shutdown import Shutdown, StoppedNow
     from consumer.supervisor import ThreadWorkers, WorkerPool, WorkerSpec
 
     shutdown = Shutdown(settings.shutdown_timeout)
     shutdown.install()
-    spec = WorkerSpec(settings, worker_options, modules)
+    # On a terminal, the worker processes' lines go above the live table, not through it.
+    stderr = WorkerStderr() if live and pool_kind is PoolKind.process else None
+    spec = WorkerSpec(settings, worker_options, modules, stderr=stderr and stderr.writer)
     pool: WorkerPool | ThreadWorkers = (
         ThreadWorkers(spec, settings.workers, max_deaths=settings.max_deaths)
         if pool_kind is PoolKind.thread
@@ -175,7 +177,7 @@ def supervise(
         what = "threads" if pool_kind is PoolKind.thread else "processes"
     title = f"consumer · queue {settings.queue!r} · {settings.workers} worker {what}"
     try:
-        with watching(pool, title, live=live), shutdown.stopping(pool):
+        with watching(pool, title, live=live, stderr=stderr), shutdown.stopping(pool):
             pool.start()
             pool.wait_ready(stop=shutdown.requested)
             if not shutdown.requested():

@@ -3,20 +3,26 @@
 Every figure comes from the in-flight registry's shared memory (`consumer.inflight`), where
 each worker counts what it does in place: drawing the table costs the workers nothing, and
 no message goes from a worker to the supervisor per task. On a terminal the table is redrawn
-twice a second (rich's ``Live``, on stdout; log lines print above it); piped, or with
-``--log-format json``, there is no table, and the summary is log lines.
+twice a second (rich's ``Live``, on stdout); log lines print above it, the worker
+processes' too: their stderr is a pipe that the supervisor reads and prints through the live
+display (`WorkerStderr`), else their lines would land in the middle of the table. Piped, or
+with ``--log-format json``, there is no table, and the summary is log lines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import select
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
+from common.local import MP_CONTEXT
 from consumer.inflight import InFlight, SlotFigures
 
 if TYPE_CHECKING:
@@ -187,14 +193,73 @@ def log_summary(in_flight: InFlight, log: logging.Logger) -> None:
     )
 
 
+class WorkerStderr:
+    """A pipe for the worker processes' stderr (`writer` crosses into each of them, which
+    puts it in place of its fd 2), and a thread that prints what comes, line by line, to
+    this process's `sys.stderr`: while the live table is drawn, rich's proxy, which prints
+    above the table.
+
+    A line up to the pipe's atomic size (4 KiB on Linux) is written in one piece, so the
+    lines of two workers never mix; a worker killed mid-line leaves half a line, shown as it is.
+    """
+
+    def __init__(self) -> None:
+        self._reader, self.writer = MP_CONTEXT.Pipe(duplex=False)  # an OS pipe, read raw
+        self._stop = threading.Event()
+        self._partial = b""
+        self._thread = threading.Thread(target=self._forward, name="worker-stderr", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Print what the workers wrote so far, then stop reading (the pipe stays open)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if self._partial:
+            self._print(self._partial + b"\n")
+
+    def close(self) -> None:
+        self._reader.close()
+        self.writer.close()
+
+    def _forward(self) -> None:
+        fd = self._reader.fileno()
+        while not self._stop.is_set():
+            if select.select([fd], [], [], 0.1)[0]:
+                self._read(fd)
+        while select.select([fd], [], [], 0)[0] and self._read(fd):  # what came before
+            pass
+
+    def _read(self, fd: int) -> bool:
+        data = os.read(fd, 65536)
+        if data:
+            self._print(self._partial + data)
+        return bool(data)
+
+    def _print(self, data: bytes) -> None:
+        *lines, self._partial = data.split(b"\n")
+        if lines:
+            sys.stderr.write("".join(line.decode(errors="replace") + "\n" for line in lines))
+            sys.stderr.flush()
+
+
 class LiveView:
     """The live table on the terminal while the block runs (rich's ``Live``, redrawn from
-    its own thread); cleared at the end, when the summary takes its place."""
+    its own thread); cleared at the end, when the summary takes its place. With `stderr`,
+    the workers' lines are printed above the table."""
 
-    def __init__(self, pool: Watched, title: str, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        pool: Watched,
+        title: str,
+        console: Console | None = None,
+        stderr: WorkerStderr | None = None,
+    ) -> None:
         from rich.console import Console
         from rich.live import Live
 
+        self._stderr = stderr
         self._in_flight = pool.in_flight
         self._title = title
         self._rates = Rates()
@@ -214,17 +279,23 @@ class LiveView:
 
     def __enter__(self) -> LiveView:
         self.live.start()
+        if self._stderr is not None:
+            self._stderr.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._stderr is not None:
+            self._stderr.stop()  # the workers' last lines above the table, before it goes
         self.live.stop()
 
 
 @contextlib.contextmanager
-def watching(pool: Watched, title: str, *, live: bool) -> Iterator[None]:
+def watching(
+    pool: Watched, title: str, *, live: bool, stderr: WorkerStderr | None = None
+) -> Iterator[None]:
     """The live table while the block runs, if `live`; else nothing."""
     if not live:
         yield
         return
-    with LiveView(pool, title):
+    with LiveView(pool, title, stderr=stderr):
         yield

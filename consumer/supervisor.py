@@ -109,6 +109,9 @@ class WorkerSpec:
     #: The workers log at the level their parent was set to, in its format.
     log_level: int = field(default_factory=lambda: logging.getLogger().getEffectiveLevel())
     log_format: LogFormat = field(default_factory=lambda: _log_format())
+    #: Where a worker process's stderr goes instead of its parent's (a writable
+    #: `multiprocessing.connection.Connection`, `consumer.live.WorkerStderr.writer`).
+    stderr: Any = field(default=None, repr=False)
 
 
 def _log_format() -> LogFormat:
@@ -167,6 +170,8 @@ def worker_main(
     in_hand: InHand | None = None,
 ) -> None:
     """Entry point of a worker process."""
+    if spec.stderr is not None:
+        os.dup2(spec.stderr.fileno(), sys.stderr.fileno())
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -306,20 +306,28 @@ def _in_a_terminal(*argv: str) -> Iterator[_Terminal]:
 def test_on_a_terminal_the_consumer_draws_a_live_table_then_a_summary(queue_name: str) -> None:
     with _in_a_terminal(*program("consumer", "--queue", queue_name, "--workers", "2")) as term:
         assert "consumer started" in term.read(60, until="consumer started")
-        produced = run(
-            "producer",
-            *("--backend", "rabbitmq", "--queue", queue_name, "--count", "20"),
-            *("--kind", "sleep", "--payload", '{"seconds": 0.05}', "--wait", "--json", "-q"),
-        )
-        assert produced.returncode == 0, produced.stderr
+        for kind, count, payload in (("sleep", "20", '{"seconds": 0.05}'), ("fail", "2", "{}")):
+            produced = run(
+                "producer",
+                *("--backend", "rabbitmq", "--queue", queue_name, "--count", count),
+                *("--kind", kind, "--payload", payload, "--max-attempts", "1"),
+                *("--wait", "--json", "-q"),
+            )
+            assert produced.returncode == 0, produced.stderr
         before = term.read(1.5)
         term.process.send_signal(signal.SIGINT)
         text = term.read(30, until="consumer stopped")
         assert term.process.wait(timeout=30) == 0, text
     assert before.count("task in hand") >= 2  # redrawn while it ran
-    assert re.search(r"all │\s+│\s+│\s+20 │\s+0 │\s+0 │\s+0 │ 0 of 2 busy", before), before[-3000:]
+    assert re.search(r"all │\s+│\s+│\s+20 │\s+2 │\s+0 │\s+0 │ 0 of 2 busy", before), before[-3000:]
     summary = text[text.index("what each worker did") :]
-    assert re.search(r"all │\s+│\s+│\s+20 │\s+0 │\s+0 │ 2 workers, 0 replaced", summary)
+    assert re.search(r"all │\s+│\s+│\s+20 │\s+2 │\s+0 │ 2 workers, 0 replaced", summary)
+    # The workers' own lines come above the table (after rich erased it to draw it again
+    # below them), never glued to a row of it.
+    line = rb"(?s)(.)\d{4}-\d\d-\d\d [\d:,]+ worker-\d WARNING dead-lettering"
+    worker_lines = re.findall(line, term.written)
+    assert len(worker_lines) == 2
+    assert set(worker_lines) <= {b"K", b"\n"}, worker_lines  # ESC [2K: the line erased
     assert "consumer stopped (on SIGINT)" in summary
 
 
