@@ -207,6 +207,49 @@ def test_the_supervisors_figures_equal_what_the_workers_did(
         pool.stop(timeout=10)
 
 
+@pytest.mark.broker
+def test_a_replaced_worker_keeps_its_slot_and_its_figures(broker_url: str, queue_name: str) -> None:
+    settings = load_settings(amqp_url=broker_url, queue=queue_name, workers=2)
+    pool = WorkerPool(WorkerSpec(settings, WorkerOptions()), 2)
+    pool.start()
+    try:
+        assert pool.wait_ready()
+        with RabbitBackend(broker_url, queue_name, want_results=True) as producer:
+            producer.publish([TaskEnvelope(kind="echo", payload={}) for _ in range(10)])
+            taken: list[TaskResult] = []
+
+            def all_back() -> bool:
+                while (result := producer.receive_result(0.05)) is not None:
+                    taken.append(result)
+                return len(taken) == 10
+
+            assert wait_until(all_back, timeout=30)
+        in_flight = pool.in_flight
+        assert wait_until(lambda: sum(in_flight.totals(s).succeeded for s in range(2)) == 10, 5)
+        before = in_flight.totals(0)
+        os.kill(before.pid or 0, signal.SIGKILL)
+
+        def replaced() -> bool:
+            pool.check(0.1)
+            return in_flight.figures(0).pid not in (None, before.pid)
+
+        assert wait_until(replaced, timeout=30)
+        assert in_flight.restarts == [1, 0]
+        assert [(f.pid, f.replaced) for f in in_flight.earlier] == [(before.pid, True)]
+        after = in_flight.totals(0)
+        assert (after.succeeded, after.pid) == (before.succeeded, in_flight.figures(0).pid)
+        row = next(
+            line
+            for line in _rendered(live_table(in_flight, Rates(), "t")).splitlines()
+            if f" {after.pid} " in line
+        )
+        assert re.search(
+            rf"0 │\s+{after.pid} │\s+\d+ │\s+{after.succeeded} │\s+0 │\s+0 │\s+1 │", row
+        )
+    finally:
+        pool.stop(timeout=10)
+
+
 # --- the consumer as a user runs it -----------------------------------------------------
 
 
