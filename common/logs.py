@@ -78,13 +78,14 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def configure(level: int | None, log_format: LogFormat = LogFormat.text) -> None:
     """Log to stderr at `level` (None: the default, with the status lines at INFO), as text
-    or JSON lines. Replaces whatever handler the root logger had, so it can run again."""
+    or JSON lines. Run again, it replaces its own handler (and leaves others alone: pytest's,
+    a program's that embeds the command)."""
     handler = StderrHandler()
     handler.setFormatter(
         JsonFormatter() if log_format is LogFormat.json else logging.Formatter(LOG_FORMAT)
     )
     root = logging.getLogger()
-    for old in root.handlers[:]:
+    for old in [h for h in root.handlers if isinstance(h, StderrHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(DEFAULT_LEVEL.number if level is None else level)

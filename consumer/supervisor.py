@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from common.backend import WorkerBackend
 from common.errors import TaskshuttleError
 from common.local import MP_CONTEXT
-from common.logs import LogFormat, configure
+from common.logs import JsonFormatter, LogFormat, configure
 from common.settings import Settings
 from consumer.handlers import import_handlers, registry
 from consumer.inflight import InHand
@@ -116,11 +116,9 @@ class WorkerSpec:
 
 def _log_format() -> LogFormat:
     """The format this process logs in (`common.logs.configure`): JSON or text."""
-    from common.logs import JsonFormatter
-
     handlers = logging.getLogger().handlers
-    json = any(isinstance(h.formatter, JsonFormatter) for h in handlers)
-    return LogFormat.json if json else LogFormat.text
+    as_json = any(isinstance(h.formatter, JsonFormatter) for h in handlers)
+    return LogFormat.json if as_json else LogFormat.text
 
 
 def _die_with_parent(parent_pid: int) -> None:
