@@ -98,6 +98,7 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     """A table on stdout, numbers to the right; with no column names, a label/value table."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_header=bool(columns))
     if columns:
@@ -107,8 +108,8 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     else:
         table.add_column(style="bold")
         table.add_column(justify="right")
-    for row in rows:
-        table.add_row(*(str(cell) for cell in row))
+    for row in rows:  # plain text: a worker's name or host is never read as rich's markup
+        table.add_row(*(Text(str(cell)) for cell in row))
     Console().print(table)
 
 

@@ -75,11 +75,13 @@ def _short(text: str, width: int) -> str:
 
 
 def live_table(in_flight: InFlight, rates: Rates, title: str, now: float | None = None) -> Table:
-    """The table the consumer redraws: a row per worker slot, then the totals."""
+    """The table the consumer redraws: a row per worker slot, then the totals. Task ids,
+    kinds and the title are shown as plain text, never read as rich's markup."""
     from rich.table import Table
+    from rich.text import Text
 
     now = time.monotonic() if now is None else now
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     for name in ("slot", "pid", "ppid", "done", "failed", "retried", "restarts"):
         table.add_column(name, justify="right")
     table.add_column("task in hand")
@@ -97,8 +99,8 @@ def live_table(in_flight: InFlight, rates: Rates, title: str, now: float | None 
             str(figures.dead_lettered),
             str(figures.retried),
             str(in_flight.restarts[figures.slot]),
-            _short(figures.task_id, 32) if figures.task_id else "-",
-            _short(figures.kind, 16) if figures.kind else "",
+            Text(_short(figures.task_id, 32) if figures.task_id else "-"),
+            Text(_short(figures.kind, 16) if figures.kind else ""),
             _seconds(running) if running is not None else "",
             f"{rates.rate(figures.slot, figures.settled, now):.1f}",
         )

@@ -28,8 +28,10 @@ WHO_EVERY = 0.5
 
 def who_table(workers: Iterable[tuple[WorkerKey, int]]) -> RenderableType:
     """The summary's "who did what" table, from (worker, tasks) pairs: a host column only
-    when the workers ran on more than one machine (or container)."""
+    when the workers ran on more than one machine (or container). Names and hosts come from
+    the results: plain text, never rich's markup."""
     from rich.table import Table
+    from rich.text import Text
 
     rows = sorted(workers)
     table = Table(title="who did what")
@@ -38,8 +40,8 @@ def who_table(workers: Iterable[tuple[WorkerKey, int]]) -> RenderableType:
     for column in ["host", *columns] if several_hosts else columns:
         table.add_column(column, justify="left" if column in ("host", "name") else "right")
     for (host, pid, ppid, name), tasks in rows:
-        cells = [str(pid), str(ppid), name, str(tasks)]
-        table.add_row(*([host, *cells] if several_hosts else cells))
+        cells = [Text(str(pid)), Text(str(ppid)), Text(name), Text(str(tasks))]
+        table.add_row(*([Text(host), *cells] if several_hosts else cells))
     return table
 
 

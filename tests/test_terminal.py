@@ -145,6 +145,15 @@ def test_the_live_table_shows_what_the_workers_wrote_in_shared_memory() -> None:
     assert re.search(r"all │\s+│\s+│\s+10 │\s+1 │\s+2 │ 3 workers, 1 replaced", summary)
 
 
+def test_task_ids_and_kinds_are_shown_as_text_not_markup() -> None:
+    in_flight = InFlight(1)
+    record = in_flight.record(0)
+    record.started(101, 100)
+    record.take("[bold]x[/]\x1b[2J", redelivered=False, kind="[/]")
+    text = _rendered(live_table(in_flight, Rates(), "queue '[/]'"))
+    assert "[bold]x[/]\\x1b[2J" in text and "│ [/]" in text and "queue '[/]'" in text
+
+
 def test_rates_are_tasks_per_second_over_the_window() -> None:
     rates = Rates(window=5.0)
     assert rates.rate(0, 0, now=100.0) == 0.0
