@@ -165,7 +165,8 @@ def supervise(
     shutdown = Shutdown(settings.shutdown_timeout)
     shutdown.install()
     # On a terminal, the worker processes' lines go above the live table, not through it.
-    stderr = WorkerStderr() if live and pool_kind is PoolKind.process else None
+    to_terminal = live and pool_kind is PoolKind.process and sys.stderr.isatty()
+    stderr = WorkerStderr() if to_terminal else None
     spec = WorkerSpec(settings, worker_options, modules, stderr=stderr and stderr.writer)
     pool: WorkerPool | ThreadWorkers = (
         ThreadWorkers(spec, settings.workers, max_deaths=settings.max_deaths)

@@ -272,6 +272,9 @@ class LiveView:
             get_renderable=self._render,
             refresh_per_second=REFRESH,
             transient=True,
+            # Log lines above the table only when they would land on this terminal anyway:
+            # a stderr sent to a file (``2>consumer.log``) stays there.
+            redirect_stderr=sys.stderr.isatty(),
         )
 
     def _render(self) -> Table:

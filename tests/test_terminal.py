@@ -18,6 +18,8 @@ import termios
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -330,16 +332,16 @@ class _Terminal:
 
 
 @contextlib.contextmanager
-def _in_a_terminal(*argv: str) -> Iterator[_Terminal]:
-    """Run a program in a pseudo-terminal 160 columns wide; killed, with its process
-    group, at the end if it still runs."""
+def _in_a_terminal(*argv: str, stderr: IO[bytes] | None = None) -> Iterator[_Terminal]:
+    """Run a program in a pseudo-terminal 160 columns wide (its stderr too, unless given);
+    killed, with its process group, at the end if it still runs."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
     process = subprocess.Popen(
         argv,
         stdin=follower,
         stdout=follower,
-        stderr=follower,
+        stderr=follower if stderr is None else stderr,
         cwd=ROOT,
         start_new_session=True,
         env={**os.environ, "TERM": "xterm-256color"},
@@ -381,6 +383,28 @@ def test_on_a_terminal_the_consumer_draws_a_live_table_then_a_summary(queue_name
     assert len(worker_lines) == 2
     assert set(worker_lines) <= {b"K", b"\n"}, worker_lines  # ESC [2K: the line erased
     assert "consumer stopped (on SIGINT)" in summary
+
+
+@pytest.mark.broker
+def test_a_stderr_sent_to_a_file_keeps_the_log_lines_beside_the_live_table(
+    queue_name: str, tmp_path: Path
+) -> None:
+    argv = program("consumer", "--queue", queue_name, "--workers", "1")
+    with (tmp_path / "consumer.log").open("w+b") as log, _in_a_terminal(*argv, stderr=log) as term:
+        assert wait_until(lambda: b"consumer started" in log_text(log), 60)
+        assert "task in hand" in term.read(1.5)
+        term.process.send_signal(signal.SIGINT)
+        text = term.read(30, until="what each worker did")
+        assert term.process.wait(timeout=30) == 0, text
+        logged = log_text(log).decode()
+    assert "consumer started" in logged and "consumer stopped (on SIGINT)" in logged
+    assert "consumer started" not in text and "consumer stopped" not in text
+    assert "what each worker did" in text
+
+
+def log_text(log: IO[bytes]) -> bytes:
+    log.seek(0)
+    return log.read()
 
 
 # --- the producer's live "who did what" ---------------------------------------------------
