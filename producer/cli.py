@@ -82,7 +82,12 @@ def main(
     collecting = local or wait
     with (
         _record_file(record) as record_to,
-        output.progress(count, collecting, show=not (quiet or as_json), who=local) as bar,
+        output.progress(
+            count,
+            collecting,
+            show=not (quiet or as_json),
+            who=local and log_format is LogFormat.text,  # json: lines for a machine to read
+        ) as bar,
     ):
         summary, error = _run(
             job, settings, local, wait, timeout, tuple(handlers or ()), bar, stop, record_to
