@@ -153,7 +153,7 @@ def summary_table(in_flight: InFlight, title: str = "what each worker did") -> T
             str(figures.succeeded),
             str(figures.dead_lettered),
             str(figures.retried),
-            "died, replaced" if figures.replaced else "stopped",
+            "replaced" if figures.replaced else "stopped",
         )
     total = _sum(workers)
     table.add_section()
@@ -182,7 +182,7 @@ def log_summary(in_flight: InFlight, log: logging.Logger) -> None:
             f.succeeded,
             f.dead_lettered,
             f.retried,
-            "; it died and was replaced" if f.replaced else "",
+            "; it died (or ran over --task-timeout) and was replaced" if f.replaced else "",
         )
     total = _sum(workers)
     log.info(
