@@ -14,8 +14,8 @@ from typing import Any, NoReturn
 
 import typer
 
-from common.defaults import LOG_FORMAT
 from common.errors import TaskshuttleError
+from common.logs import LogFormat, LogLevel, configure
 from common.options import typed_name
 
 
@@ -71,15 +71,15 @@ def invalid(flag: str) -> Iterator[None]:
         raise typer.BadParameter(str(exc), param_hint=repr(flag)) from None
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format=LOG_FORMAT,
-        stream=sys.stderr,
-    )
-    # pika logs every failed connection attempt at ERROR with a stack of detail; the
-    # project reports the same failure in one line, so pika speaks only when asked to.
-    logging.getLogger("pika").setLevel(logging.INFO if verbose else logging.CRITICAL)
+def setup_logging(
+    verbose: bool = False,
+    level: LogLevel | None = None,
+    log_format: LogFormat = LogFormat.text,
+) -> None:
+    """Logging on stderr as ``--log-level``, ``-v`` (INFO) and ``--log-format`` say: a level
+    given by name wins over ``-v``; neither leaves the default (`common.logs.configure`)."""
+    number = level.number if level is not None else logging.INFO if verbose else None
+    configure(number, log_format)
 
 
 def parse_json_object(text: str, flag: str) -> dict[str, Any]:
@@ -98,6 +98,7 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     """A table on stdout, numbers to the right; with no column names, a label/value table."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_header=bool(columns))
     if columns:
@@ -107,8 +108,8 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     else:
         table.add_column(style="bold")
         table.add_column(justify="right")
-    for row in rows:
-        table.add_row(*(str(cell) for cell in row))
+    for row in rows:  # plain text: a worker's name or host is never read as rich's markup
+        table.add_row(*(Text(str(cell)) for cell in row))
     Console().print(table)
 
 

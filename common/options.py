@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from common.defaults import ENVIRONMENT, BackendName, QueueType
+from common.logs import LogFormat, LogLevel
 
 if TYPE_CHECKING:
     from common.settings import Settings
@@ -103,7 +104,30 @@ Handlers = Annotated[
         "the current folder is searched too."
     ),
 ]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Log at INFO level (--log-level info).")
+]
+LogLevelOption = Annotated[
+    LogLevel | None,
+    typer.Option(
+        "--log-level",
+        envvar="TASKSHUTTLE_LOG_LEVEL",
+        case_sensitive=False,
+        help="Log at this level and above [default: warning, and the consumer's start, "
+        "stop and summary at info].",
+        show_default=False,
+    ),
+]
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="TASKSHUTTLE_LOG_FORMAT",
+        case_sensitive=False,
+        help="Log lines as text, or as JSON objects, one a line (time, level, logger, "
+        "message, pid); json also turns the consumer's live table off.",
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
@@ -17,15 +18,19 @@ import typer
 from common import defaults, options
 from common.cli import invalid, new_app, run_app, setup_logging
 from common.defaults import BackendName
+from common.logs import STATUS_LOGGER, LogFormat
 from consumer import admin, dashboard, watch
 
 if TYPE_CHECKING:
     from common.backend import Backend
     from common.settings import Settings
+    from consumer.live import Watched
     from consumer.supervisor import ThreadWorkers, WorkerPool
     from consumer.worker import WorkerOptions
 
 log = logging.getLogger("taskshuttle.consumer")
+#: Start, stop and the summary: shown at the default level (`common.logs`).
+status = logging.getLogger(STATUS_LOGGER)
 
 app = new_app()
 # The queue's admin commands (`consumer.admin`): purge, and the dead letters'.
@@ -83,11 +88,13 @@ def main(
         str, typer.Option(help="The address the metrics endpoint listens on.")
     ] = "127.0.0.1",
     verbose: options.Verbose = False,
+    log_level: options.LogLevelOption = None,
+    log_format: options.LogFormatOption = LogFormat.text,
     version: options.Version = False,
 ) -> None:
     """Consume tasks with N worker processes until SIGINT/SIGTERM (or, with --burst, until
-    the queue is empty)."""
-    setup_logging(verbose)
+    the queue is empty). On a terminal, a live table shows what each worker does."""
+    setup_logging(verbose, log_level, log_format)
     if ctx.invoked_subcommand is not None:
         return  # `dlq`, `purge`: they read --backend, --url and --queue from here or their own
     if backend is BackendName.local:
@@ -104,8 +111,9 @@ def main(
     _admin(settings, waits=True).close()  # a bad password or queue fails here, before any worker
     _warn_about_consumer_timeout(settings)
     worker_options = WorkerOptions.from_settings(settings, burst_idle=1.0 if burst else None)
+    live = sys.stdout.isatty() and log_format is LogFormat.text
     metrics = None if metrics_port is None else (metrics_host, metrics_port)
-    supervise(settings, worker_options, tuple(handlers or ()), pool, metrics)
+    supervise(settings, worker_options, tuple(handlers or ()), pool, live=live, metrics=metrics)
 
 
 def _admin(settings: Settings, *, waits: bool = False) -> Backend:
@@ -157,37 +165,81 @@ def supervise(
     worker_options: WorkerOptions,
     modules: tuple[str, ...],
     pool_kind: PoolKind = PoolKind.process,
+    *,
+    live: bool = False,
     metrics: tuple[str, int] | None = None,
 ) -> None:
     """Run the workers until a signal (or, with --burst, until they are done); then stop
-    them in two steps (`consumer.shutdown`)."""
-    from consumer.shutdown import Shutdown
+    them in two steps (`consumer.shutdown`), and say what each worker did.
+
+    `live`: on a terminal, a table of the workers redrawn while they run (`consumer.live`),
+    and the summary as a table; else the summary is log lines.
+    """
+    from consumer.live import WorkerStderr, watching
+    from consumer.shutdown import Shutdown, StoppedNow
     from consumer.supervisor import ThreadWorkers, WorkerPool, WorkerSpec
 
     shutdown = Shutdown(settings.shutdown_timeout)
     shutdown.install()
+    # On a terminal, the worker processes' lines go above the live table, not through it.
+    to_terminal = live and pool_kind is PoolKind.process and sys.stderr.isatty()
+    stderr = WorkerStderr() if to_terminal else None
     events_shown = logging.getLogger("taskshuttle.events").isEnabledFor(logging.INFO)
     spec = WorkerSpec(
-        settings, worker_options, modules, log_events=events_shown, metrics=metrics is not None
+        settings,
+        worker_options,
+        modules,
+        log_events=events_shown,
+        metrics=metrics is not None,
+        stderr=stderr and stderr.writer,
     )
     pool: WorkerPool | ThreadWorkers = (
         ThreadWorkers(spec, settings.workers, max_deaths=settings.max_deaths)
         if pool_kind is PoolKind.thread
         else WorkerPool(spec, settings.workers, max_deaths=settings.max_deaths)
     )
-    with _metrics_served(metrics, settings, pool), shutdown.stopping(pool):
-        pool.start()
-        pool.wait_ready(stop=shutdown.requested)
-        if not shutdown.requested():
-            log.warning(
-                "consuming %r on %s with %d worker %s (pids %s)",
-                settings.queue,
-                settings.safe_url,
-                settings.workers,
-                "threads" if pool_kind is PoolKind.thread else "processes",
-                pool.pids,
-            )
-        pool.wait_all(shutdown.requested)
+    what = "thread" if pool_kind is PoolKind.thread else "process"
+    if settings.workers != 1:
+        what = "threads" if pool_kind is PoolKind.thread else "processes"
+    title = f"consumer · queue {settings.queue!r} · {settings.workers} worker {what}"
+    try:
+        with (
+            _metrics_served(metrics, settings, pool),
+            watching(pool, title, live=live, stderr=stderr),
+            shutdown.stopping(pool),
+        ):
+            pool.start()
+            pool.wait_ready(stop=shutdown.requested)
+            if not shutdown.requested():
+                pids = pool.pids
+                status.info(
+                    "consumer started: %d worker %s (%s %s) consuming queue %r on %s",
+                    settings.workers,
+                    what,
+                    "pid" if len(pids) == 1 else "pids",
+                    ", ".join(map(str, pids)),
+                    settings.queue,
+                    settings.safe_url,
+                )
+            pool.wait_all(shutdown.requested)
+    except StoppedNow:
+        _report(pool, live)
+        raise
+    _report(pool, live)
+    why = f"on {shutdown.signals[0].name}" if shutdown.signals else "the queue is empty"
+    status.info("consumer stopped (%s): every worker finished its task in hand", why)
+
+
+def _report(pool: Watched, live: bool) -> None:
+    """What each worker did, once they all stopped: a table on a terminal, else log lines."""
+    from consumer import live as view
+
+    if not live:
+        view.log_summary(pool.in_flight, status)
+        return
+    from rich.console import Console
+
+    Console().print(view.summary_table(pool.in_flight))
 
 
 @contextlib.contextmanager

@@ -28,7 +28,8 @@ from common.backend import WorkerBackend
 from common.errors import TaskshuttleError
 from common.events import EventSink, LogSink
 from common.local import MP_CONTEXT
-from common.settings import LOG_FORMAT, Settings
+from common.logs import JsonFormatter, LogFormat, configure
+from common.settings import Settings
 from consumer.handlers import import_handlers, registry
 from consumer.inflight import InHand
 from consumer.restarts import (
@@ -106,13 +107,24 @@ class WorkerSpec:
     #: shared `multiprocessing.Lock` this way, as `multiprocessing.Pool`'s initializer does).
     initializer: Callable[..., object] | None = None
     init_args: tuple[Any, ...] = ()
-    #: The workers log at the level their parent was set to.
+    #: The workers log at the level their parent was set to, in its format.
     log_level: int = field(default_factory=lambda: logging.getLogger().getEffectiveLevel())
+    log_format: LogFormat = field(default_factory=lambda: _log_format())
     #: Each worker logs its tasks, a line per step (``consumer -v``). The local backend's
     #: workers send their task events to the parent, which logs them (see `common.factory`).
     log_events: bool = False
     #: Each worker counts its tasks for the supervisor's Prometheus endpoint (`consumer.metrics`).
     metrics: bool = False
+    #: Where a worker process's stderr goes instead of its parent's (a writable
+    #: `multiprocessing.connection.Connection`, `consumer.live.WorkerStderr.writer`).
+    stderr: Any = field(default=None, repr=False)
+
+
+def _log_format() -> LogFormat:
+    """The format this process logs in (`common.logs.configure`): JSON or text."""
+    handlers = logging.getLogger().handlers
+    as_json = any(isinstance(h.formatter, JsonFormatter) for h in handlers)
+    return LogFormat.json if as_json else LogFormat.text
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -173,6 +185,8 @@ def worker_main(
     in_hand: InHand | None = None,
 ) -> None:
     """Entry point of a worker process."""
+    if spec.stderr is not None:
+        os.dup2(spec.stderr.fileno(), sys.stderr.fileno())
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -188,8 +202,10 @@ def worker_main(
         def is_set(self) -> bool:
             return stop.is_set() or stop_all.is_set()
 
-    logging.basicConfig(level=spec.log_level, format=LOG_FORMAT)
+    configure(spec.log_level, spec.log_format)
     logging.getLogger("pika").setLevel(logging.CRITICAL)
+    if in_hand is not None:
+        in_hand.started(os.getpid(), parent_pid)
     try:
         if spec.initializer is not None:
             spec.initializer(*spec.init_args)
@@ -304,8 +320,10 @@ class WorkerPool(WorkerSlots):
         process.join()  # reap: no zombie
         code = process.exitcode
         if code == 0 or self._stopping():
+            self.in_flight.retire(slot, replaced=False)
             self.in_flight.clear(slot)
             return
+        self.in_flight.retire(slot, replaced=code != EXIT_FATAL)
         self.deaths.append((process.pid or 0, code))
         if self.slots is not None:
             self.slots.on_death(slot)
@@ -333,6 +351,7 @@ class WorkerPool(WorkerSlots):
             process.kill()  # SIGKILL: a stuck handler cannot refuse it
         for slot, process in rest:
             process.join()
+            self.in_flight.retire(slot, replaced=False)
             self.in_flight.clear(slot)
         self.workers.clear()
         return cut

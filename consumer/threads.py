@@ -68,6 +68,7 @@ class ThreadWorkers(WorkerSlots):
         from consumer.supervisor import event_sinks  # it imports this module
 
         spec, record = self.spec, self.in_flight.record(slot)
+        record.started(os.getpid(), os.getppid())
         try:
             worker = Worker(
                 backend,
@@ -120,8 +121,10 @@ class ThreadWorkers(WorkerSlots):
         self.threads.pop(slot).join()
         error = self._ended.pop(slot, None)
         if error is None or self._stopping():
+            self.in_flight.retire(slot, replaced=False)
             self.in_flight.clear(slot)
             return
+        self.in_flight.retire(slot, replaced=not is_fatal(error))
         self.deaths.append((os.getpid(), None))
         if is_fatal(error):
             raise error

@@ -167,6 +167,7 @@ class Worker:
             idle_since = None
             self.process(delivery)
             if self.in_flight is not None:
+                self.in_flight.count(self.succeeded, self.retried, self.dead_lettered)
                 self.in_flight.release()  # settled
 
     def process(self, delivery: Delivery) -> None:
@@ -211,7 +212,9 @@ class Worker:
             )
 
     def _run(self, delivery: Delivery, task: TaskEnvelope) -> None:
-        if self.in_flight and (killed := self.in_flight.take(task.id, delivery.redelivered)):
+        if self.in_flight and (
+            killed := self.in_flight.take(task.id, delivery.redelivered, task.kind)
+        ):
             error = f"killed {killed} workers"
             self._dead_letter(delivery, "killed-worker", error, task.attempt, task)
             return
@@ -317,6 +320,8 @@ class Worker:
                     "task %s: could not settle it: %s: %s", in_hand.task.id, type(exc).__name__, exc
                 )
             finally:
+                if self.in_flight is not None:
+                    self.in_flight.count(self.succeeded, self.retried, self.dead_lettered)
                 self.on_timeout(self.backend)
             return
 

@@ -15,6 +15,7 @@ import typer
 from common import defaults, options
 from common.cli import invalid, new_app, parse_json_object, run_app, setup_logging
 from common.defaults import BackendName
+from common.logs import LogFormat
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -65,11 +66,13 @@ def main(
     quiet: options.Quiet = False,
     as_json: options.Json = False,
     verbose: options.Verbose = False,
+    log_level: options.LogLevelOption = None,
+    log_format: options.LogFormatOption = LogFormat.text,
     version: options.Version = False,
 ) -> None:
     """Send COUNT tasks of KIND; with the local backend, also run the workers (--workers,
     --prefetch, --retry-delay, --task-timeout apply to those)."""
-    setup_logging(verbose)
+    setup_logging(verbose, log_level, log_format)
     job = _job(ctx, count, kind, payload, rate, timeout, handlers or [])
     local = backend is BackendName.local
     settings = options.settings_from(ctx, with_url=not local)  # --queue, --url, --workers...
@@ -79,7 +82,12 @@ def main(
     collecting = local or wait
     with (
         _record_file(record) as record_to,
-        output.progress(count, collecting, show=not (quiet or as_json)) as bar,
+        output.progress(
+            count,
+            collecting,
+            show=not (quiet or as_json),
+            who=local and log_format is LogFormat.text,  # json: lines for a machine to read
+        ) as bar,
     ):
         summary, error = _run(
             job, settings, local, wait, timeout, tuple(handlers or ()), bar, stop, record_to

@@ -6,22 +6,52 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from common.cli import fail, print_summary
 from producer import run
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
+
     from common.errors import BrokerError
+    from common.ledger import WorkerKey
+    from common.schemas import TaskResult
     from common.settings import Settings
+
+#: Seconds between two updates of the live "who did what" table.
+WHO_EVERY = 0.5
+
+
+def who_table(workers: Iterable[tuple[WorkerKey, int]]) -> RenderableType:
+    """The summary's "who did what" table, from (worker, tasks) pairs: a host column only
+    when the workers ran on more than one machine (or container). Names and hosts come from
+    the results: plain text, never rich's markup."""
+    from rich.table import Table
+    from rich.text import Text
+
+    rows = sorted(workers)
+    table = Table(title="who did what")
+    several_hosts = len({host for (host, _pid, _ppid, _name), _n in rows}) > 1
+    columns = ["worker pid", "ppid", "name", "tasks"]
+    for column in ["host", *columns] if several_hosts else columns:
+        table.add_column(column, justify="left" if column in ("host", "name") else "right")
+    for (host, pid, ppid, name), tasks in rows:
+        cells = [Text(str(pid)), Text(str(ppid)), Text(name), Text(str(tasks))]
+        table.add_row(*([Text(host), *cells] if several_hosts else cells))
+    return table
 
 
 class _Bar(run.Progress):
-    """A rich progress bar on stderr: one line for sent, one for done."""
+    """A rich progress bar on stderr: one line for sent, one for done; with `who`, the
+    "who did what" table under it, counted from the results as they come and redrawn
+    every `WHO_EVERY` seconds."""
 
-    def __init__(self, total: int, counting_results: bool) -> None:
-        from rich.console import Console
+    def __init__(self, total: int, counting_results: bool, who: bool = False) -> None:
+        from rich.console import Console, Group
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -30,7 +60,20 @@ class _Bar(run.Progress):
             TimeElapsedColumn,
         )
 
-        self._bar = Progress(
+        #: Tasks per worker, counted on the main thread; rich draws from its own thread,
+        #: so it reads `_shown`, a table built from a copy, replaced whole.
+        self._who: Counter[WorkerKey] | None = Counter() if who else None
+        self._shown: RenderableType | None = None
+        self._drawn_at = 0.0
+        parent = self
+
+        class _WithWho(Progress):
+            def get_renderable(self) -> RenderableType:
+                bars = super().get_renderable()
+                shown = parent._shown
+                return bars if shown is None else Group(bars, shown)
+
+        self._bar = _WithWho(
             TextColumn("{task.description:>5}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -51,19 +94,32 @@ class _Bar(run.Progress):
     def sent(self, n: int) -> None:
         self._bar.advance(self._sent, n)
 
+    def result(self, result: TaskResult) -> None:
+        if self._who is not None:
+            from common.ledger import worker_key
+
+            self._who[worker_key(result)] += 1
+
     def done(self, n: int) -> None:
         if self._done is not None:
             self._bar.advance(self._done, n)
+        now = time.monotonic()
+        if self._who and now - self._drawn_at >= WHO_EVERY:
+            self._shown = who_table(self._who.items())
+            self._drawn_at = now
 
 
 @contextlib.contextmanager
-def progress(total: int, counting_results: bool, *, show: bool) -> Iterator[run.Progress]:
+def progress(
+    total: int, counting_results: bool, *, show: bool, who: bool = False
+) -> Iterator[run.Progress]:
     """A progress bar while the job runs, drawn only on a terminal: piped or captured,
-    stderr gets errors and nothing else (rich would leave an empty line there)."""
+    stderr gets errors and nothing else (rich would leave an empty line there). With
+    `who` (the local backend), the "who did what" table under it, as the results come."""
     if not (show and sys.stderr.isatty()):
         yield run.Progress()
         return
-    with _Bar(total, counting_results) as bar:
+    with _Bar(total, counting_results, who=who and counting_results) as bar:
         yield bar
 
 

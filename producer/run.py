@@ -16,7 +16,7 @@ from common.errors import BrokerError, TaskshuttleError
 from common.factory import Role, open_backend
 from common.ledger import Ledger, Recorder, TaskNumbering
 from common.local import LocalBroker
-from common.schemas import TaskEnvelope, utcnow
+from common.schemas import TaskEnvelope, TaskResult, utcnow
 from common.settings import BackendName, Settings
 from consumer.supervisor import WorkerPool, WorkerSpec
 from consumer.worker import StopFlag, WorkerOptions
@@ -69,10 +69,14 @@ class JobFailed(TaskshuttleError):
 
 
 class Progress:
-    """What a run reports as it goes; the CLI draws a bar, tests pass nothing."""
+    """What a run reports as it goes; the CLI draws a bar (and, from each result, who did
+    what so far), tests pass nothing."""
 
     def sent(self, n: int) -> None:
         pass
+
+    def result(self, result: TaskResult) -> None:
+        """A result came (before `done` counts it with the others of its batch)."""
 
     def done(self, n: int) -> None:
         pass
@@ -154,6 +158,7 @@ def _publish_taking_results(
         results = backend.arrived_results()
         for result in results:
             ledger.record_result(result)
+            progress.result(result)
         if results:
             progress.done(len(results))
 
@@ -167,6 +172,7 @@ def _take_results(
     taken = 0
     while result is not None:
         ledger.record_result(result)
+        progress.result(result)
         taken += 1
         result = backend.receive_result(0)
     if taken:

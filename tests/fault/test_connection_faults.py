@@ -62,7 +62,7 @@ def _producer(url: str, *args: str) -> list[str]:
 
 
 def _worker_pids(consumer: subprocess.Popen[str]) -> list[int]:
-    found = re.search(r"\(pids \[([\d, ]+)\]\)", output_of(consumer)[1])
+    found = re.search(r"\(pids? ([\d, ]+)\)", output_of(consumer)[1])
     assert found, output_of(consumer)[1]
     return [int(pid) for pid in found.group(1).split(",")]
 

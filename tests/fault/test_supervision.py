@@ -30,7 +30,7 @@ def _results(producer: RabbitBackend, count: int, timeout: float) -> list[TaskRe
 
 def _worker_pids(consumer: subprocess.Popen[str]) -> list[int]:
     """The worker pids the consumer announced when its workers were ready."""
-    found = re.search(r"\(pids \[([\d, ]+)\]\)", output_of(consumer)[1])
+    found = re.search(r"\(pids? ([\d, ]+)\)", output_of(consumer)[1])
     assert found, output_of(consumer)[1]
     return [int(pid) for pid in found.group(1).split(",")]
 
