@@ -59,8 +59,8 @@ def _json_lines(text: str) -> list[dict[str, object]]:
 
 
 def _failing_local_run(*flags: str) -> subprocess.CompletedProcess[str]:
-    """Two tasks that fail: each is retried once (INFO), then dead-lettered (WARNING), by
-    the producer's own worker processes."""
+    """Two tasks that fail: each is retried once (an INFO task event), then dead-lettered
+    (WARNING), by the producer's own worker processes."""
     return run(
         "producer",
         *("--count", "2", "--kind", "fail", "--max-attempts", "2", "--retry-delay", "0.01"),
@@ -89,8 +89,10 @@ def test_log_level_filters_and_v_is_info() -> None:
     assert levels("--log-level", "error") == Counter()
     assert levels("--log-level", "warning") == Counter({"WARNING": 2})
     assert levels() == Counter({"WARNING": 2})  # the default
-    assert levels("--log-level", "info")["INFO"] == 2  # the two retries
-    assert levels("-v")["INFO"] == 2
+    # INFO: the task events the parent logs for its worker: online, then for each task
+    # "received", "retry in", "received" again (its dead letter is the worker's WARNING), offline
+    assert levels("--log-level", "info")["INFO"] == 8
+    assert levels("-v")["INFO"] == 8
 
 
 def test_text_is_the_default_log_format() -> None:
