@@ -17,9 +17,12 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from common.errors import TaskshuttleError
+from common.logs import STATUS_LOGGER
 from consumer.restarts import Cut
 
 log = logging.getLogger("taskshuttle.consumer")
+#: The shutdown's own steps: INFO, shown at the default level (`common.logs`).
+status = logging.getLogger(STATUS_LOGGER)
 
 
 class StoppedNow(TaskshuttleError):
@@ -73,7 +76,7 @@ class Shutdown:
         """Warm, then (at the second signal or the timeout) cold: `StoppedNow` if any
         worker had to be killed."""
         if self.signals:
-            log.warning(
+            status.info(
                 "%s: finishing %s in hand; press Ctrl-C again to stop now",
                 self.signals[0].name,
                 _count(pool.in_hand(), "task"),
