@@ -257,7 +257,7 @@ def _metrics_served(
     server = MetricsServer(*metrics)
     collector = SupervisorCollector(
         settings,
-        in_hand=lambda: sum(pool.in_flight.held(slot) is not None for slot in range(pool.count)),
+        in_hand=pool.in_flight.in_hand,  # reads no task id: a worker may be writing one
         restarts=lambda: len(pool.deaths),
     )
     try:

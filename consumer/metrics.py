@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from common.errors import BrokerError
+from common.errors import TaskshuttleError
 from common.events import EventKind, TaskEvent
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class SupervisorCollector:
 
                 self._admin = open_backend(self.settings, Role.ADMIN)
             return dict(self._admin.depths())
-        except BrokerError as exc:
+        except TaskshuttleError as exc:  # a scrape gets what is known, never a 500
             log.warning("metrics: queue depths unknown: %s", exc)
             self.close()
             return None

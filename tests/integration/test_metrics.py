@@ -117,8 +117,10 @@ def test_scraped_figures_equal_what_the_workers_did(
                 _value(after, "taskshuttle_tasks_total", queue=q, kind="echo", outcome="succeeded")
                 == 20
             )
-    finally:
-        code, _, err = stop(consumer)
+    except BaseException:
+        print(stop(consumer)[2])  # the consumer's own words (a scrape's error is logged there)
+        raise
+    code, _, err = stop(consumer)
     assert code == 0, err
     assert not _port_answers(port), "the metrics endpoint outlived the consumer"
 
