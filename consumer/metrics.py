@@ -30,8 +30,10 @@ import functools
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -161,6 +163,27 @@ class SupervisorCollector:
             self._admin = None
 
 
+class _WorkersFiles:
+    """The workers' files, read again when one is being made at that very moment:
+    `prometheus_client` creates a file before it gives it its size, and a scrape that opens
+    it in between fails (``struct.error``) instead of skipping it."""
+
+    def __init__(self, files: Any) -> None:
+        self._files = files
+
+    def collect(self) -> list[Any]:
+        for _ in range(_READS - 1):
+            try:
+                return list(self._files.collect())
+            except struct.error:
+                time.sleep(0.01)
+        return list(self._files.collect())
+
+
+#: Tries at reading the workers' files in one scrape.
+_READS = 5
+
+
 class MetricsServer:
     """The supervisor's side: the directory the workers count in, and the HTTP endpoint."""
 
@@ -177,7 +200,7 @@ class MetricsServer:
         from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=self.directory)
+        registry.register(_WorkersFiles(multiprocess.MultiProcessCollector(None, self.directory)))
         registry.register(collector)
         self._collector = collector
         self._server, _thread = start_http_server(self.port, addr=self.host, registry=registry)
