@@ -9,8 +9,9 @@ Everything here is bounded: the charts keep `history` rows, the recent tasks `re
 entries, the latency window `LATENCY_WINDOW` seconds of durations (at most
 `MAX_DURATIONS`), and a worker is forgotten `FORGET_AFTER` seconds after it went quiet.
 
-An event is read by attribute only (`kind`, `task_id`...), so a test can feed objects of
-its own; `kind` is compared by value (``"task-succeeded"``), as sent on the wire.
+An event (`common.events.TaskEvent`) is read by attribute only (`kind`, `task_id`...), so a
+test can feed objects of its own; `kind` is compared by value (``"task-succeeded"``), as sent
+on the wire.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
-#: How often workers send a heartbeat (common.events.HEARTBEAT_INTERVAL).
-HEARTBEAT_INTERVAL = 2.0
+from common.events import HEARTBEAT_INTERVAL, TaskEvent
+
 #: A worker with no heartbeat for this long is shown as silent (it may be dead or stuck).
 SILENT_AFTER = 3 * HEARTBEAT_INTERVAL
 #: A silent or offline worker is dropped from the table this long after its last word.
@@ -36,30 +37,6 @@ MAX_DURATIONS = 20_000
 THROUGHPUT_WINDOW = 10.0
 #: Characters of an error kept per task (errors may be long tracebacks).
 ERROR_CHARS = 300
-
-
-class Event(Protocol):
-    """The fields of `common.events.TaskEvent` the board reads."""
-
-    kind: Any
-    at: float
-    queue: str
-    host: str
-    pid: int
-    ppid: int
-    worker: str
-    task_id: str | None
-    task_kind: str | None
-    attempt: int | None
-    duration: float | None
-    error: str | None
-    reason: str | None
-    succeeded: int | None
-    failed: int | None
-    retried: int | None
-    in_hand: str | None
-    in_hand_kind: str | None
-    in_hand_since: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +132,7 @@ class Board:
         self.events_status = "starting"
 
     # -- input ---------------------------------------------------------------------------
-    def add(self, event: Event) -> None:
+    def add(self, event: TaskEvent) -> None:
         kind = str(event.kind)
         now = self._clock()
         with self._lock:
@@ -167,7 +144,7 @@ class Board:
             if event.task_id is not None:
                 self._remember(kind, event)
 
-    def _count(self, kind: str, event: Event, now: float) -> None:
+    def _count(self, kind: str, event: TaskEvent, now: float) -> None:
         if kind == RECEIVED:
             self.totals["received"] += 1
         elif kind == SUCCEEDED:
@@ -185,7 +162,7 @@ class Board:
             self._durations.append((now, event.duration))
             self._row_durations.append(event.duration)
 
-    def _credit(self, kind: str, event: Event) -> None:
+    def _credit(self, kind: str, event: TaskEvent) -> None:
         """Count a task's outcome in its worker's totals at once, not only at its next
         heartbeat, which sets them again (it went out on the same connection as the task
         events, so it counts those sent before it and none after)."""
@@ -194,7 +171,7 @@ class Board:
         if field is not None and worker is not None:
             setattr(worker, field, getattr(worker, field) + 1)
 
-    def _remember(self, kind: str, event: Event) -> None:
+    def _remember(self, kind: str, event: TaskEvent) -> None:
         assert event.task_id is not None
         task = self._recent.pop(event.task_id, None)
         if task is None:
@@ -212,7 +189,7 @@ class Board:
         while len(self._recent) > self._recent_size:
             self._recent.popitem(last=False)
 
-    def _worker_event(self, kind: str, event: Event, now: float) -> None:
+    def _worker_event(self, kind: str, event: TaskEvent, now: float) -> None:
         key = (event.host, event.pid)
         worker = self._workers.get(key)
         if worker is None:
