@@ -4,16 +4,11 @@ Listing a DLQ takes its letters with ``basic.get`` and gives them back (`iter_de
 each listing is a delivery of every letter listed, so the list is read again only when the
 DLQ's length changes or after an action, not on every tick. Listing and actions hold one
 lock: a replay never runs while a listing holds letters back.
-
-Replaying one letter and purging need `RabbitBackend.replay_dead_letters(task_id=...)` and
-`purge_dead_letters()`; on a version without them the page says so (`abilities`) and the
-server answers 501.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -32,17 +27,6 @@ LISTED = 50
 ERROR_CHARS = 300
 
 
-class Unsupported(Exception):
-    """The backend of this version cannot do that (see the module's docstring)."""
-
-
-def _takes(method: Callable[..., Any], parameter: str) -> bool:
-    try:
-        return parameter in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class LetterDesk:
     """The DLQ of one work queue: its length, its oldest letters, replay and purge.
 
@@ -58,10 +42,6 @@ class LetterDesk:
         self.count: int | None = None
         self.letters: list[dict[str, Any]] = []
         self.error: str | None = None
-        self.abilities = {
-            "replay_one": _takes(self._admin.replay_dead_letters, "task_id"),
-            "purge": hasattr(self._admin, "purge_dead_letters"),
-        }
 
     def _backend(self) -> RabbitBackend:
         if self._admin is None:
@@ -101,21 +81,11 @@ class LetterDesk:
 
     def replay(self, task_id: str | None = None) -> int:
         """Move the dead letters (or the one of `task_id`) back to the work queue."""
-        if task_id is not None and not self.abilities["replay_one"]:
-            raise Unsupported("this version can only replay every dead letter")
-        return self._act(
-            lambda admin: (
-                admin.replay_dead_letters()
-                if task_id is None
-                else admin.replay_dead_letters(task_id=task_id)
-            )  # type: ignore[call-arg]
-        )
+        return self._act(lambda admin: admin.replay_dead_letters(task_id=task_id))
 
     def purge(self) -> int:
         """Delete every dead letter; how many."""
-        if not self.abilities["purge"]:
-            raise Unsupported("this version cannot purge the DLQ")
-        return self._act(lambda admin: admin.purge_dead_letters())  # type: ignore[attr-defined]
+        return self._act(lambda admin: admin.purge_dead_letters())
 
     def _act(self, action: Callable[[RabbitBackend], int]) -> int:
         with self._lock:
@@ -133,7 +103,6 @@ class LetterDesk:
             "count": self.count,
             "letters": list(self.letters),
             "error": self.error,
-            "abilities": dict(self.abilities),
             "listed": LISTED,
         }
 

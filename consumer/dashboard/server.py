@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 
 from common.errors import TaskshuttleError
 from consumer.dashboard.depths import DepthReader
-from consumer.dashboard.letters import LetterDesk, Unsupported
+from consumer.dashboard.letters import LetterDesk
 from consumer.dashboard.state import Board
 
 log = logging.getLogger("taskshuttle.dashboard")
@@ -215,7 +215,5 @@ async def _act(action: Callable[[], dict[str, int]]) -> Response:
 
     try:
         return JSONResponse(await run_in_threadpool(action))
-    except Unsupported as exc:
-        return JSONResponse({"error": str(exc)}, status_code=501)
     except TaskshuttleError as exc:
         return JSONResponse({"error": str(exc)}, status_code=502)

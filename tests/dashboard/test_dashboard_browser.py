@@ -9,7 +9,6 @@ the finished job, to FILE (docs/dashboard.png was made so).
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from common.rabbitmq import RabbitBackend
 from tests.conftest import IN_CI
 from tests.dashboard.conftest import Running
 from tests.helpers import run
@@ -81,11 +79,6 @@ def publish(broker_url: str, queue_name: str, kind: str, count: int, payload: st
         *("--kind", kind, "--count", str(count), "--payload", payload, "--max-attempts", "2"),
     )
     assert sent.returncode == 0, sent.stderr
-
-
-def replays_one_by_one() -> bool:
-    """Whether this version's backend replays a single dead letter (by task id)."""
-    return "task_id" in inspect.signature(RabbitBackend.replay_dead_letters).parameters
 
 
 @pytest.mark.timeout(180)
@@ -154,25 +147,17 @@ def test_the_page_shows_the_job_and_replays_a_dead_letter(
 
     # The handler is fixed; a dead letter is replayed from the page and done.
     flag.unlink()
-    if replays_one_by_one():
-        task_id = letters.first.get_attribute("data-task-id")
-        letters.first.locator("button.replay").click()
-        shows(page, "#action-result", "replayed 1 dead letter(s)")
-        replayed = 1
-    else:  # this version replays them all at once
-        task_id = letters.first.get_attribute("data-task-id")
-        page.locator("#replay-all").click()
-        shows(page, "#action-result", f"replayed {FAILING} dead letter(s)")
-        replayed = FAILING
-    shows(page, "#tile-dlq", str(FAILING - replayed))
+    task_id = letters.first.get_attribute("data-task-id")
+    letters.first.locator("button.replay").click()
+    shows(page, "#action-result", "replayed 1 dead letter(s)")
+    shows(page, "#tile-dlq", str(FAILING - 1))
     consume(broker_url, queue_name)
-    shows(page, "#tile-succeeded", str(SUCCEEDING + replayed))
+    shows(page, "#tile-succeeded", str(SUCCEEDING + 1))
     done = page.locator(f'#recent tr[data-task-id="{task_id}"] td.fate')
     expect(done).to_have_text("succeeded", timeout=SHOWN_WITHIN)
 
     # What is left is purged from the page, once the user has said yes.
-    if replayed < FAILING and hasattr(RabbitBackend, "purge_dead_letters"):
-        page.once("dialog", lambda dialog: dialog.accept())
-        page.locator("#purge").click()
-        shows(page, "#action-result", f"purged {FAILING - replayed} dead letter(s)")
-        shows(page, "#tile-dlq", "0")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#purge").click()
+    shows(page, "#action-result", f"purged {FAILING - 1} dead letter(s)")
+    shows(page, "#tile-dlq", "0")

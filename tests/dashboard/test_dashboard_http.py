@@ -70,20 +70,13 @@ def test_state_changing_requests_need_the_token_and_the_own_origin(
 
 
 @pytest.mark.timeout(90)
-def test_purge_empties_the_dlq_or_says_this_version_cannot(
-    dashboard: Running, broker_url: str, queue_name: str
-) -> None:
+def test_purge_empties_the_dlq(dashboard: Running, broker_url: str, queue_name: str) -> None:
     make_dead_letters(broker_url, queue_name, 1)
     dashboard.wait_for("the dead letter", lambda s: s["dlq"]["count"] == 1)
     headers = {TOKEN_HEADER: dashboard.token, "Origin": dashboard.origin}
     status, body = request(f"{dashboard.base}api/dlq/purge", method="POST", headers=headers)
-    if hasattr(RabbitBackend, "purge_dead_letters"):
-        assert (status, body) == (200, {"purged": 1})
-        assert dead_letters_in(broker_url, queue_name) == 0
-    else:
-        assert status == 501, body
-        assert dead_letters_in(broker_url, queue_name) == 1
-        assert dashboard.state()["dlq"]["abilities"]["purge"] is False
+    assert (status, body) == (200, {"purged": 1})
+    assert dead_letters_in(broker_url, queue_name) == 0
 
 
 @pytest.mark.timeout(60)

@@ -4,7 +4,6 @@
 
 const token = new URLSearchParams(location.search).get("token") || "";
 const $ = (id) => document.getElementById(id);
-let abilities = { replay_one: false, purge: false };
 
 function text(id, value) {
   $(id).textContent = value === null || value === undefined ? "-" : String(value);
@@ -128,14 +127,11 @@ function render(p) {
 }
 
 function renderLetters(dlq) {
-  abilities = dlq.abilities;
   text("dlq-count", dlq.count);
   $("replay-all").disabled = !dlq.count;
-  $("purge").disabled = !dlq.count || !abilities.purge;
-  $("purge").title = abilities.purge ? "" : "this version cannot purge the DLQ";
+  $("purge").disabled = !dlq.count;
   const notes = [];
   if (dlq.count > dlq.letters.length) notes.push(`the oldest ${dlq.letters.length} of ${dlq.count} shown`);
-  if (!abilities.replay_one) notes.push("this version replays all dead letters at once, not one by one");
   if (dlq.error) notes.push("error: " + dlq.error);
   text("dlq-note", notes.join("; "));
   fill("dlq", dlq.letters, (tr, letter) => {
@@ -146,7 +142,7 @@ function renderLetters(dlq) {
     cell(tr, letter.when);
     cell(tr, letter.error, "why").title = letter.error;
     const td = cell(tr, "");
-    if (abilities.replay_one && letter.task_id) {
+    if (letter.task_id) {
       const button = document.createElement("button");
       button.type = "button";
       button.className = "replay";
