@@ -219,6 +219,14 @@ def settings_from(ctx: typer.Context, *, with_url: bool = True) -> Settings:
         raise bad_value(ctx, names[str(error["loc"][0])], describe_error(error)) from None
 
 
+def rabbitmq_settings(ctx: typer.Context, refusal: str) -> Settings:
+    """`settings_from(ctx)` for a command only a broker can serve: ``--backend local``
+    (given before the command or after it) is refused with `refusal`."""
+    if given(ctx, "backend")[1] is BackendName.local:
+        raise bad_value(ctx, "backend", refusal)
+    return settings_from(ctx)
+
+
 def _source(ctx: typer.Context, name: str) -> str | None:
     source = ctx.get_parameter_source(name)
     return source.name if source is not None else None

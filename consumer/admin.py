@@ -42,11 +42,7 @@ Reason = Annotated[
 
 def _settings(ctx: typer.Context) -> Settings:
     """Settings from --backend, --url and --queue, given before the command or after it."""
-    if options.given(ctx, "backend")[1] is BackendName.local:
-        raise options.bad_value(
-            ctx, "backend", "the local backend's queues live in `producer` itself"
-        )
-    return options.settings_from(ctx)
+    return options.rabbitmq_settings(ctx, "the local backend's queues live in `producer` itself")
 
 
 def _backend(settings: Settings) -> RabbitBackend:

@@ -74,11 +74,9 @@ def dashboard(
     ] = "http://127.0.0.1:15672",
 ) -> None:
     """Serve a live web dashboard of the queue; prints its URL, with the token it needs."""
-    if options.given(ctx, "backend")[1] is BackendName.local:
-        raise options.bad_value(
-            ctx, "backend", "the local backend's queue lives inside the producer's processes"
-        )
-    settings = options.settings_from(ctx)
+    settings = options.rabbitmq_settings(
+        ctx, "the local backend's queue lives inside the producer's processes"
+    )
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401

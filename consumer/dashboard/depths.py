@@ -11,21 +11,16 @@ so a broker without the plugin costs one failed request now and then, not one a 
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import logging
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import replace
 from typing import Any
 
 from common.defaults import QueueType
 from common.errors import TaskshuttleError
-from common.settings import redact_url, split_urls
 from consumer.dashboard.state import Depths
 
 log = logging.getLogger("taskshuttle.dashboard")
@@ -41,33 +36,15 @@ class DepthError(Exception):
     """The depths could not be read from one source (the message says why, no password)."""
 
 
-def _amqp_parts(amqp_url: str) -> tuple[str, str, str]:
-    """User, password and virtual host of the first broker URL (RabbitMQ's defaults when
-    absent: guest, guest, ``/``)."""
-    parts = urllib.parse.urlsplit(split_urls(amqp_url)[0])
-    user = urllib.parse.unquote(parts.username or "guest")
-    password = urllib.parse.unquote(parts.password or "guest")
-    vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return user, password, vhost
-
-
 class ManagementDepths:
-    """Depths from RabbitMQ's management HTTP API; credentials from `management_url`'s own
-    user info, else from the AMQP URL's (the same user usually may use both)."""
+    """Depths from RabbitMQ's management HTTP API (`common.status.Management`: credentials
+    from `management_url`'s own user info, else from the AMQP URL's)."""
 
     def __init__(self, management_url: str, amqp_url: str, queue: str) -> None:
-        parts = urllib.parse.urlsplit(management_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {redact_url(management_url)!r}")
-        user, password, vhost = _amqp_parts(amqp_url)
-        if parts.username is not None:
-            user = urllib.parse.unquote(parts.username)
-            password = urllib.parse.unquote(parts.password or "")
-        netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-        if ":" in parts.hostname:  # an IPv6 address
-            netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
-        self.base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-        self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        from common.status import Management
+
+        self._api = Management(management_url, amqp_url, timeout=REQUEST_TIMEOUT)
+        self.base = self._api.base
         # The work queue, its DLQ and its wait queues, and nothing else on the broker.
         pattern = f"^{re.escape(queue)}(\\.dlq|\\.wait\\.[0-9]+)?$"
         query = urllib.parse.urlencode(
@@ -79,17 +56,18 @@ class ManagementDepths:
                 "columns": "name,messages_ready,messages_unacknowledged,consumers",
             }
         )
-        self._url = f"{self.base}/api/queues/{urllib.parse.quote(vhost, safe='')}?{query}"
+        self._path = f"/api/queues/{urllib.parse.quote(self._api.vhost, safe='')}?{query}"
         self._queue = queue
 
     def read(self) -> Depths:
-        request = urllib.request.Request(self._url, headers={"Authorization": self._auth})
+        from common.status import ManagementUnavailable
+
         try:
-            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
-                items: list[dict[str, Any]] = json.load(response)["items"]
-        except urllib.error.HTTPError as exc:
-            raise DepthError(f"management API at {self.base}: HTTP {exc.code}") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            found = self._api.get(self._path)
+            if found is None:
+                raise ManagementUnavailable(f"it knows no virtual host {self._api.vhost!r}")
+            items: list[dict[str, Any]] = found["items"]
+        except (ManagementUnavailable, KeyError, TypeError) as exc:
             raise DepthError(f"management API at {self.base}: {exc}") from None
         ready = unacked = waiting = dead = 0
         consumers = None
@@ -107,65 +85,40 @@ class ManagementDepths:
 
 
 class AmqpDepths:
-    """Depths from AMQP: each queue's ready count. The queues are declared once per
-    connection with the arguments the workers use (as `RabbitBackend.pending` does), since a
-    passive declare of a missing queue would close the channel; then only counted."""
+    """Depths from AMQP: each queue's ready count, by `RabbitBackend.depths` on a connection
+    kept between readings (opened again after a failure)."""
 
     def __init__(self, amqp_url: str, queue: str, queue_type: QueueType) -> None:
-        from common.rabbitmq.topology import QueueNames
-
-        self._url = split_urls(amqp_url)[0]
-        self._names = QueueNames(queue)
-        self._queue_type = queue_type
-        self._link: Any = None
-
-    def _open(self) -> Any:
-        import pika
-
-        from common.rabbitmq import topology
-        from common.rabbitmq.link import Link
-
-        safe_url = redact_url(self._url)
-        try:
-            params = pika.URLParameters(self._url)
-        except Exception as exc:
-            raise DepthError(f"malformed AMQP URL {safe_url!r}: {exc}") from None
-        params.connection_attempts = 1
-        params.socket_timeout = REQUEST_TIMEOUT
-        link = Link(params, safe_url, f"{self._names.work}-dashboard")
-        try:
-            link.open(REQUEST_TIMEOUT)
-            names, kind = self._names, self._queue_type
-            link.declare(names.work, topology.work_queue_arguments(names, kind))
-            link.declare(names.dlq, topology.dlq_arguments(kind))
-            for wait in names.wait_queues():
-                link.declare(wait, topology.wait_queue_arguments(names.work, kind))
-        except BaseException:
-            link.close()
-            raise
-        return link
+        self._url, self._queue, self._queue_type = amqp_url, queue, queue_type
+        self._backend: Any = None
 
     def read(self) -> Depths:
+        from common.rabbitmq import RabbitBackend
+
         try:
-            if self._link is None or not self._link.alive:
-                self.close()
-                self._link = self._open()
-            link, names = self._link, self._names
-            return Depths(
-                ready=link.queue_length(names.work),
-                unacked=None,
-                waiting=link.count(names.wait_queues()),
-                dead=link.queue_length(names.dlq),
-            )
+            if self._backend is None:
+                self._backend = RabbitBackend(
+                    self._url,
+                    self._queue,
+                    queue_type=self._queue_type,
+                    attempt_timeout=REQUEST_TIMEOUT,
+                )
+            depths = self._backend.depths()
         except TaskshuttleError as exc:
             self.close()
             raise DepthError(f"AMQP: {exc}") from None
+        return Depths(
+            ready=depths["work"],
+            unacked=None,
+            waiting=depths["waiting"],
+            dead=depths["dead_letter"],
+        )
 
     def close(self) -> None:
-        if self._link is not None:
+        if self._backend is not None:
             with contextlib.suppress(Exception):
-                self._link.close()
-            self._link = None
+                self._backend.close()
+            self._backend = None
 
 
 class DepthReader:
