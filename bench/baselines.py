@@ -274,6 +274,59 @@ def pika_e2e(cfg: CaseConfig) -> dict[str, Any]:
     return figures
 
 
+def pika_e2e_replies(cfg: CaseConfig) -> dict[str, Any]:
+    """RabbitMQ's RPC tutorial at full speed: W consumers reply to each message (transient,
+    no confirm) then ack; the producer publishes N persistent messages without confirms,
+    each with ``reply_to`` its exclusive reply queue, taking replies as they come; timed
+    from the first publish to the last reply. What a task queue with results does, minus
+    what taskshuttle adds for them: confirms, durable replies, a task's ack after its
+    result is stored."""
+    deadline = cfg.deadline()
+    declare(cfg.amqp_url, cfg.queue, _queue_arguments(cfg))
+    procs, ready, stats, stop = _pika_consumers(cfg, reply=True)
+    replies = 0
+    try:
+        _await_ready(ready, cfg.workers, deadline)
+        conn = connect(cfg.amqp_url)
+        channel = conn.channel()
+        reply_queue = channel.queue_declare("", exclusive=True).method.queue
+
+        def on_reply(*_args: Any) -> None:
+            nonlocal replies
+            replies += 1
+
+        channel.basic_consume(reply_queue, on_reply, auto_ack=True)
+        cpu = cpu_sampler(cfg, lambda: [p.pid for p in procs])
+        body = raw_body(cfg.body_size)
+        start = time.perf_counter()
+        for i in range(cfg.n):
+            props = pika.BasicProperties(
+                delivery_mode=pika.DeliveryMode.Persistent,
+                reply_to=reply_queue,
+                correlation_id=str(i),
+            )
+            channel.basic_publish("", cfg.queue, body, props)
+            if i % 100 == 99:
+                conn.process_data_events(time_limit=0)  # replies, as they come
+        while replies < cfg.n and time.perf_counter() < deadline:
+            conn.process_data_events(time_limit=0.05)
+        end = time.perf_counter()
+        cpu.stop()
+        conn.close()
+        if replies < cfg.n:
+            raise CaseError(f"{replies} of {cfg.n} replies came back in time")
+        reports = _collect(stats, cfg.workers, deadline + 5)
+    finally:
+        stop.set()
+        _reap(procs)
+    return {
+        "e2e": per_second(cfg.n, end - start),
+        "rss": stamps_rss(reports),
+        "cpu": cpu.usage(start, end, cfg.n),
+        "details": {"per_worker": [r["count"] for r in reports]},
+    }
+
+
 def pika_latency(cfg: CaseConfig) -> dict[str, Any]:
     """Publish with a confirm each at `cfg.rate`; consumers reply then ack; the time from the
     confirm to the reply's arrival (what `Ledger.latency` measures for taskshuttle)."""

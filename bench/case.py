@@ -28,6 +28,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("raw-mp", "latency"): baselines.mp_latency,
     ("raw-pika", "publish+drain"): baselines.pika_publish_drain,
     ("raw-pika", "e2e"): baselines.pika_e2e,
+    ("raw-pika", "e2e-replies"): baselines.pika_e2e_replies,
     ("raw-pika", "latency"): baselines.pika_latency,
     ("local", "drain"): systems.local_drain,
     ("local", "e2e"): systems.local_e2e,

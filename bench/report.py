@@ -17,6 +17,7 @@ MEASURES: tuple[tuple[str, str, str, bool], ...] = (
     ("drain", "drain", "msg/s", True),
     ("e2e", "end to end", "msg/s", True),
     ("e2e_noresults", "end to end, results off", "msg/s", True),
+    ("e2e_replies", "end to end, against replies", "msg/s", True),
     ("latency_p50_ms", "latency p50, sent -> result", "ms", False),
     ("latency_p99_ms", "latency p99, sent -> result", "ms", False),
     ("latency_pub_p50_ms", "latency p50, publish call -> result", "ms", False),
@@ -32,6 +33,10 @@ NOT_APPLICABLE = {
     ("raw-pika", "e2e_noresults"): "",
     ("celery", "e2e_noresults"): "",
     ("dramatiq", "e2e_noresults"): "",
+    ("raw-mp", "e2e_replies"): "",
+    ("local", "e2e_replies"): "",
+    ("celery", "e2e_replies"): "",
+    ("dramatiq", "e2e_replies"): "",
     ("celery", "latency_p50_ms"): "needs a result backend",
     ("celery", "latency_p99_ms"): "",
     ("celery", "latency_pub_p50_ms"): "",
@@ -43,7 +48,7 @@ NOT_APPLICABLE = {
 }
 #: Raw pika's "sent" is its confirm, which comes after the reply: no fair ratio there.
 NO_RATIO = {("rabbitmq", "latency_p50_ms"), ("rabbitmq", "latency_p99_ms")}
-LATENCY_NOTES = {
+ROW_NOTES = {
     ("rabbitmq", "latency_p50_ms"): "Ledger.latency: from the confirmed publish to the result",
     ("local", "latency_p50_ms"): "Ledger.latency: from put() returning to the result",
     ("raw-pika", "latency_p50_ms"): (
@@ -51,6 +56,14 @@ LATENCY_NOTES = {
         "reply over only then; compare the publish call rows"
     ),
     ("rabbitmq", "latency_pub_p50_ms"): "from each task's creation, just before its publish",
+    ("raw-pika", "e2e_replies"): (
+        "RabbitMQ's RPC tutorial: a transient reply per message to an exclusive queue, "
+        "no confirms"
+    ),
+    ("rabbitmq", "e2e_replies"): (
+        "the end to end above, against raw pika with replies: the like-for-like baseline "
+        "(information, no target)"
+    ),
     ("local", "latency_pub_p50_ms"): "from each task's creation, just before its put()",
 }
 #: (system, key) -> (kind, bound, text): kind "ratio" (value / baseline >= bound),
@@ -94,6 +107,8 @@ def measures_of(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
         found["e2e"] = cases["e2e"]["e2e"]
     if _ok(cases.get("e2e-noresults")):
         found["e2e_noresults"] = cases["e2e-noresults"]["e2e"]
+    if _ok(cases.get("e2e-replies")):
+        found["e2e_replies"] = cases["e2e-replies"]["e2e"]
     if _ok(cases.get("latency")):
         latency = cases["latency"]["latency"]
         found["latency_p50_ms"] = latency["p50_ms"]
@@ -140,6 +155,7 @@ _CASES_FOR = {
     "drain": ("publish+drain", "drain"),
     "e2e": ("e2e",),
     "e2e_noresults": ("e2e-noresults",),
+    "e2e_replies": ("e2e-replies", "e2e"),
     "latency_p50_ms": ("latency",),
     "latency_p99_ms": ("latency",),
     "latency_pub_p50_ms": ("latency",),
@@ -162,7 +178,8 @@ def _row(name: str, entry: dict[str, Any], base: dict[str, Any], measure: tuple[
     figures = entry["measures"]
     system = base_system(name)
     base_name = entry.get("baseline")
-    value = figures.get(key)
+    # taskshuttle's end to end always has its results: that figure is its "with replies".
+    value = figures.get("e2e" if (system, key) == ("rabbitmq", "e2e_replies") else key)
     base_value = base.get("e2e" if key == "e2e_noresults" else key) if base_name else None
     ratio = round(value / base_value, 3) if value and base_value else None
     if (system, key) in NO_RATIO:
@@ -172,8 +189,10 @@ def _row(name: str, entry: dict[str, Any], base: dict[str, Any], measure: tuple[
         row.note = _why_missing(entry, _CASES_FOR[key])
     elif key == "rss_mib":
         row.note = figures.get("rss_method", "")
+    elif key == "e2e_replies":
+        row.note = ROW_NOTES.get((system, key), "")
     elif key.startswith("latency"):
-        row.note = LATENCY_NOTES.get((system, key), "")
+        row.note = ROW_NOTES.get((system, key), "")
         if key == "latency_p50_ms":
             rate = figures["latency"]["achieved_rate"]
             row.note = "; ".join(filter(None, [f"sent at {rate:g}/s", row.note]))

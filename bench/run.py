@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Which cases each system runs (publish+drain: the timed publish is the drain's pre-fill).
 PLAN: dict[str, tuple[str, ...]] = {
     "raw-mp": ("e2e", "drain", "latency"),
-    "raw-pika": ("publish+drain", "e2e", "latency"),
+    "raw-pika": ("publish+drain", "e2e", "e2e-replies", "latency"),
     "local": ("drain", "e2e", "latency"),
     "rabbitmq": ("publish+drain", "e2e", "e2e-noresults", "latency"),
     "celery": ("publish+drain", "e2e"),
@@ -57,7 +57,13 @@ SCALING_CASE = {
     "rabbitmq": "publish+drain",
 }
 #: The figure a repeated case is ranked by (its median run is kept).
-PRIMARY = {"publish+drain": "drain", "drain": "drain", "e2e": "e2e", "e2e-noresults": "e2e"}
+PRIMARY = {
+    "publish+drain": "drain",
+    "drain": "drain",
+    "e2e": "e2e",
+    "e2e-noresults": "e2e",
+    "e2e-replies": "e2e",
+}
 
 
 def _version(package: str) -> str | None:

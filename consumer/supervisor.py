@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
+from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
@@ -51,6 +52,25 @@ _PR_SET_PDEATHSIG = 1
 EXIT_ORPHANED = 69
 #: Exit code of a worker stopped by an error no restart can fix (``EX_CONFIG``).
 EXIT_FATAL = 78
+
+
+class StopSignal:
+    """The pool's "stop" for every worker process: one shared byte, set by the supervisor
+    only and read without a lock.
+
+    A worker looks at it before each task. A `multiprocessing.Event` takes a lock on every
+    `is_set`, and the workers would then contend for that lock once per task; a single
+    writer of a single byte needs none.
+    """
+
+    def __init__(self, context: BaseContext = MP_CONTEXT) -> None:
+        self._flag: Any = context.RawValue(ctypes.c_bool, False)
+
+    def set(self) -> None:
+        self._flag.value = True
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
 
 
 class WorkerBackendSource(Protocol):
@@ -180,7 +200,7 @@ def worker_main(
     spec: WorkerSpec,
     slot: int,
     parent_pid: int,
-    stop_all: Any,
+    stop_all: StopSignal,
     ready: Any,
     in_hand: InHand | None = None,
 ) -> None:
@@ -252,7 +272,7 @@ class WorkerPool(WorkerSlots):
         self.spec = spec
         self.slots = slots
         self.daemon = daemon
-        self.stop_event = MP_CONTEXT.Event()
+        self.stop_event = StopSignal()
         self._ready = MP_CONTEXT.Semaphore(0)
         self.workers: dict[int, BaseProcess] = {}
 

@@ -47,13 +47,16 @@ class Job:
     numbering: TaskNumbering = field(default_factory=TaskNumbering)
 
     def tasks(self) -> Iterator[TaskEnvelope]:
-        # Validate the job once; each task is a copy with its own id and time.
-        template = TaskEnvelope(
+        # The job's fields are checked once, here; each task is then validated from them
+        # with its own id and time, which pydantic's compiled validator does faster than
+        # `model_copy` copies (and a copy would skip validation).
+        fields = TaskEnvelope(
             kind=self.kind, payload=self.payload, max_attempts=self.max_attempts
-        )
+        ).model_dump()
+        validate = TaskEnvelope.model_validate
         task_id = self.numbering.task_id
         for number in range(self.count):
-            yield template.model_copy(update={"id": task_id(number), "created_at": utcnow()})
+            yield validate({**fields, "id": task_id(number), "created_at": utcnow()})
 
 
 class JobFailed(TaskshuttleError):

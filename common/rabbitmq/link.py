@@ -407,7 +407,9 @@ class Link(Connection):
     ) -> None:
         self.inbox.put((method.delivery_tag, method.redelivered, props, body))
         self.arrivals.set()
-        self._outbox.settle_on_arrival_io(channel, method.delivery_tag)
+        if self._outbox.settle_on_arrival_io(channel, method.delivery_tag):
+            # Run once pika has handed over every message of this read: one ack for all.
+            self._conn.ioloop.call_later(0, self._guard(self._outbox.flush_arrivals_io))
 
     def _on_return_io(self, channel: Any, method: Any, props: BasicProperties, body: bytes) -> None:
         if method.exchange == EVENTS_EXCHANGE:

@@ -134,6 +134,8 @@ class Outbox:
         #: Set while no result awaits its confirm.
         self.results_settled = threading.Event()
         self.results_settled.set()
+        #: A flush of acks held on arrival is scheduled (`settle_on_arrival_io`).
+        self._arrivals_flush_due = False
 
     def put(self, op: OutboxOp) -> bool:
         """Queue `op`; True when the caller must wake the I/O thread (`send_io`) for it."""
@@ -148,12 +150,26 @@ class Outbox:
         """`channel` handed out `tag` (to a consumer or a get)."""
         self._acks_of(channel).delivered(tag)
 
-    def settle_on_arrival_io(self, channel: Any, tag: int) -> None:
-        """`channel` handed out `tag` and it is acked at once (see `Link.consume`)."""
+    def settle_on_arrival_io(self, channel: Any, tag: int) -> bool:
+        """`channel` handed out `tag` and it is acked at once (see `Link.consume`): held, to
+        go out as one ``multiple=True`` ack with the others that came in the same read from
+        the socket. True when the caller must schedule `flush_arrivals_io` for it (the first
+        ack held since the last flush)."""
         acks = self._acks_of(channel)
         acks.delivered(tag)
         acks.ack(tag)
-        acks.flush()
+        if self._arrivals_flush_due:
+            return False
+        self._arrivals_flush_due = True
+        return True
+
+    def flush_arrivals_io(self) -> None:
+        """Send the ack held by `settle_on_arrival_io` (dropped with a closed channel, whose
+        deliveries go back to their queue by themselves)."""
+        self._arrivals_flush_due = False
+        acks = self._acks
+        if acks is not None and acks.channel.is_open:
+            acks.flush()
 
     def _acks_of(self, channel: Any) -> Acks:
         """The settlement record of `channel` (a new channel counts its tags from 1 again)."""

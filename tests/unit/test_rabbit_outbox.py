@@ -140,3 +140,26 @@ def test_a_new_channel_starts_a_new_record() -> None:
     outbox.put(AckOp(1))
     outbox.send_io(new, lambda *_: None)
     assert (old.sent, new.sent) == ([], [("ack", 1, True)])
+
+
+def test_results_settled_on_arrival_in_one_read_are_acked_together() -> None:
+    """A producer's reply queue: every result is acked as it arrives, and those of one read
+    from the socket go out as one ``multiple=True`` ack, scheduled by the first of them."""
+    outbox, channel = Outbox(), Recorder()
+    scheduled = [outbox.settle_on_arrival_io(channel, tag) for tag in (1, 2, 3)]
+    assert scheduled == [True, False, False]
+    assert channel.sent == []
+    outbox.flush_arrivals_io()
+    assert channel.sent == [("ack", 3, True)]
+    assert outbox.settle_on_arrival_io(channel, 4) is True  # the next read schedules again
+    outbox.flush_arrivals_io()
+    assert channel.sent == [("ack", 3, True), ("ack", 4, True)]
+
+
+def test_acks_held_on_arrival_are_dropped_with_a_closed_channel() -> None:
+    """The broker hands a closed channel's deliveries out again: nothing is sent on it."""
+    outbox, channel = Outbox(), Recorder()
+    outbox.settle_on_arrival_io(channel, 1)
+    channel.is_open = False
+    outbox.flush_arrivals_io()
+    assert channel.sent == []
