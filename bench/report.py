@@ -57,8 +57,7 @@ ROW_NOTES = {
     ),
     ("rabbitmq", "latency_pub_p50_ms"): "from each task's creation, just before its publish",
     ("raw-pika", "e2e_replies"): (
-        "RabbitMQ's RPC tutorial: a transient reply per message to an exclusive queue, "
-        "no confirms"
+        "RabbitMQ's RPC tutorial: a transient reply per message to an exclusive queue, no confirms"
     ),
     ("rabbitmq", "e2e_replies"): (
         "the end to end above, against raw pika with replies: the like-for-like baseline "
