@@ -1,51 +1,183 @@
 """Where the milliseconds of one task go on RabbitMQ: a per-hop timeline.
 
     python -m bench.timeline                       # 300 tasks one at a time, quorum queue
-    python -m bench.timeline --queue-type classic --tasks 500 --rate 1000
+    python -m bench.timeline --queue-type classic --tasks 2000 --rate 1000
 
 Workers run as `consumer` runs them (a `WorkerPool` of the ``timeline`` kind below); the
 producer is a `RabbitBackend` with results, as `producer --wait` opens it. For each task,
-wall-clock times (one machine, one clock):
+wall-clock times (one machine, one clock) at each hand-off, from one thread to another or
+through the broker:
 
-    publish call -> publish returned (confirmed) -> handler start -> handler end
-    -> result received by the producer
+    publish call          the producer's thread, just after the task is built
+    sent                  the producer's I/O thread writes it to the socket
+    delivered             a worker's I/O thread takes it from the socket
+    handler start, end    the worker's thread (the ``timeline`` handler returns both)
+    result queued         the worker's thread hands the result to its I/O thread
+    result sent           the worker's I/O thread writes it to the socket
+    result delivered      the producer's I/O thread takes it from the socket
+    recorded              the producer's thread records it (what a user's latency ends at)
 
-The handler (``timeline`` in `bench.tasks`) notes when it starts and ends, and returns
-both, so they come back in the result. Without ``--rate`` each task is published once the
-previous result is in (no queueing anywhere: the floor of each hop); with ``--rate`` tasks
-are paced as `producer --rate` paces them, and results are taken while waiting, as
-`producer.run` does.
-Prints the median and p99 of each hop in milliseconds, and writes them as JSON with
-``--json FILE``.
+and, beside them, when the publish returned (confirmed: that wait is not on the task's way
+to its result, which often comes first). The I/O threads' times come from wrappers put
+around `common.rabbitmq.link.Link`'s methods when this module runs as the program (and in
+the worker processes it starts, which run this module again as ``__mp_main__``): importing it
+changes nothing. Each worker process writes its times to a file as it exits.
+
+Without ``--rate`` each task is published once the previous result is in (no queueing
+anywhere: the floor of each hop); with ``--rate`` tasks are paced as `producer --rate --wait`
+paces them (`producer.run.send`, results taken while waiting). Prints the median, p90 and
+p99 of each hop in milliseconds, and writes them as JSON with ``--json FILE``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing.util
+import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+#: Where worker processes write their times (set by `measure` for the processes it starts).
+TRACE_ENV = "TASKSHUTTLE_BENCH_TIMELINE_DIR"
+
+#: (key, from, to, what): each hop between two stamps of a task.
 HOPS = (
-    ("confirm", "publish call -> publish returned (confirmed)"),
-    ("to_handler", "publish returned -> handler start (delivery, decode)"),
-    ("handler", "handler start -> handler end"),
-    ("to_producer", "handler end -> result received (result publish, delivery)"),
-    ("total", "publish call -> result received"),
+    ("to_io", "called", "sent", "publish call -> producer's I/O thread sends it"),
+    ("broker_in", "sent", "delivered", "-> a worker's I/O thread has it (broker)"),
+    ("to_handler", "delivered", "start", "-> handler start (hand-off, decode)"),
+    ("handler", "start", "end", "-> handler end"),
+    ("to_queue", "end", "queued", "-> result built and queued for the I/O thread"),
+    ("to_io_back", "queued", "result_sent", "-> worker's I/O thread sends it"),
+    ("broker_back", "result_sent", "result_delivered", "-> producer's I/O thread has it (broker)"),
+    ("to_record", "result_delivered", "recorded", "-> producer's thread records it"),
+    ("total", "called", "recorded", "publish call -> result recorded"),
+    ("confirm", "called", "returned", "(beside: publish call -> publish returned, confirmed)"),
 )
 
+#: task id -> stamp name -> wall-clock time, in this process.
+STAMPS: dict[str, dict[str, float]] = {}
 
-def _hops(called: float, returned: float, received: float, value: dict[str, float]) -> dict:
-    return {
-        "confirm": returned - called,
-        "to_handler": value["start"] - returned,
-        "handler": value["end"] - value["start"],
-        "to_producer": received - value["end"],
-        "total": received - called,
-    }
+
+def _stamp(task_id: str | None, name: str) -> None:
+    if task_id:
+        STAMPS.setdefault(task_id, {})[name] = time.time()
+
+
+def _trace_links() -> None:
+    """Stamp each I/O thread hand-off, by wrapping the `Link` methods where they happen (a
+    task's message carries its id as ``message_id``, a result's as ``correlation_id``)."""
+    from common.rabbitmq.link import Link
+
+    on_message, on_reply = Link._on_message_io, Link._on_settled_message_io
+    publish, ack_with_result = Link._publish_io, Link.ack_with_result
+
+    def on_message_io(self: Link, channel: Any, method: Any, props: Any, body: bytes) -> None:
+        _stamp(props.message_id, "delivered")
+        on_message(self, channel, method, props, body)
+
+    def on_reply_io(self: Link, channel: Any, method: Any, props: Any, body: bytes) -> None:
+        _stamp(props.correlation_id, "result_delivered")
+        on_reply(self, channel, method, props, body)
+
+    def publish_io(self: Link, message: Any, batch: Any, index: int = 0, **kw: Any) -> None:
+        props = message.properties
+        if props.correlation_id:
+            _stamp(props.correlation_id, "result_sent")
+        else:
+            _stamp(props.message_id, "sent")
+        publish(self, message, batch, index, **kw)
+
+    def queue_result(self: Link, tag: int, message: Any) -> None:
+        _stamp(message.properties.correlation_id, "queued")
+        ack_with_result(self, tag, message)
+
+    Link._on_message_io = on_message_io  # type: ignore[method-assign]
+    Link._on_settled_message_io = on_reply_io  # type: ignore[method-assign]
+    Link._publish_io = publish_io  # type: ignore[method-assign]
+    Link.ack_with_result = queue_result  # type: ignore[method-assign]
+
+
+def _dump_stamps(folder: str) -> None:
+    path = Path(folder) / f"{os.getpid()}.json"
+    path.write_text(json.dumps(STAMPS), encoding="utf-8")
+
+
+if __name__ in ("__main__", "__mp_main__"):  # the program, or a worker process it started
+    _trace_links()
+    if __name__ == "__mp_main__" and os.environ.get(TRACE_ENV):
+        # Worker processes leave through multiprocessing's exit path, which runs this.
+        multiprocessing.util.Finalize(
+            None, _dump_stamps, args=(os.environ[TRACE_ENV],), exitpriority=50
+        )
+
+
+def _one_by_one(producer: Any, tasks: int) -> None:
+    """Each task published once the previous result is in: nothing queues anywhere."""
+    from common.schemas import TaskEnvelope, utcnow
+
+    template = TaskEnvelope(kind="timeline")
+    for number in range(tasks):
+        task = template.model_copy(update={"id": f"{number:032x}", "created_at": utcnow()})
+        _stamp(task.id, "called")
+        producer.publish([task])
+        _stamp(task.id, "returned")
+        result = producer.receive_result(5.0)
+        assert result is not None, "no result within 5 s"
+        _stamp(result.task_id, "recorded")
+        _note_handler(result.task_id, result.value)
+
+
+def _paced(producer: Any, tasks: int, rate: float) -> None:
+    """As `producer --rate --wait` runs: `producer.run.send` and `collect`, into the
+    producer's `Tally`, whose `record_result` is the end of each task's way."""
+    from common.ledger import Tally
+    from producer.run import Job, Progress, _publish_taking_results, _take_results, collect, send
+
+    job = Job(count=tasks, kind="timeline", rate=rate)
+    ledger, progress = Tally(job.numbering), Progress()
+    record_result = ledger.record_result
+
+    def record(result: Any) -> None:
+        _stamp(result.task_id, "recorded")
+        _note_handler(result.task_id, result.value)
+        record_result(result)
+
+    ledger.record_result = record  # type: ignore[method-assign]
+    publish = _publish_taking_results(producer, ledger, progress)
+
+    def timed_publish(batch: list[Any]) -> None:
+        for task in batch:  # built just before: the publish call
+            _stamp(task.id, "called")
+        publish(batch)
+        for task in batch:
+            _stamp(task.id, "returned")
+
+    send(
+        job,
+        producer,
+        ledger,
+        progress,
+        between=lambda wait: _take_results(producer, ledger, progress, wait),
+        publish=timed_publish,
+    )
+    collect(producer, ledger, progress, until=time.perf_counter() + 30)
+
+
+def _note_handler(task_id: str, value: dict[str, float]) -> None:
+    STAMPS.setdefault(task_id, {}).update(start=value["start"], end=value["end"])
+
+
+def _merge_worker_stamps(folder: Path) -> None:
+    for path in folder.glob("*.json"):
+        for task_id, stamps in json.loads(path.read_text(encoding="utf-8")).items():
+            STAMPS.setdefault(task_id, {}).update(stamps)
 
 
 def _pct(values: list[float], pct: int) -> float:
@@ -54,49 +186,13 @@ def _pct(values: list[float], pct: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1] * 1000
 
 
-def _one_by_one(producer: Any, tasks: int) -> list[dict[str, float]]:
-    """Each task published once the previous result is in: nothing queues anywhere."""
-    from common.schemas import TaskEnvelope, utcnow
-
-    template = TaskEnvelope(kind="timeline")
-    rows = []
-    for number in range(tasks):
-        task = template.model_copy(update={"id": f"{number:032x}", "created_at": utcnow()})
-        called = time.time()
-        producer.publish([task])
-        returned = time.time()
-        result = producer.receive_result(5.0)
-        assert result is not None, "no result within 5 s"
-        rows.append(_hops(called, returned, time.time(), result.value))
-    return rows
-
-
-def _paced(producer: Any, tasks: int, rate: float) -> list[dict[str, float]]:
-    """As `producer --rate --wait` runs: `producer.run.send` and `collect` into a `Ledger`
-    (which keeps every result); the times are the ledger's, put on the wall clock."""
-    from common.ledger import Ledger
-    from producer.run import Job, Progress, _publish_taking_results, _take_results, collect, send
-
-    ledger, progress = Ledger(), Progress()
-    offset = time.time() - time.perf_counter()
-    job = Job(count=tasks, kind="timeline", rate=rate)
-    send(
-        job,
-        producer,
-        ledger,
-        progress,
-        between=lambda wait: _take_results(producer, ledger, progress, wait),
-        publish=_publish_taking_results(producer, ledger, progress),
-    )
-    collect(producer, ledger, progress, until=time.perf_counter() + 30)
-    rows = []
-    for task_id, latency in ledger.latency.items():
-        result = ledger.results[task_id][0]
-        returned = ledger.sent[task_id] + offset
-        rows.append(
-            _hops(result.created_at.timestamp(), returned, returned + latency, result.value)
-        )
-    return rows
+def _figures(rows: list[dict[str, float]]) -> dict[str, Any]:
+    figures = {}
+    for key, start, end, what in HOPS:
+        values = [row[end] - row[start] for row in rows]
+        percentiles = {f"p{pct}_ms": round(_pct(values, pct), 3) for pct in (50, 90, 99)}
+        figures[key] = {"what": what, **percentiles}
+    return figures
 
 
 def measure(url: str, queue_type: str, tasks: int, rate: float | None, workers: int) -> dict:
@@ -110,26 +206,31 @@ def measure(url: str, queue_type: str, tasks: int, rate: float | None, workers: 
     settings = load_settings(
         amqp_url=url, queue=queue, workers=workers, queue_type=QueueType(queue_type)
     )
-    pool = WorkerPool(WorkerSpec(settings, WorkerOptions(), ("bench.tasks",)), workers)
-    producer = RabbitBackend(url, queue, want_results=True, queue_type=QueueType(queue_type))
-    try:
-        pool.start()
-        pool.wait_ready()
-        time.sleep(0.5)  # every worker's consumer registered
-        rows = _one_by_one(producer, tasks) if rate is None else _paced(producer, tasks, rate)
-    finally:
-        producer.delete_queues()
-        producer.close()
-        pool.stop(timeout=10)
-    figures = {
-        key: {
-            "what": what,
-            "p50_ms": round(_pct([r[key] for r in rows], 50), 3),
-            "p99_ms": round(_pct([r[key] for r in rows], 99), 3),
-        }
-        for key, what in HOPS
-    }
-    return {"queue_type": queue_type, "tasks": len(rows), "rate": rate, "hops": figures}
+    with tempfile.TemporaryDirectory(prefix="timeline-") as folder:
+        os.environ[TRACE_ENV] = folder  # the workers started next write their stamps there
+        pool = WorkerPool(WorkerSpec(settings, WorkerOptions(), ("bench.tasks",)), workers)
+        producer = RabbitBackend(url, queue, want_results=True, queue_type=QueueType(queue_type))
+        try:
+            pool.start()
+            pool.wait_ready()
+            time.sleep(0.5)  # every worker's consumer registered
+            run: Callable[[], None] = (
+                (lambda: _one_by_one(producer, tasks))
+                if rate is None
+                else (lambda: _paced(producer, tasks, rate))
+            )
+            run()
+        finally:
+            producer.delete_queues()
+            producer.close()
+            pool.stop(timeout=10)
+            del os.environ[TRACE_ENV]
+        _merge_worker_stamps(Path(folder))
+    names = {name for _, start, end, _ in HOPS for name in (start, end)}
+    rows = [stamps for stamps in STAMPS.values() if names <= stamps.keys()]
+    if not rows:
+        raise SystemExit("timeline: no task has every stamp (did the workers exit cleanly?)")
+    return {"queue_type": queue_type, "tasks": len(rows), "rate": rate, "hops": _figures(rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,9 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     report = measure(args.url, args.queue_type, args.tasks, args.rate, args.workers)
-    print(f"{report['tasks']} tasks on a {args.queue_type} queue, rate {args.rate or 'one by one'}")
+    rate = args.rate or "one by one"
+    print(f"{report['tasks']} tasks on a {args.queue_type} queue, rate {rate}")
+    print(f"  {'':<56} {'p50':>9} {'p90':>9} {'p99':>9}")
     for hop in report["hops"].values():
-        print(f"  {hop['what']:<62} p50 {hop['p50_ms']:8.3f} ms   p99 {hop['p99_ms']:8.3f} ms")
+        print(
+            f"  {hop['what']:<56} {hop['p50_ms']:6.3f} ms"
+            f" {hop['p90_ms']:6.3f} ms {hop['p99_ms']:6.3f} ms"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(report, out, indent=2)
