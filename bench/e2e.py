@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from urllib.parse import urlsplit
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,29 +58,22 @@ def _count_acks() -> dict[str, int]:
     return sent
 
 
-def _broker(url: str) -> Any:
-    import psutil
-
-    port = int(url.split("@")[-1].split("/")[0].partition(":")[2] or 5672)
-    for process in psutil.process_iter(["name"]):
-        if "beam" not in (process.info["name"] or ""):
-            continue
-        try:
-            if any(c.laddr.port == port for c in process.net_connections("tcp")):
-                return process
-        except psutil.Error:
-            continue
-    raise SystemExit(f"e2e: no Erlang VM listens on port {port} here")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     tree = args.tree.resolve()
-    sys.path.insert(0, str(tree))
+    sys.path.insert(0, str(tree))  # the tree's own modules, bench's helpers included
     sent = _count_acks()
-    from common.settings import Settings
+    import psutil
+
+    from bench.broker import delete_prefixed
+    from bench.procs import broker_pid
+    from common.settings import Settings, split_urls
     from producer.run import Job, run_rabbitmq
 
+    pid = broker_pid(urlsplit(split_urls(args.url)[0]).port or 5672)
+    if pid is None:
+        raise SystemExit(f"e2e: no broker found for {args.url}")
+    broker = psutil.Process(pid)
     queue = f"bench.e2e.{uuid.uuid4().hex[:8]}"
     python = tree / ".venv" / "bin" / "python"
     consumer = subprocess.Popen(
@@ -94,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    broker = _broker(args.url)
     settings = Settings(amqp_url=args.url, queue=queue, queue_type=args.queue_type)
     try:
         time.sleep(3)  # the consumer's workers connected
@@ -106,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         consumer.send_signal(signal.SIGTERM)
         consumer.wait(30)
-        _delete(args.url, queue)
+        delete_prefixed(args.url, queue, known=[queue, f"{queue}.dlq"])
     done = ledger.summary("rabbitmq")["done"]
     report = {
         "tree": str(tree),
@@ -125,16 +117,6 @@ def main(argv: list[str] | None = None) -> int:
             f"us/task, {sent['acks']:,} acks for {done:,} results ({args.queue_type})"
         )
     return 0 if done == args.n else 1
-
-
-def _delete(url: str, queue: str) -> None:
-    import pika
-
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    channel = connection.channel()
-    for name in (queue, f"{queue}.dlq"):
-        channel.queue_delete(name)
-    connection.close()
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,12 +213,10 @@ def measure(url: str, queue_type: str, tasks: int, rate: float | None, workers: 
             pool.start()
             pool.wait_ready()
             time.sleep(0.5)  # every worker's consumer registered
-            run: Callable[[], None] = (
-                (lambda: _one_by_one(producer, tasks))
-                if rate is None
-                else (lambda: _paced(producer, tasks, rate))
-            )
-            run()
+            if rate is None:
+                _one_by_one(producer, tasks)
+            else:
+                _paced(producer, tasks, rate)
         finally:
             producer.delete_queues()
             producer.close()

@@ -305,12 +305,7 @@ def test_purge_yes_empties_the_work_and_wait_queues_but_not_the_dlq_nor_unacked_
 
 
 def _wait_for_count(channel: Any, name: str, count: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _count(channel, name) == count:
-            return True
-        time.sleep(0.1)
-    return False
+    return wait_until(lambda: _count(channel, name) == count, timeout)
 
 
 def test_purge_queues_reports_every_queue_it_empties(
