@@ -14,8 +14,13 @@ object. Both backends honour these rules, and `tests/contract/` runs one suite a
 - Results are at least once, like tasks: a task is acked only once its result is stored; a
   result the broker refuses or loses sends its task back to be run again. The worker does
   not wait for that.
-- `retry_later`, `dead_letter` and `requeue` each settle the delivery; after them the delivery
-  must not be acked. `retry_later` and `dead_letter` return once the new copy is stored.
+- `publish(tasks, delay=...)` is the one way a task waits: the broker holds it back for
+  `delay` seconds (never a sleeping worker, nor the caller). A producer and a worker use the
+  same call; a worker that publishes with ``settles=delivery`` (a retry: the next attempt;
+  next, a workflow's next step) has the delivery acked only once the new tasks are stored, on
+  the same connection, so a crash in between repeats the delivery and never loses either.
+- `publish(..., settles=)`, `dead_letter` and `requeue` each settle the delivery; after them
+  the delivery must not be acked. They return once the new copies are stored.
 - Deliveries may be settled in any order and from any thread (a watchdog settles a task that
   ran too long while the worker goes on): settling one never settles another.
 - A delivery whose connection is gone cannot be settled: the settling methods then do
@@ -28,6 +33,7 @@ object. Both backends honour these rules, and `tests/contract/` runs one suite a
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +41,13 @@ from typing import Any, ClassVar, Self
 
 from common.events import EventSink
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult
+
+
+def check_delay(delay: float) -> float:
+    """`delay` as a publish takes it: seconds, finite, not negative."""
+    if not math.isfinite(delay) or delay < 0:
+        raise ValueError(f"a delay is a finite number of seconds, 0 or more, not {delay!r}")
+    return float(delay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +87,10 @@ class ProducerBackend(_Side):
     """One task queue, seen from the producer: sending tasks, taking results, dead letters."""
 
     @abstractmethod
-    def publish(self, tasks: Sequence[TaskEnvelope]) -> None:
-        """Store every task, or raise `PublishFailed` / `BrokerError`."""
+    def publish(self, tasks: Sequence[TaskEnvelope], *, delay: float = 0.0) -> None:
+        """Store every task, to be handed out `delay` seconds from now (0: at once), or
+        raise `PublishFailed` / `BrokerError`. Results of these tasks come back to this
+        backend object when it takes results."""
 
     @abstractmethod
     def publish_raw(self, bodies: Sequence[bytes]) -> None:
@@ -112,8 +127,21 @@ class WorkerBackend(_Side):
         """Settle a finished delivery, after sending its result to whoever asked for it."""
 
     @abstractmethod
+    def publish(
+        self,
+        tasks: Sequence[TaskEnvelope],
+        *,
+        delay: float = 0.0,
+        settles: Delivery | None = None,
+    ) -> None:
+        """Store every task, to be handed out `delay` seconds from now. With `settles`, the
+        tasks carry that delivery's reply address (their results go where its result would
+        have gone), and the delivery is acked, without a result, once they are stored."""
+
     def retry_later(self, delivery: Delivery, task: TaskEnvelope, delay: float) -> None:
-        """Store `task` (the next attempt) to come back after `delay` seconds; settle `delivery`."""
+        """Store `task`, the next attempt of `delivery`'s task, to come back after `delay`
+        seconds; settle `delivery`. (The retry middleware's one call: a delayed publish.)"""
+        self.publish([task], delay=delay, settles=delivery)
 
     @abstractmethod
     def dead_letter(
@@ -134,3 +162,14 @@ class Backend(ProducerBackend, WorkerBackend):
     """Both sides in one object: a client of a broker that any process can connect to
     (RabbitMQ). The local backend splits them: its broker is the producer's process, and
     each worker holds an end of its own."""
+
+    @abstractmethod
+    def publish(
+        self,
+        tasks: Sequence[TaskEnvelope],
+        *,
+        delay: float = 0.0,
+        settles: Delivery | None = None,
+    ) -> None:
+        """Both sides' `publish`: without `settles`, a producer's (results to this object);
+        with it, a worker's."""

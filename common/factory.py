@@ -96,7 +96,6 @@ def open_backend(
             slots=settings.workers,
             queue_name=settings.queue,
             batch_size=settings.prefetch,
-            max_deaths=settings.max_deaths,
             # shown as log lines: asked for only when they would be shown (-v)
             task_events=logging.getLogger("taskshuttle.events").isEnabledFor(logging.INFO),
         )

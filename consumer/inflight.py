@@ -8,10 +8,11 @@ shutdown waits for, and, when a worker dies, which task it was running.
 A task that was running each time its worker died is a suspect: it may be what kills them (a
 segfault in a C extension, the OOM killer, `os._exit`). Once `max_deaths` workers died
 running the same task id, the supervisor writes that id into the death table, a second piece
-of shared memory that only it writes and every worker reads. The broker hands the message
+of shared memory that only it writes and every worker reads. The backend hands the message
 out again; whichever worker takes it sees the id there and dead-letters it
-(``killed-worker``) instead of running it. Only a redelivered message is checked: a task
-sent anew with that id (a replayed dead letter) gets its chance again.
+(``killed-worker``, `consumer.middleware.KilledWorkers`) instead of running it. Only a
+redelivered message is checked: a task sent anew with that id (a replayed dead letter) gets
+its chance again. The rule is the same for both backends.
 
 Beside its cell, each slot has its figures (`_Figures`): the worker's pid and ppid, how many
 tasks it finished, dead-lettered and sent to retry, the kind of the task in hand and when it
@@ -199,9 +200,9 @@ class InFlight:
     """Every slot's record, seen from the supervisor, and the deaths it counted.
 
     `max_deaths`: after that many deaths while running the same task id, the task is
-    dead-lettered (None: never). With `publish`, the supervisor writes such ids into the
-    death table and the workers dead-letter the task when it comes back; without, the
-    backend does it itself (the local broker, which sees its workers die).
+    dead-lettered (None: never): the supervisor writes such ids into the death table and
+    the workers dead-letter the task when it comes back (`consumer.middleware.KilledWorkers`),
+    with either backend.
     """
 
     def __init__(
@@ -209,13 +210,12 @@ class InFlight:
         slots: int,
         max_deaths: int | None = None,
         *,
-        publish: bool = True,
         context: BaseContext = MP_CONTEXT,
     ) -> None:
         self._cells = [context.RawArray(ctypes.c_char, _CELL) for _ in range(slots)]
         self._figures = [context.RawValue(_Figures) for _ in range(slots)]
         self.max_deaths = max_deaths
-        self.table = DeathTable(context) if max_deaths is not None and publish else None
+        self.table = DeathTable(context) if max_deaths is not None else None
         self._deaths: OrderedDict[str, int] = OrderedDict()
         #: The figures of every worker that ended, oldest first (the supervisor appends).
         self.earlier: list[SlotFigures] = []

@@ -1,7 +1,7 @@
 """Prometheus metrics of a consumer (``consumer --metrics-port N``), as Dramatiq's Prometheus
 middleware serves them: `prometheus_client` in multiprocess mode.
 
-Each worker process counts its own tasks (`MetricsSink`, one of its event sinks) in files of
+Each worker process counts its own tasks (`Metrics`, one of its middleware) in files of
 a directory the supervisor makes for the run; the supervisor's HTTP server adds them up at
 each scrape, with what only the supervisor knows, read at that moment (`SupervisorCollector`):
 the tasks in hand (from the in-flight registry's shared memory), worker restarts, and the
@@ -38,50 +38,77 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from common.errors import TaskshuttleError
-from common.events import EventKind, TaskEvent
+from common.events import HEARTBEAT_INTERVAL
+from consumer.middleware import Middleware
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+    from common.schemas import DeadLetter
     from common.settings import Settings
+    from consumer.worker import Worker, WorkItem
 
 log = logging.getLogger("taskshuttle.metrics")
 
 #: Where `prometheus_client` keeps each process's figures (set before it is imported).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-_OUTCOMES = {
-    EventKind.SUCCEEDED: "succeeded",
-    EventKind.RETRIED: "retried",
-    EventKind.DEAD_LETTERED: "dead_lettered",
-    EventKind.FAILED: "failed",
-}
 
+class Metrics(Middleware):
+    """A worker's task counts, in this process's multiprocess files: worker middleware, told
+    of each outcome as it happens, and of the backend's reconnects every few seconds."""
 
-class MetricsSink:
-    """A worker's task counts, in this process's multiprocess files."""
-
-    wanted = True
-
-    def __init__(self, queue: str, kinds: Sequence[str], reconnects: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        queue: str,
+        kinds: Sequence[str],
+        reconnects: Callable[[], int],
+        interval: float = HEARTBEAT_INTERVAL,
+    ) -> None:
         self.queue = queue
         self.kinds = frozenset(kinds)
+        self.interval = interval
         self._reconnects = reconnects
         self._reconnects_seen = 0
+        self._stopped = threading.Event()
         self.tasks, self.duration, self.reconnects = _worker_metrics()
 
-    def send(self, events: Sequence[TaskEvent]) -> None:
-        for event in events:
-            if (outcome := _OUTCOMES.get(event.kind)) is not None:
-                kind = event.task_kind if event.task_kind in self.kinds else "unknown"
-                self.tasks.labels(self.queue, kind, outcome).inc()
-                if event.duration is not None:
-                    self.duration.labels(self.queue, kind).observe(event.duration)
-            elif event.kind is EventKind.HEARTBEAT:
-                now = self._reconnects()
-                if now > self._reconnects_seen:
-                    self.reconnects.labels(self.queue).inc(now - self._reconnects_seen)
-                    self._reconnects_seen = now
+    def _count(self, item: WorkItem, outcome: str, duration: float | None = None) -> None:
+        task = item.task
+        kind = task.kind if task is not None and task.kind in self.kinds else "unknown"
+        self.tasks.labels(self.queue, kind, outcome).inc()
+        if duration is not None:
+            self.duration.labels(self.queue, kind).observe(duration)
+
+    def on_failure(self, worker: Worker, item: WorkItem, error: str) -> bool:
+        self._count(item, "failed", item.duration)
+        return False
+
+    def after_retry(self, worker: Worker, item: WorkItem, delay: float, error: str) -> None:
+        self._count(item, "retried")
+
+    def after_ack(self, worker: Worker, item: WorkItem) -> None:
+        self._count(item, "succeeded", item.duration)
+
+    def after_dead_letter(self, worker: Worker, item: WorkItem, letter: DeadLetter) -> None:
+        self._count(item, "dead_lettered")
+
+    def after_worker_boot(self, worker: Worker) -> None:
+        threading.Thread(target=self._watch_reconnects, name="metrics", daemon=True).start()
+
+    def after_worker_shutdown(self, worker: Worker) -> None:
+        self._stopped.set()
+        self._count_reconnects()
+
+    def _watch_reconnects(self) -> None:
+        while not self._stopped.wait(self.interval):
+            self._count_reconnects()
+
+    def _count_reconnects(self) -> None:
+        now = self._reconnects()
+        if now > self._reconnects_seen:
+            self.reconnects.labels(self.queue).inc(now - self._reconnects_seen)
+            self._reconnects_seen = now
 
 
 @functools.cache

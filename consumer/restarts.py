@@ -129,11 +129,9 @@ class WorkerSlots:
         restart_budget: int,
         budget_window: float,
         max_deaths: int | None,
-        *,
-        publish: bool = True,
     ) -> None:
         self.count = count
-        self.in_flight = InFlight(count, max_deaths, publish=publish)
+        self.in_flight = InFlight(count, max_deaths)
         self.restarts = Restarts(restart_budget, budget_window)
         self.deaths: list[tuple[int, int | None]] = []  # (pid, exit code) of unexpected exits
         self._due: dict[int, float] = {}  # slot -> when its replacement starts

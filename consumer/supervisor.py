@@ -33,6 +33,7 @@ from common.logs import JsonFormatter, LogFormat, configure
 from common.settings import Settings
 from consumer.handlers import import_handlers, registry
 from consumer.inflight import InHand
+from consumer.middleware import EXIT_TASK_TIMEOUT, Middleware, default_middleware
 from consumer.restarts import (
     CrashLoop,
     Cut,
@@ -43,7 +44,7 @@ from consumer.restarts import (
     never,
 )
 from consumer.threads import ThreadWorkers
-from consumer.worker import EXIT_TASK_TIMEOUT, Worker, WorkerOptions
+from consumer.worker import Worker, WorkerOptions, worker_name
 
 __all__ = ["CrashLoop", "ThreadWorkers", "WorkerFailed", "WorkerPool", "WorkerSpec", "worker_main"]
 
@@ -185,15 +186,27 @@ def _sigint_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def event_sinks(spec: WorkerSpec, backend: WorkerBackend) -> list[EventSink]:
-    """Where a worker's task events go besides its backend's own sink."""
+def worker_middleware(
+    spec: WorkerSpec, backend: WorkerBackend, in_hand: InHand | None
+) -> list[Middleware]:
+    """The middleware of a worker of this spec: the default stack for its options, its
+    task events also in its log (``-v``), and its metrics (``--metrics-port``)."""
     sinks: list[EventSink] = [LogSink()] if spec.log_events else []
+    extra: list[Middleware] = []
     if spec.metrics:
-        from consumer.metrics import MetricsSink
+        from consumer.metrics import Metrics
 
         reconnects = lambda: int(getattr(backend, "reconnects", 0))  # noqa: E731
-        sinks.append(MetricsSink(spec.settings.queue, registry.kinds(), reconnects))
-    return sinks
+        extra.append(Metrics(spec.settings.queue, registry.kinds(), reconnects))
+    return default_middleware(
+        spec.options,
+        backend,
+        spec.settings.queue,
+        worker_name(),
+        in_flight=in_hand,
+        event_sinks=sinks,
+        extra=extra,
+    )
 
 
 def worker_main(
@@ -232,10 +245,8 @@ def worker_main(
         import_handlers(list(spec.handler_modules))
         backend = spec.backend.connect(spec.settings)
         queue = spec.settings.queue
-        sinks = event_sinks(spec, backend)
-        worker = Worker(
-            backend, registry, spec.options, _Either(), queue, in_flight=in_hand, event_sinks=sinks
-        )
+        middleware = worker_middleware(spec, backend, in_hand)
+        worker = Worker(backend, registry, spec.options, _Either(), queue, middleware=middleware)
         ready.release()
         worker.run()
         backend.close()
@@ -252,8 +263,7 @@ class WorkerPool(WorkerSlots):
     With `slots` (the local backend's `LocalBroker.slots`), each worker takes its own end of
     a queue that lives in this process, and a dead worker's tasks are put back before its
     replacement starts. Without, every worker connects on its own (`spec.backend`).
-    `max_deaths`: see `consumer.inflight.InFlight`; with `slots`, the local broker
-    dead-letters such a task itself (give it the same limit), and the pool only counts.
+    `max_deaths`: see `consumer.inflight.InFlight`, the same rule with either backend.
     """
 
     def __init__(
@@ -267,8 +277,7 @@ class WorkerPool(WorkerSlots):
         daemon: bool = True,
         max_deaths: int | None = None,
     ) -> None:
-        publish = slots is None
-        super().__init__(count, restart_budget, budget_window, max_deaths, publish=publish)
+        super().__init__(count, restart_budget, budget_window, max_deaths)
         self.spec = spec
         self.slots = slots
         self.daemon = daemon
@@ -345,15 +354,25 @@ class WorkerPool(WorkerSlots):
             return
         self.in_flight.retire(slot, replaced=code != EXIT_FATAL)
         self.deaths.append((process.pid or 0, code))
-        if self.slots is not None:
-            self.slots.on_death(slot)
         if code == EXIT_TASK_TIMEOUT:  # a task over its time limit ends its worker on
             self.in_flight.clear(slot)  # purpose: not a crash
+            self._put_back(slot)
             self._due[slot] = 0.0
             return
         if code == EXIT_FATAL:
+            self._put_back(slot)
             raise WorkerFailed(f"worker {slot} stopped on an error a restart cannot fix (above)")
+        # The death is counted (and a task that killed `max_deaths` workers written into the
+        # death table) before the dead worker's tasks go back: whichever worker takes one
+        # next already knows.
         self._died(slot, f"worker {slot} (pid {process.pid}) died with exit code {code}")
+        self._put_back(slot)
+
+    def _put_back(self, slot: int) -> None:
+        """A backend in this process (the local one) puts back what the dead worker held;
+        RabbitMQ does it by itself when the worker's connection closes."""
+        if self.slots is not None:
+            self.slots.on_death(slot)
 
     def stop(self, timeout: float = 30.0, now: Callable[[], bool] = never) -> Cut:
         """Ask every worker to finish its task and exit; wait up to `timeout` seconds (or

@@ -65,7 +65,7 @@ class ThreadWorkers(WorkerSlots):
             self._ready.release()
             self._changed.set()
             return
-        from consumer.supervisor import event_sinks  # it imports this module
+        from consumer.supervisor import worker_middleware  # it imports this module
 
         spec, record = self.spec, self.in_flight.record(slot)
         record.started(os.getpid(), os.getppid())
@@ -76,8 +76,7 @@ class ThreadWorkers(WorkerSlots):
                 spec.options,
                 self.stop_event,
                 spec.settings.queue,
-                in_flight=record,
-                event_sinks=event_sinks(spec, backend),
+                middleware=worker_middleware(spec, backend, record),
             )
             self._ready.release()
             worker.run()

@@ -245,7 +245,7 @@ def run_local(
         settings.workers,
         slots=backend.slots,
         daemon=daemon,
-        max_deaths=settings.max_deaths,  # the broker's limit: such deaths do not count
+        max_deaths=settings.max_deaths,
     )
     ledger = Ledger() if ledger is None else ledger
     pool.start()

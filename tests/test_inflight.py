@@ -4,6 +4,7 @@ death table through which the supervisor tells every worker which tasks kill wor
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import pytest
 
@@ -39,8 +40,14 @@ class _Memory(WorkerBackend):
     def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
         self.settled.append(("ack", delivery.handle))
 
-    def retry_later(self, delivery: Delivery, task: TaskEnvelope, delay: float) -> None:
-        self.settled.append(("retry", delivery.handle))
+    def publish(
+        self,
+        tasks: Sequence[TaskEnvelope],
+        *,
+        delay: float = 0.0,
+        settles: Delivery | None = None,
+    ) -> None:
+        self.settled.append(("retry", settles.handle if settles else None))
 
     def dead_letter(
         self, delivery: Delivery, letter: DeadLetter, result: TaskResult | None = None
@@ -104,7 +111,7 @@ def test_a_redelivered_task_that_killed_workers_is_dead_lettered_unrun() -> None
     # Back from killing two workers: dead-lettered without running. Sent anew (a replayed
     # dead letter): it gets its chance again.
     assert backend.settled == [
-        ("dead", ("killed-worker", "killed 2 workers")),
+        ("dead", ("killed-worker", "2 workers died running it")),
         ("ack", "sent anew"),
     ]
     assert runs == ["ran"]

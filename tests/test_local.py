@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from common.clock import ManualClock
-from common.local import Acked, Dead, Event, LocalBroker, Requeue, Result, Retry
+from common.local import Acked, Dead, Event, LocalBroker, Published, Requeue, Result
 from common.schemas import TaskEnvelope, decode_task
 
 pytestmark = pytest.mark.timeout(30)
@@ -55,7 +55,7 @@ def test_the_broker_does_not_pickle_a_worker_takes_its_end() -> None:
     [
         Result("a/1", b"{}"),
         Acked("a/1"),
-        Retry("a/1", "a/2", b"{}", 1.5),
+        Published("a/1", (("a/2", b"{}"),), 1.5),
         Dead("a/1", b"{}", None),
         Requeue("a/1"),
     ],

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ConfigError
 from common.ledger import Fate, Ledger
 from common.local import LocalBroker
-from common.schemas import TaskEnvelope, TaskResult, decode_task
+from common.schemas import TaskEnvelope, TaskResult
 from common.settings import load_settings
 from consumer.supervisor import WorkerPool, WorkerSpec
 from consumer.worker import StopFlag, WorkerOptions
@@ -162,49 +163,41 @@ def test_a_worker_killed_during_a_long_task_does_not_run_the_earlier_ones_again(
 
 
 # -- how many deaths a task may cause ------------------------------------------------------
-
-
-def _die_holding(broker: LocalBroker, task: TaskEnvelope) -> int:
-    """A worker in slot 0 takes `task` and dies running it; how many tasks went back."""
-    end = broker.slots.worker_end(0)
-    delivery = end.receive(5)
-    assert delivery is not None and decode_task(delivery.body).id == task.id
-    return broker.slots.on_death(0, exitcode=-9)
+# The rule is the one RabbitMQ's consumer follows (`consumer.middleware.KilledWorkers`): the
+# pool counts each death against the task its worker was running, and the worker that takes
+# it next, once `max_deaths` workers died, dead-letters it unrun.
 
 
 @pytest.mark.parametrize("max_deaths", [1, 2, 3])
-def test_a_task_is_put_back_until_max_deaths_workers_died_running_it(max_deaths: int) -> None:
-    broker = LocalBroker(slots=1, max_deaths=max_deaths)
-    try:
-        task = TaskEnvelope(kind="echo")
-        broker.publish([task])
-        for _ in range(max_deaths - 1):
-            assert _die_holding(broker, task) == 1  # put back
-        assert _die_holding(broker, task) == 0  # dead-lettered
-        [letter] = broker.dead_letters()
-        assert (letter.reason, letter.task_id) == ("killed-worker", task.id)
-        assert "exit code -9" in letter.error
-        result = broker.receive_result(1)
-        assert result is not None and result.task_id == task.id and result.error
-        assert broker.pending() == 0
-    finally:
-        broker.close()
+def test_a_task_is_put_back_until_max_deaths_workers_died_running_it(
+    tmp_path: Path, max_deaths: int
+) -> None:
+    marker = tmp_path / "first"
+    ledger, broker = _run("kill-first", marker, 8, workers=1, max_deaths=max_deaths)
+    summary = ledger.summary("local")
+    assert (summary["done"], summary["failed"], summary["lost"]) == (7, 1, 0)
+    [letter] = broker.dead_letters()
+    assert (letter.reason, letter.task_id) == ("killed-worker", marker.read_text())
+    assert letter.error == f"{max_deaths} workers died running it"
+    [result] = ledger.results[letter.task_id]
+    assert result.error == f"killed-worker: {max_deaths} workers died running it"
+    assert broker.pending() == 0
 
 
-def test_only_the_task_a_worker_ran_counts_its_death_not_the_rest_of_its_batch() -> None:
-    broker = LocalBroker(slots=1, batch_size=4, max_deaths=1)
-    try:
-        tasks = [TaskEnvelope(kind="echo") for _ in range(16)]
-        broker.publish(tasks)  # in batches of 4
-        end = broker.slots.worker_end(0)
-        first = end.receive(5)
-        assert first is not None
-        assert broker.slots.on_death(0) == 3  # the other three of the batch go back
-        assert [letter.task_id for letter in broker.dead_letters()] == [tasks[0].id]
-    finally:
-        broker.close()
+def test_only_the_task_a_worker_ran_counts_its_death_not_the_rest_of_its_batch(
+    tmp_path: Path,
+) -> None:
+    # One worker takes 4 tasks at a time and dies on the first: the other three of its batch
+    # go back and run; only the one it ran is dead-lettered.
+    marker = tmp_path / "first"
+    ledger, broker = _run("kill-first", marker, 16, workers=1, prefetch=4, max_deaths=1)
+    fates = ledger.fates()
+    assert fates[Fate.DEAD_LETTERED] == 1 and fates[Fate.LOST] == 0
+    assert fates[Fate.DONE_TWICE] == 0
+    assert [letter.task_id for letter in broker.dead_letters()] == [marker.read_text()]
+    assert broker.recovered >= 3
 
 
 def test_max_deaths_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="max_deaths"):
-        LocalBroker(slots=1, max_deaths=0)
+    with pytest.raises(ConfigError, match="max_deaths"):
+        load_settings(max_deaths=0)

@@ -17,8 +17,9 @@ from common.errors import ConnectionLost
 from common.local import LocalBroker
 from common.schemas import TaskEnvelope, encode
 from common.settings import load_settings
+from consumer.middleware import backoff_delay
 from consumer.supervisor import CrashLoop, WorkerPool, WorkerSpec
-from consumer.worker import WorkerOptions, backoff_delay
+from consumer.worker import WorkerOptions
 from tests.helpers import ROOT, children_of, process_state, program, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,7 +94,7 @@ class _LosingBackend(WorkerBackend):
     def ack(self, delivery: Delivery, result: object = None) -> None:
         raise ConnectionLost("connection lost (the broker restarted)")
 
-    retry_later = dead_letter = requeue = ack  # type: ignore[assignment]
+    publish = dead_letter = requeue = ack  # type: ignore[assignment]
 
     def pending(self) -> int:
         return 1

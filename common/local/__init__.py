@@ -2,12 +2,12 @@
 
 Two types, one for each side. `LocalBroker` lives in the parent process (the producer, which
 also supervises the workers): it is the broker here. It puts encoded tasks on a shared task
-queue, keeps each task it sent until a result or a dead letter for it comes back, schedules
-retries and keeps dead letters. `LocalWorkerEnd` is what one worker process holds: the shared
-task queue, the writing end of a pipe of its own, and its slot of the in-flight registry;
-nothing of the parent's.
+queue, keeps each task it sent until a result or a dead letter for it comes back, holds back
+delayed tasks (retries, tasks published for later) and keeps dead letters. `LocalWorkerEnd`
+is what one worker process holds: the shared task queue, the writing end of a pipe of its
+own, and its slot of the in-flight registry; nothing of the parent's.
 
-A worker sends its events (`Result`, `Acked`, `Retry`, `Dead`, `Requeue`) back on its own
+A worker sends its events (`Result`, `Acked`, `Published`, `Dead`, `Requeue`) back on its own
 pipe. (Not one shared queue: a worker killed while writing to a shared queue would leave its
 write lock taken and silence every other worker.) Each worker also writes the keys of the
 tasks it holds into its own slot of shared memory: with the tasks the parent keeps, that is
@@ -16,8 +16,9 @@ it hands each worker its end, closes the parent's copy of the pipe's writer once
 has it (so a worker that dies mid-write leaves the parent reading end-of-file, never waiting
 for the rest of a message), and when a worker dies reads its slot and puts the held tasks
 back, which a bare `multiprocessing.Queue` cannot do (`recovered` counts what it would have
-lost). The slot also names the task its worker was running: once `max_deaths` workers died
-running the same one, that task is dead-lettered (``killed-worker``) instead of put back. A
+lost). Which task a dead worker was running is the in-flight registry's to know, as on
+RabbitMQ (`consumer.inflight`): the supervisor counts the deaths, and the worker that takes
+the task next dead-letters it (``killed-worker``) once `max_deaths` workers died running it. A
 worker that hands tasks back itself (`Requeue`, when it closes) stops holding them, so each
 comes back once.
 
@@ -41,9 +42,9 @@ from common.local.wire import (
     Acked,
     Dead,
     Event,
+    Published,
     Requeue,
     Result,
-    Retry,
     task_key,
 )
 
@@ -58,9 +59,9 @@ __all__ = [
     "LocalBackend",
     "LocalBroker",
     "LocalWorkerEnd",
+    "Published",
     "Requeue",
     "Result",
-    "Retry",
     "Slots",
     "task_key",
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import heapq
-import os
 import pickle
 import time
 from collections import deque
@@ -15,9 +14,9 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any, NoReturn
 
-from common.backend import ProducerBackend
+from common.backend import ProducerBackend, check_delay
 from common.clock import SYSTEM_CLOCK, Clock
-from common.errors import BadMessage, TaskshuttleError
+from common.errors import TaskshuttleError
 from common.events import LogSink, decode_event
 from common.local.end import LocalWorkerEnd
 from common.local.wire import (
@@ -28,29 +27,25 @@ from common.local.wire import (
     Event,
     Item,
     Noted,
+    Published,
     Requeue,
     Result,
-    Retry,
     SlotMemory,
     task_key,
 )
 from common.schemas import (
-    HOSTNAME,
     DeadLetter,
     TaskEnvelope,
     TaskResult,
-    TaskStatus,
     as_first_attempt,
     decode_result,
-    decode_task,
     encode,
-    utcnow,
 )
 
 
 class LocalBroker(ProducerBackend):
     """The producer's side, and the broker: tasks out on a `multiprocessing.Queue`, events
-    in from each worker's pipe, retries and dead letters kept here.
+    in from each worker's pipe, delayed tasks and dead letters kept here.
 
     Start the workers with `WorkerPool(spec, n, slots=broker.slots)`; the broker itself never
     leaves this process.
@@ -66,21 +61,14 @@ class LocalBroker(ProducerBackend):
         batch_size: int = 100,
         context: BaseContext = MP_CONTEXT,
         clock: Clock = SYSTEM_CLOCK,
-        max_deaths: int = 2,
         task_events: bool = False,
     ) -> None:
-        if max_deaths < 1:
-            raise ValueError(f"max_deaths must be at least 1, not {max_deaths}")
         self.queue_name = queue_name
         self.batch_size = batch_size
-        #: Workers a task may take down with it before it is dead-lettered (``killed-worker``).
-        self.max_deaths = max_deaths
         #: Whether workers send task events, which this process logs (``producer -v``).
         self.task_events = task_events
         self._event_log = LogSink(say_who=True)
-        #: Task key -> workers that died running it so far.
-        self._deaths: dict[str, int] = {}
-        #: Schedules retries. (Waiting for events is a real wait on pipes, on real time.)
+        #: Schedules delayed tasks. (Waiting for events is a real wait on pipes, on real time.)
         self._clock = clock
         #: Batches of tasks, shared by every worker. (bench/ holds its workers back at the
         #: start line with this queue's reader lock, so it reaches for this name.)
@@ -88,7 +76,8 @@ class LocalBroker(ProducerBackend):
         #: Tasks on the task queue (it holds batches, and qsize() is missing on macOS).
         self._queued: Any = context.Value(ctypes.c_long, 0, lock=True)
         self._unfinished: dict[str, bytes] = {}
-        self._retries: list[tuple[float, str, bytes]] = []
+        #: Tasks waiting out a delay (a retry's, a publish's): due time, key, body.
+        self._delayed: list[tuple[float, str, bytes]] = []
         self._dead: list[DeadLetter] = []
         self._results: deque[TaskResult] = deque()
         self._raw_count = 0
@@ -101,8 +90,22 @@ class LocalBroker(ProducerBackend):
             "a LocalBroker stays in its own process; a worker takes broker.slots.worker_end(slot)"
         )
 
-    def publish(self, tasks: Sequence[TaskEnvelope]) -> None:
-        self._put([(task_key(t.id, t.attempt), encode(t), False) for t in tasks])
+    def publish(self, tasks: Sequence[TaskEnvelope], *, delay: float = 0.0) -> None:
+        items = [(task_key(t.id, t.attempt), encode(t)) for t in tasks]
+        self._schedule(items, check_delay(delay))
+
+    def _schedule(self, items: Sequence[tuple[str, bytes]], delay: float) -> None:
+        """Queue `items` now, or keep them here until `delay` seconds have passed (a heap
+        of this process: a delayed task is lost only if the whole process tree is)."""
+        if not delay:
+            self._put([(key, body, False) for key, body in items])
+            return
+        due = self._clock.monotonic() + delay
+        for key, body in items:
+            self._unfinished[key] = body
+            heapq.heappush(self._delayed, (due, key, body))
+        with self._queued.get_lock():  # `pending` counts delayed tasks too
+            self._queued.value += len(items)
 
     def publish_raw(self, bodies: Sequence[bytes]) -> None:
         items = []
@@ -130,10 +133,10 @@ class LocalBroker(ProducerBackend):
         while True:
             if self._results:
                 return self._results.popleft()
-            self._release_due_retries()
+            self._release_due()
             wait_for = deadline - time.monotonic()
-            if self._retries:
-                wait_for = min(wait_for, self._retries[0][0] - self._clock.monotonic())
+            if self._delayed:
+                wait_for = min(wait_for, self._delayed[0][0] - self._clock.monotonic())
             for slot in self.slots.ready(max(wait_for, 0)):
                 self._take_events(slot)
             if not self._results and time.monotonic() >= deadline:
@@ -159,13 +162,10 @@ class LocalBroker(ProducerBackend):
                     self._results.append(decode_result(event.result))
                 case Acked():
                     unfinished.pop(event.key, None)
-                case Retry():
-                    unfinished.pop(event.key, None)
-                    unfinished[event.new_key] = event.body
-                    due = self._clock.monotonic() + event.delay
-                    heapq.heappush(self._retries, (due, event.new_key, event.body))
-                    with self._queued.get_lock():  # `pending` counts scheduled retries too
-                        self._queued.value += 1
+                case Published():
+                    if event.settles is not None:
+                        unfinished.pop(event.settles, None)
+                    self._schedule(event.items, event.delay)
                 case Dead():
                     unfinished.pop(event.key, None)
                     self._dead.append(DeadLetter.model_validate_json(event.letter))
@@ -178,54 +178,23 @@ class LocalBroker(ProducerBackend):
                 case Requeue() if event.key in unfinished:
                     self._enqueue([(event.key, unfinished[event.key], True)])
 
-    def _release_due_retries(self) -> None:
+    def _release_due(self) -> None:
         now = self._clock.monotonic()
-        while self._retries and self._retries[0][0] <= now:
-            _, key, body = heapq.heappop(self._retries)
+        while self._delayed and self._delayed[0][0] <= now:
+            _, key, body = heapq.heappop(self._delayed)
             with self._queued.get_lock():  # `_enqueue` counts it again
                 self._queued.value -= 1
             self._enqueue([(key, body, False)])
 
-    def _put_back(self, keys: list[str], running: str = "", worker: str = "a worker") -> int:
-        """Queue again, as redelivered, the tasks among `keys` that never finished: all but
-        `running` (what the dead `worker` ran) once it has taken `max_deaths` workers down."""
-        if running in self._unfinished and self._killed(running, worker):
-            keys = [key for key in keys if key != running]
+    def _put_back(self, keys: list[str]) -> int:
+        """Queue again, as redelivered, the tasks among `keys` that never finished. (One
+        that keeps killing its workers is dead-lettered by the worker that takes it next:
+        the killed-worker rule is the same for both backends, `consumer.middleware`.)"""
         back = [(key, self._unfinished[key], True) for key in keys if key in self._unfinished]
         for item in back:
             self._enqueue([item])
         self.recovered += len(back)
         return len(back)
-
-    def _killed(self, key: str, worker: str) -> bool:
-        """`worker` died running `key`: True, and the task dead-lettered, when that makes
-        `max_deaths` workers (a task that kills whatever runs it must not take them all)."""
-        deaths = self._deaths[key] = self._deaths.get(key, 0) + 1
-        if deaths < self.max_deaths:
-            return False
-        del self._deaths[key]
-        body = self._unfinished.pop(key)
-        error = f"{deaths} workers died running it, the last {worker}"
-        now = utcnow()
-        try:
-            task: TaskEnvelope | None = decode_task(body)
-        except BadMessage:
-            task = None
-        attempts = task.attempt if task else 0
-        self._dead.append(
-            DeadLetter(
-                reason="killed-worker",
-                error=error,
-                queue=self.queue_name,
-                attempts=attempts,
-                task_id=task.id if task else None,
-                dead_lettered_at=now,
-                body=body,
-            )
-        )
-        if task is not None:
-            self._results.append(_killed_result(task, worker, f"killed-worker: {error}"))
-        return True
 
     def pending(self) -> int:
         return int(self._queued.value)
@@ -245,27 +214,6 @@ class LocalBroker(ProducerBackend):
         # the queue's feeder thread to write them into a pipe nobody reads any more.
         self._tasks.cancel_join_thread()
         self.slots.close()
-
-
-def _killed_result(task: TaskEnvelope, worker: str, error: str) -> TaskResult:
-    """The failed result of a task that killed its workers, as the broker (this process)
-    reports it: the worker cannot."""
-    now = utcnow()
-    return TaskResult(
-        task_id=task.id,
-        kind=task.kind,
-        status=TaskStatus.FAILED,
-        attempt=task.attempt,
-        redelivered=True,
-        worker_pid=os.getpid(),
-        worker_ppid=os.getppid(),
-        worker_host=HOSTNAME,
-        worker_name="broker",
-        started_at=now,
-        finished_at=now,
-        created_at=task.created_at,
-        error=error,
-    )
 
 
 class Slots:
@@ -315,24 +263,20 @@ class Slots:
             writer.close()
             self._writers[slot] = None
 
-    def on_death(self, slot: int, exitcode: int | None = None) -> int:
-        """Put back the tasks the (dead) worker in `slot` held and never finished (but the
-        one it ran, once `max_deaths` workers died running it: that one is dead-lettered),
-        and give the slot a fresh pipe for its replacement; how many tasks went back."""
+    def on_death(self, slot: int) -> int:
+        """Put back the tasks the (dead) worker in `slot` held and never finished, and give
+        the slot a fresh pipe for its replacement; how many tasks went back."""
         self.on_started(slot)  # no writer left: a half-written message reads as end-of-file
         self._broker.drain_events()
         reader = self._readers[slot]
         if reader is not None:
             reader.close()
         self._readers[slot], self._writers[slot] = self._context.Pipe(duplex=False)
-        held, memory = self._held_keys[slot], self._memory[slot]
+        held = self._held_keys[slot]
         keys = held.value.decode().split()
-        running = memory.running.decode()
-        how = "" if exitcode is None else f", exit code {exitcode}"
-        worker = f"worker-{slot} (pid {memory.pid}{how})"
-        held.value = memory.running = b""
-        memory.pid = 0
-        return self._broker._put_back(keys, running, worker)
+        held.value = b""
+        self._memory[slot].pid = 0
+        return self._broker._put_back(keys)
 
     def wake(self, count: int) -> None:
         """Put `count` empty batches on the task queue: the sentinel of the classic

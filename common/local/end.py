@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from common.backend import Delivery, WorkerBackend
+from common.backend import Delivery, WorkerBackend, check_delay
 from common.events import EventSink, TaskEvent, encode_event
 from common.local.wire import (
     Acked,
@@ -22,9 +22,9 @@ from common.local.wire import (
     Event,
     Item,
     Noted,
+    Published,
     Requeue,
     Result,
-    Retry,
     task_key,
 )
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult, encode
@@ -118,9 +118,7 @@ class LocalWorkerEnd(WorkerBackend):
         """The next task of the batch in hand, now the one running (with the lock held)."""
         if not self._inbox:
             return None
-        item = self._inbox.popleft()
-        self._memory.running = item[0].encode()
-        return item
+        return self._inbox.popleft()
 
     def _take(self, timeout: float) -> Item | None:
         """A new batch from the task queue, and its first task."""
@@ -188,16 +186,21 @@ class LocalWorkerEnd(WorkerBackend):
         gone = set(keys)
         held = self._held_keys.value.decode().split()
         self._held_keys.value = " ".join(key for key in held if key not in gone).encode()
-        if self._memory.running.decode() in gone:
-            self._memory.running = b""
 
     def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
         key = delivery.handle.key
         self._send(Acked(key) if result is None else Result(key, encode(result)))
 
-    def retry_later(self, delivery: Delivery, task: TaskEnvelope, delay: float) -> None:
-        new_key = task_key(task.id, task.attempt)
-        self._send(Retry(delivery.handle.key, new_key, encode(task), delay))
+    def publish(
+        self,
+        tasks: Sequence[TaskEnvelope],
+        *,
+        delay: float = 0.0,
+        settles: Delivery | None = None,
+    ) -> None:
+        items = tuple((task_key(t.id, t.attempt), encode(t)) for t in tasks)
+        settled = settles.handle.key if settles is not None else None
+        self._send(Published(settled, items, check_delay(delay)))
         self._flush()  # the contract: stored (with the parent) when this returns
 
     def dead_letter(

@@ -23,11 +23,10 @@ KEY_BYTES = 80
 
 class SlotMemory(ctypes.Structure):
     """What a worker tells its slot through shared memory besides the keys of the tasks it
-    holds, for the broker to read once the worker is dead: its pid, and the key of the task
-    it was handed last. (Not cleared when that task is done: a death counts against the task
-    only if the broker never heard that it finished.)"""
+    holds, for the broker to read once the worker is dead: its pid. (Which task it was
+    running is the in-flight registry's to know: `consumer.inflight`, for both backends.)"""
 
-    _fields_ = [("pid", ctypes.c_long), ("running", ctypes.c_char * KEY_BYTES)]
+    _fields_ = [("pid", ctypes.c_long)]
 
 
 #: A task on the task queue: key, body, redelivered. A bare tuple, since every task is
@@ -67,13 +66,13 @@ class Acked:
 
 
 @dataclass(frozen=True, slots=True)
-class Retry:
-    """The attempt failed: its next attempt (`body`, under `new_key`) is due `delay` seconds
-    after the broker hears of it. The broker's clock keeps the time, not the worker's."""
+class Published:
+    """Tasks a worker published (`items`: each one's key and body), due `delay` seconds
+    after the broker hears of them (the broker's clock keeps the time, not the worker's);
+    `settles`: the key of the delivery they settle (a retry's failed attempt), if any."""
 
-    key: str
-    new_key: str
-    body: bytes
+    settles: str | None
+    items: tuple[tuple[str, bytes], ...]
     delay: float
 
 
@@ -100,4 +99,4 @@ class Noted:
     events: bytes
 
 
-Event = Result | Acked | Retry | Dead | Requeue | Noted
+Event = Result | Acked | Published | Dead | Requeue | Noted

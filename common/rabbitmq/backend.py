@@ -33,7 +33,7 @@ from typing import Any
 
 import pika
 
-from common.backend import Backend, Delivery
+from common.backend import Backend, Delivery, check_delay
 from common.clock import SYSTEM_CLOCK, Clock
 from common.defaults import QueueType
 from common.errors import BrokerError, ConfigError, ConnectionLost, QueueMismatch
@@ -285,26 +285,69 @@ class RabbitBackend(Backend):
         tasks: Sequence[TaskEnvelope],
         timeout: float = 60.0,
         *,
+        delay: float = 0.0,
+        settles: Delivery | None = None,
         meanwhile: Callable[[], object] | None = None,
     ) -> None:
-        """Publish and wait for every confirm. With `meanwhile` (a backend with results),
-        it runs each time results arrive during that wait: a producer takes them with
-        `arrived_results` instead of leaving them until its publish returns."""
-        queue_name, reply_to = self.queue_name, self.reply_queue
-        messages = [topology.task_message(queue_name, task, reply_to) for task in tasks]
+        """Publish and wait for every confirm; a task with a `delay` waits it out in the
+        wait queue of its delay (`topology`), and comes back to the work queue from there.
+
+        With `settles` (a worker), the tasks go out on that delivery's own link with its
+        reply address, and the delivery is acked once they are confirmed: if the link is
+        lost first, nothing is acked and the broker hands the delivery out again.
+
+        With `meanwhile` (a backend with results), it runs each time results arrive during
+        the wait for confirms: a producer takes them with `arrived_results` instead of
+        leaving them until its publish returns."""
+        delay = check_delay(delay)
+        if settles is not None:
+            self._publish_settling(tasks, delay, settles)
+            return
+        messages, wait_queue = self._messages(tasks, self.reply_queue, delay)
         doing = None
         if meanwhile is not None and self.want_results:
             doing = Meanwhile(meanwhile, self._result_arrived)
-        self._publish_with_retry(messages, timeout, doing)
+        self._publish_with_retry(messages, timeout, doing, wait_queue)
+
+    def _messages(
+        self, tasks: Sequence[TaskEnvelope], reply_to: str | None, delay: float
+    ) -> tuple[list[Message], str | None]:
+        """The messages of `tasks`, and the wait queue they go to first (None: no delay)."""
+        if not delay:
+            return [topology.task_message(self.queue_name, t, reply_to) for t in tasks], None
+        wait_queue = self.names.wait_for(delay)
+        delayed = [topology.delayed_message(wait_queue, t, reply_to, delay) for t in tasks]
+        return delayed, wait_queue
+
+    def _publish_settling(
+        self, tasks: Sequence[TaskEnvelope], delay: float, delivery: Delivery
+    ) -> None:
+        """The copies first, then the ack, both on the delivery's own link, so a copy is
+        never stored while the original comes back."""
+        handle = self._live_handle(delivery)
+        if handle is None:
+            return
+        link = handle.link
+        messages, wait_queue = self._messages(tasks, handle.reply_to, delay)
+        with unless_gone(link):
+            if wait_queue is not None:
+                self._declare(link, wait_queue, self._wait_arguments)
+            if not link.publish_many(messages, timeout=30):
+                self.ack(delivery)
 
     def publish_raw(self, bodies: Sequence[bytes], timeout: float = 60.0) -> None:
         messages = [topology.raw_message(self.queue_name, body) for body in bodies]
         self._publish_with_retry(messages, timeout)
 
     def _publish_with_retry(
-        self, messages: Sequence[Message], timeout: float, meanwhile: Meanwhile | None = None
+        self,
+        messages: Sequence[Message],
+        timeout: float,
+        meanwhile: Meanwhile | None = None,
+        wait_queue: str | None = None,
     ) -> None:
-        """Publish; if the connection drops, reconnect and publish again what was unconfirmed.
+        """Publish; if the connection drops, reconnect and publish again what was unconfirmed
+        (declaring `wait_queue` first on each link, when the messages go there).
 
         A message in flight when the connection dropped may already be stored: publishing it
         again can make a duplicate, which consumers see (same task id) and the ledger counts.
@@ -312,6 +355,9 @@ class RabbitBackend(Backend):
         remaining = list(messages)
         while remaining:
             link = self._link_now()
+            if wait_queue is not None:
+                with unless_gone(link):
+                    self._declare(link, wait_queue, self._wait_arguments)
             remaining = link.publish_many(remaining, timeout, meanwhile)
             if remaining:
                 error = link.close_error or ConnectionLost("connection lost while publishing")
@@ -413,19 +459,6 @@ class RabbitBackend(Backend):
             return
         with unless_gone(handle.link):
             handle.link.nack(handle.tag)
-
-    def retry_later(self, delivery: Delivery, task: TaskEnvelope, delay: float) -> None:
-        """Store the retry copy in the wait queue of its delay, then ack the delivery: both on
-        the delivery's own link, so a copy is never stored while the original comes back."""
-        handle = self._live_handle(delivery)
-        if handle is None:
-            return
-        link, wait_queue = handle.link, self.names.wait_for(delay)
-        with unless_gone(link):
-            self._declare(link, wait_queue, self._wait_arguments)
-            retry = topology.retry_message(wait_queue, task, handle.reply_to, delay)
-            if self._publish_confirmed(link, retry):
-                self.ack(delivery)
 
     def dead_letter(
         self, delivery: Delivery, letter: DeadLetter, result: TaskResult | None = None

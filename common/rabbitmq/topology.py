@@ -209,10 +209,11 @@ def result_message(reply_to: str, result: TaskResult) -> Message:
     return Message(reply_to, encode(result), properties)
 
 
-def retry_message(
+def delayed_message(
     wait_queue: str, task: TaskEnvelope, reply_to: str | None, delay: float
 ) -> Message:
-    """The next attempt of a task, to wait `delay` seconds in `wait_queue` (its TTL)."""
+    """A task (a retry's next attempt, a task sent for later) to wait `delay` seconds in
+    `wait_queue` (its TTL) before it goes to the work queue."""
     properties = BasicProperties(
         content_type="application/json",
         delivery_mode=PERSISTENT,

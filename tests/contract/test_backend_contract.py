@@ -137,6 +137,65 @@ def test_retry_later_comes_back_after_its_delay_as_the_next_attempt(
     assert worker.receive(0.3) is None  # the first attempt was settled, not redelivered
 
 
+def _receive_released(producer: ProducerBackend, worker: WorkerBackend, timeout: float) -> Delivery:
+    """The next delivery; the local parent releases due tasks while it listens."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if isinstance(producer, LocalBroker):
+            producer.receive_result(0.05)
+        delivery = worker.receive(0.1)
+        if delivery is not None:
+            return delivery
+    raise AssertionError(f"nothing delivered within {timeout}s")
+
+
+def test_a_producers_delayed_publish_is_held_back_for_its_delay(
+    make_backend: MakeBackend,
+) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    later, now = TaskEnvelope(kind="echo"), TaskEnvelope(kind="echo")
+    sent_at = time.monotonic()
+    producer.publish([later], delay=0.8)
+    producer.publish([now])
+    first = _receive_released(producer, worker, 10)
+    assert decode_task(first.body).id == now.id  # the later one waits in the broker
+    worker.ack(first)
+    second = _receive_released(producer, worker, 10)
+    assert decode_task(second.body).id == later.id
+    assert time.monotonic() - sent_at >= 0.75
+    worker.ack(second, _result_for(later, second))
+    [result] = _results(producer, 1)
+    assert result.task_id == later.id  # its result still finds its producer
+
+
+@pytest.mark.parametrize("delay", [float("nan"), float("inf"), -1.0])
+def test_a_delay_that_is_no_time_is_refused_and_nothing_sent(
+    make_backend: MakeBackend, delay: float
+) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    with pytest.raises(ValueError, match="a delay is a finite number of seconds"):
+        producer.publish([TaskEnvelope(kind="echo")], delay=delay)
+    assert worker.receive(0.3) is None
+
+
+def test_a_workers_publish_that_settles_its_delivery_keeps_the_reply_address(
+    make_backend: MakeBackend,
+) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    first = TaskEnvelope(kind="echo")
+    producer.publish([first])
+    delivery = receive_within(worker)
+    follow_up = TaskEnvelope(kind="echo", payload={"after": first.id})
+    worker.publish([follow_up], settles=delivery)
+    again = _receive_released(producer, worker, 10)
+    assert decode_task(again.body).id == follow_up.id
+    assert not again.redelivered  # the first was settled, not handed out again
+    worker.ack(again, _result_for(follow_up, again))
+    [result] = _results(producer, 1)
+    assert result.task_id == follow_up.id  # the result goes where the first one's would have
+    assert worker.receive(0.3) is None
+
+
 def test_dead_letter_keeps_the_body_and_the_reason(make_backend: MakeBackend) -> None:
     producer, worker = _producer_and_worker(make_backend)
     producer.publish_raw([b"\xff not json at all"])

@@ -22,7 +22,7 @@ from common.rabbitmq import RabbitBackend
 from common.rabbitmq.topology import (
     QueueNames,
     dead_letter_message,
-    retry_message,
+    delayed_message,
     wait_queue_arguments,
 )
 from common.schemas import DeadLetter, TaskEnvelope, decode_task, encode, utcnow
@@ -96,7 +96,7 @@ def _retries(channel: Any, queue: str, count: int, delay: float = 3600.0) -> str
     arguments = wait_queue_arguments(queue, QueueType.quorum)
     channel.queue_declare(wait_queue, durable=True, arguments=arguments)
     for _ in range(count):
-        message = retry_message(wait_queue, TaskEnvelope(kind="echo", attempt=2), None, delay)
+        message = delayed_message(wait_queue, TaskEnvelope(kind="echo", attempt=2), None, delay)
         channel.basic_publish("", wait_queue, message.body, message.properties)
     return wait_queue
 

@@ -198,7 +198,7 @@ def test_every_delay_maps_to_one_of_the_fixed_wait_queues() -> None:
     [(-1, "0"), (float("nan"), "0"), (1.5, "1500"), (10.0**12, str(2**32 - 1))],
 )
 def test_a_ttl_is_whole_milliseconds_the_broker_takes(delay: float, expiration: str) -> None:
-    message = topology.retry_message("work.wait.1", TaskEnvelope(kind="echo"), None, delay)
+    message = topology.delayed_message("work.wait.1", TaskEnvelope(kind="echo"), None, delay)
     assert message.properties.expiration == expiration
 
 
@@ -228,7 +228,7 @@ def test_results_go_only_to_reply_queues_of_the_work_queue(reply_to: object, ok:
 
 def test_a_retry_waits_its_delay_as_a_ttl_and_keeps_its_reply_queue() -> None:
     task = TaskEnvelope(kind="echo", attempt=2)
-    message = topology.retry_message("work.wait.1", task, "work.replies.r", delay=1.5)
+    message = topology.delayed_message("work.wait.1", task, "work.replies.r", delay=1.5)
     props = message.properties
     assert (props.expiration, props.message_id, props.reply_to) == (
         "1500",

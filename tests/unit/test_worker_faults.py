@@ -14,7 +14,8 @@ from common.clock import ManualClock
 from common.errors import BadMessage, ConnectionLost
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult, decode_task, encode
 from consumer.handlers import Handler, Registry
-from consumer.worker import Worker, WorkerOptions, backoff_delay
+from consumer.middleware import backoff_delay
+from consumer.worker import Worker, WorkerOptions
 from tests.unit.test_worker_clock import ScriptedQueue
 
 pytestmark = pytest.mark.timeout(20)
