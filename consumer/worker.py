@@ -192,17 +192,21 @@ class Worker:
                 item.task = decode_task(delivery.body)
             except BadMessage as exc:
                 self.dead_letter(item, exc.reason, exc.detail)
-                return
-            self._run(item)
+            else:
+                self._run(item)
         except ConnectionLost as exc:
             item.claim(self)
             log.warning("%s: connection lost before it was settled (%s)", _which(item), exc)
         except Exception as exc:
             if item.claim(self):  # not settled by the time limit meanwhile
                 self._worker_error(item, exc)
-        finally:
+        except BaseException:
+            # The worker itself is ending (SystemExit in a thread, KeyboardInterrupt) with
+            # the task in hand: its slot keeps it, so the supervisor counts the death.
             self.current = None
-            self.done(item)
+            raise
+        self.current = None
+        self.done(item)
 
     def _run(self, item: WorkItem) -> None:
         task = item.task
