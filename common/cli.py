@@ -166,8 +166,9 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 # -- the options of the settings, and reading them back ------------------------------------
 
-#: The settings that say which queue, on which broker (with ``--backend``, which is no
-#: setting: the library is told the backend by the call it makes).
+#: The settings that say which queue, on which broker. With ``--backend`` (not a setting:
+#: the library is given the backend apart, as `open_backend`'s argument), the four
+#: connection options.
 CONNECTION = ("queue", "queue_type", "amqp_url")
 
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -225,7 +226,8 @@ def takes(
         clash = {p.name for p in added} & signature.parameters.keys()
         if clash:
             raise TypeError(f"{command.__name__} has parameters of its own named {clash}")
-        at = [p.name for p in own].index(before or context) + (before is None)
+        order = [p.name for p in own]
+        at = order.index(before) if before is not None else order.index(context) + 1
 
         @functools.wraps(command)
         def run(**arguments: Any) -> Any:

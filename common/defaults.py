@@ -9,7 +9,6 @@ constraints, read only when pydantic builds the model.
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
 from typing import Annotated, Any, NamedTuple, get_args, get_type_hints
@@ -37,46 +36,53 @@ LOG_FORMAT = "%(asctime)s %(processName)s %(levelname)s %(message)s"
 PRODUCER_CONNECT_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True)
 class Setting:
     """What a setting's field says beyond its type and default: the environment variable
-    and the flag that set it, its help, and the bounds its value must keep.
+    and the flag that set it, its help, and the bounds its value must keep (pydantic's
+    names: ``ge``, ``gt``, ``le``, ``min_length``, ``max_length``, ``pattern``).
 
     A flag wins over the variable, which wins over the default, in the command line and in
     `common.settings.load_settings` alike. `flag` is None when it is the field's name
     (``max_attempts``: ``--max-attempts``).
     """
 
-    env: str
-    help: str
-    flag: str | None = None
-    show_default: bool = True
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    min_length: int | None = None
-    max_length: int | None = None
-    pattern: str | None = None
+    # A plain class, not a dataclass: this is read by every ``--help``, and a dataclass
+    # costs a millisecond to build.
+    __slots__ = ("bounds", "env", "flag", "help", "show_default")
 
     #: annotated-types' mark of grouped constraints: pydantic reads them through `__iter__`.
     __is_annotated_types_grouped_metadata__ = True
+
+    def __init__(
+        self,
+        env: str,
+        help: str,
+        *,
+        flag: str | None = None,
+        show_default: bool = True,
+        **bounds: float | str,
+    ) -> None:
+        unknown = bounds.keys() - {"ge", "gt", "le", "min_length", "max_length", "pattern"}
+        if unknown:
+            raise TypeError(f"unknown bounds: {sorted(unknown)}")
+        self.env, self.help, self.flag, self.show_default = env, help, flag, show_default
+        self.bounds = bounds
+
+    def __repr__(self) -> str:
+        return f"Setting({self.env!r}, flag={self.flag!r}, bounds={self.bounds!r})"
 
     def __iter__(self) -> Iterator[object]:
         # Called by pydantic while it builds `Settings`: both imports are loaded by then.
         import annotated_types as at
         from pydantic import StringConstraints
 
-        for bound, constraint in (
-            (self.ge, at.Ge),
-            (self.gt, at.Gt),
-            (self.le, at.Le),
-            (self.min_length, at.MinLen),
-            (self.max_length, at.MaxLen),
-        ):
-            if bound is not None:
-                yield constraint(bound)
-        if self.pattern is not None:
-            yield from StringConstraints(pattern=self.pattern)
+        constraints = {"ge": at.Ge, "gt": at.Gt, "le": at.Le}
+        constraints |= {"min_length": at.MinLen, "max_length": at.MaxLen}
+        for name, bound in self.bounds.items():
+            if name == "pattern":
+                yield from StringConstraints(pattern=str(bound))
+            else:
+                yield constraints[name](bound)
 
 
 class SettingFields:
