@@ -1,7 +1,7 @@
 """Every setting, declared once: its field, type, bounds, default, variable, flag and help.
 
 `SettingFields` is the one declaration. `common.settings.Settings` is a pydantic model built
-on it (pydantic takes the fields of every base class, a plain one too), which validates the
+on it (pydantic, since 2.7, takes the fields of a plain base class quietly), which validates the
 bounds; the command line builds its options (and its ``--help``) from the same fields
 (`common.cli.takes`). This module imports no pydantic, so a program that only prints its
 help never does: the bounds reach pydantic through annotated-types' protocol for grouped
@@ -46,8 +46,8 @@ class Setting:
     (``max_attempts``: ``--max-attempts``).
     """
 
-    # A plain class, not a dataclass: this is read by every ``--help``, and a dataclass
-    # costs a millisecond to build.
+    # A plain class, not a dataclass: every ``--help`` builds this module, and building a
+    # dataclass takes about a millisecond.
     __slots__ = ("bounds", "env", "flag", "help", "show_default")
 
     #: annotated-types' mark of grouped constraints: pydantic reads them through `__iter__`.
@@ -72,7 +72,7 @@ class Setting:
         return f"Setting({self.env!r}, flag={self.flag!r}, bounds={self.bounds!r})"
 
     def __iter__(self) -> Iterator[object]:
-        # Called by pydantic while it builds `Settings`: both imports are loaded by then.
+        # Called by pydantic while it builds `Settings`: these imports never reach --help.
         import annotated_types as at
         from pydantic import StringConstraints
 
