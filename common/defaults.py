@@ -1,13 +1,17 @@
-"""Names, defaults and environment variables of the settings, without pydantic.
+"""Every setting, declared once: its field, type, bounds, default, variable, flag and help.
 
-The command line builds its options (and its ``--help``) from these, so a program that only
-prints its help never imports pydantic; `common.settings` builds on them too, so each default
-and each variable's name is written once.
+`SettingFields` is the one declaration. `common.settings.Settings` is a pydantic model built
+on it (pydantic, since 2.7, takes the fields of a plain base class quietly), which validates the
+bounds; the command line builds its options (and its ``--help``) from the same fields
+(`common.cli.takes`). This module imports no pydantic, so a program that only prints its
+help never does: the bounds reach pydantic through annotated-types' protocol for grouped
+constraints, read only when pydantic builds the model.
 """
 
-from __future__ import annotations
-
+from collections.abc import Iterator
 from enum import StrEnum
+from functools import cache
+from typing import Annotated, Any, NamedTuple, get_args, get_type_hints
 
 
 class BackendName(StrEnum):
@@ -27,38 +31,193 @@ class QueueType(StrEnum):
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 LOG_FORMAT = "%(asctime)s %(processName)s %(levelname)s %(message)s"
-
-QUEUE = "tasks"
-QUEUE_TYPE = QueueType.quorum
-PREFETCH = 100
-WORKERS = 2
-MAX_ATTEMPTS = 3
-TASK_TIMEOUT = 0.0
-BROKER_CONSUMER_TIMEOUT = 1800.0
-RETRY_BASE_DELAY = 1.0
-RETRY_MAX_DELAY = 300.0
-MAX_DEATHS = 2
-SHUTDOWN_TIMEOUT = 30.0
 #: Seconds the producer waits for a broker that is down (at start-up, and per outage) when
 #: no ``--connect-timeout`` is given; the consumer, a service, waits as long as it takes.
 PRODUCER_CONNECT_TIMEOUT = 30.0
 
-#: The environment variable of each setting. The command line reads them through click (so
-#: `--help` shows them), `load_settings` reads them for the library: the same names, and in
-#: both a value given explicitly wins over the environment, which wins over the default.
-ENVIRONMENT = {
-    "amqp_url": "AMQP_URL",
-    "queue": "TASKSHUTTLE_QUEUE",
-    "queue_type": "TASKSHUTTLE_QUEUE_TYPE",
-    "workers": "TASKSHUTTLE_WORKERS",
-    "prefetch": "TASKSHUTTLE_PREFETCH",
-    "max_attempts": "TASKSHUTTLE_MAX_ATTEMPTS",
-    "retry_base_delay": "TASKSHUTTLE_RETRY_BASE_DELAY",
-    "retry_max_delay": "TASKSHUTTLE_RETRY_MAX_DELAY",
-    "task_timeout": "TASKSHUTTLE_TASK_TIMEOUT",
-    "broker_consumer_timeout": "TASKSHUTTLE_BROKER_CONSUMER_TIMEOUT",
-    "max_deaths": "TASKSHUTTLE_MAX_DEATHS",
-    "shutdown_timeout": "TASKSHUTTLE_SHUTDOWN_TIMEOUT",
-    "connect_timeout": "TASKSHUTTLE_CONNECT_TIMEOUT",
-    "task_events": "TASKSHUTTLE_TASK_EVENTS",
-}
+
+class Setting:
+    """What a setting's field says beyond its type and default: the environment variable
+    and the flag that set it, its help, and the bounds its value must keep (pydantic's
+    names: ``ge``, ``gt``, ``le``, ``min_length``, ``max_length``, ``pattern``).
+
+    A flag wins over the variable, which wins over the default, in the command line and in
+    `common.settings.load_settings` alike. `flag` is None when it is the field's name
+    (``max_attempts``: ``--max-attempts``).
+    """
+
+    # A plain class, not a dataclass: every ``--help`` builds this module, and building a
+    # dataclass takes about a millisecond.
+    __slots__ = ("bounds", "env", "flag", "help", "show_default")
+
+    #: annotated-types' mark of grouped constraints: pydantic reads them through `__iter__`.
+    __is_annotated_types_grouped_metadata__ = True
+
+    def __init__(
+        self,
+        env: str,
+        help: str,
+        *,
+        flag: str | None = None,
+        show_default: bool = True,
+        **bounds: float | str,
+    ) -> None:
+        unknown = bounds.keys() - {"ge", "gt", "le", "min_length", "max_length", "pattern"}
+        if unknown:
+            raise TypeError(f"unknown bounds: {sorted(unknown)}")
+        self.env, self.help, self.flag, self.show_default = env, help, flag, show_default
+        self.bounds = bounds
+
+    def __repr__(self) -> str:
+        return f"Setting({self.env!r}, flag={self.flag!r}, bounds={self.bounds!r})"
+
+    def __iter__(self) -> Iterator[object]:
+        # Called by pydantic while it builds `Settings`: these imports never reach --help.
+        import annotated_types as at
+        from pydantic import StringConstraints
+
+        constraints = {"ge": at.Ge, "gt": at.Gt, "le": at.Le}
+        constraints |= {"min_length": at.MinLen, "max_length": at.MaxLen}
+        for name, bound in self.bounds.items():
+            if name == "pattern":
+                yield from StringConstraints(pattern=str(bound))
+            else:
+                yield constraints[name](bound)
+
+
+class SettingFields:
+    """The settings both programs share, each declared once (see the module's docstring)."""
+
+    amqp_url: Annotated[
+        str,
+        Setting("AMQP_URL", "Broker URL (rabbitmq); ?heartbeat=N etc. allowed.", flag="--url"),
+    ] = DEFAULT_AMQP_URL
+    queue: Annotated[
+        str,
+        Setting(
+            "TASKSHUTTLE_QUEUE",
+            "Work queue (with <queue>.dlq, <queue>.wait.N).",
+            min_length=1,
+            max_length=200,
+            pattern=r"^[A-Za-z0-9_.:-]+$",
+        ),
+    ] = "tasks"
+    #: The type of the queues this program creates (an existing queue is used as it is).
+    queue_type: Annotated[
+        QueueType,
+        Setting(
+            "TASKSHUTTLE_QUEUE_TYPE",
+            "rabbitmq: the type of the queues created (quorum: replicated over a cluster; "
+            "classic: one node). A queue that exists already is used as it is.",
+        ),
+    ] = QueueType.quorum
+    prefetch: Annotated[
+        int, Setting("TASKSHUTTLE_PREFETCH", "Tasks a worker may hold at once.", ge=1, le=65535)
+    ] = 100
+    workers: Annotated[int, Setting("TASKSHUTTLE_WORKERS", "Worker processes.", ge=1, le=256)] = 2
+    #: Tries per task before it is dead-lettered (a task may carry its own).
+    max_attempts: Annotated[
+        int,
+        Setting(
+            "TASKSHUTTLE_MAX_ATTEMPTS", "Tries per task before it is dead-lettered.", ge=1, le=100
+        ),
+    ] = 3
+    #: Seconds a task may run before it is stopped; 0 means no limit.
+    task_timeout: Annotated[
+        float,
+        Setting(
+            "TASKSHUTTLE_TASK_TIMEOUT",
+            "Seconds a task may run before it fails (0: no limit).",
+            ge=0,
+        ),
+    ] = 0.0
+    #: The broker's `consumer_timeout` in seconds (RabbitMQ's default: 30 minutes). A
+    #: delivery left unacked longer closes its channel, so a longer task timeout is useless.
+    broker_consumer_timeout: Annotated[
+        float,
+        Setting(
+            "TASKSHUTTLE_BROKER_CONSUMER_TIMEOUT",
+            "The broker's consumer_timeout in seconds: a longer --task-timeout gets a warning.",
+            gt=0,
+        ),
+    ] = 1800.0
+    #: Seconds to wait for a broker that is down, at start-up and per outage; 0: as long as
+    #: it takes; None: the role's own default (`common.factory.DEFAULT_WAIT`).
+    connect_timeout: Annotated[
+        float | None,
+        Setting(
+            "TASKSHUTTLE_CONNECT_TIMEOUT",
+            "Seconds to wait for a broker that is down, at start-up and per outage "
+            "(0: as long as it takes; by default the producer waits "
+            f"{PRODUCER_CONNECT_TIMEOUT:g}, the consumer as long as it takes).",
+            show_default=False,
+            ge=0,
+        ),
+    ] = None
+    #: First retry delay in seconds; doubles per attempt, with jitter, capped at retry_max_delay.
+    retry_base_delay: Annotated[
+        float,
+        Setting(
+            "TASKSHUTTLE_RETRY_BASE_DELAY",
+            "First retry delay in seconds; doubles per attempt, with jitter.",
+            flag="--retry-delay",
+            ge=0,
+        ),
+    ] = 1.0
+    retry_max_delay: Annotated[
+        float,
+        Setting("TASKSHUTTLE_RETRY_MAX_DELAY", "Cap on the retry delay, in seconds.", ge=0),
+    ] = 300.0
+    max_deaths: Annotated[
+        int,
+        Setting(
+            "TASKSHUTTLE_MAX_DEATHS",
+            "Workers a task may kill (dying while they run it) before it is dead-lettered.",
+            ge=1,
+            le=1000,
+        ),
+    ] = 2
+    #: Seconds a stopping consumer waits for the tasks in hand before it kills the workers.
+    shutdown_timeout: Annotated[
+        float,
+        Setting(
+            "TASKSHUTTLE_SHUTDOWN_TIMEOUT",
+            "Seconds the first Ctrl-C or SIGTERM waits for the tasks in hand; "
+            "then (or at the second) the workers are killed.",
+            gt=0,
+        ),
+    ] = 30.0
+    #: Workers publish task events to the broker: heartbeats always, the steps of each task
+    #: while somebody listens (`common.events`). Off: nothing at all.
+    task_events: Annotated[
+        bool,
+        Setting(
+            "TASKSHUTTLE_TASK_EVENTS",
+            "Publish task events for `consumer events`, `status` and the dashboard "
+            "(heartbeats always; each task's steps only while somebody listens).",
+            flag="--task-events/--no-task-events",
+        ),
+    ] = True
+
+
+class Declared(NamedTuple):
+    """One field of `SettingFields`, taken apart."""
+
+    type: Any
+    default: Any
+    setting: Setting
+
+
+@cache
+def declared() -> dict[str, Declared]:
+    """Each field of `SettingFields`, by name, in the order declared."""
+    fields = {}
+    for name, hint in get_type_hints(SettingFields, include_extras=True).items():
+        base, *extras = get_args(hint)
+        [setting] = [extra for extra in extras if isinstance(extra, Setting)]
+        fields[name] = Declared(base, getattr(SettingFields, name), setting)
+    return fields
+
+
+#: The environment variable of each setting, by field.
+ENVIRONMENT = {name: field.setting.env for name, field in declared().items()}

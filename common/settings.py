@@ -1,9 +1,11 @@
 """Settings shared by both programs: values given explicitly override the environment.
 
-`load_settings()` reads the environment (the variables in `common.defaults.ENVIRONMENT`:
-``AMQP_URL``, ``TASKSHUTTLE_QUEUE``, ``TASKSHUTTLE_WORKERS``...) when it is called, never at
-import time; `Settings(...)` is exactly the values given plus the defaults. The command line
-reads the same variables through click and builds `Settings(...)` from what it read.
+Each setting is declared once, in `common.defaults.SettingFields` (type, bounds, default,
+variable, flag, help); `Settings` validates those fields. `load_settings()` reads the
+environment (``AMQP_URL``, ``TASKSHUTTLE_QUEUE``, ``TASKSHUTTLE_WORKERS``...) when it is
+called, never at import time; `Settings(...)` is exactly the values given plus the defaults.
+The command line reads the same variables through click and builds `Settings(...)` from what
+it read (`common.cli.settings`).
 
 `Settings` is a plain pydantic model: a worker process unpickles one, and should not have to
 import an environment-reading library (pydantic-settings) to do so.
@@ -13,14 +15,20 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
-from common import defaults
-from common.defaults import DEFAULT_AMQP_URL, ENVIRONMENT, LOG_FORMAT, BackendName, QueueType
+from common.defaults import (
+    DEFAULT_AMQP_URL,
+    ENVIRONMENT,
+    LOG_FORMAT,
+    BackendName,
+    QueueType,
+    SettingFields,
+)
 from common.errors import ConfigError
 
 __all__ = [
@@ -127,37 +135,11 @@ def _scrub(text: str, url: str) -> str:
     return text
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class Settings(SettingFields, BaseModel):
+    """The settings of `SettingFields`, validated: a field's default is
+    ``Settings.model_fields[name].default``."""
 
-    amqp_url: str = Field(default=DEFAULT_AMQP_URL, repr=False)
-    queue: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")] = (
-        defaults.QUEUE
-    )
-    #: The type of the queues this program creates (an existing queue is used as it is).
-    queue_type: QueueType = defaults.QUEUE_TYPE
-    prefetch: Annotated[int, Field(ge=1, le=65535)] = defaults.PREFETCH
-    workers: Annotated[int, Field(ge=1, le=256)] = defaults.WORKERS
-    #: Tries per task before it is dead-lettered (a task may carry its own).
-    max_attempts: Annotated[int, Field(ge=1, le=100)] = defaults.MAX_ATTEMPTS
-    #: Seconds a task may run before it is stopped; 0 means no limit.
-    task_timeout: Annotated[float, Field(ge=0)] = defaults.TASK_TIMEOUT
-    #: The broker's `consumer_timeout` in seconds (RabbitMQ's default: 30 minutes). A
-    #: delivery left unacked longer closes its channel, so a longer task timeout is useless.
-    broker_consumer_timeout: Annotated[float, Field(gt=0)] = defaults.BROKER_CONSUMER_TIMEOUT
-    #: Seconds to wait for a broker that is down, at start-up and per outage; 0: as long as
-    #: it takes; None: the role's own default (the producer 30 s, the consumer forever).
-    connect_timeout: Annotated[float | None, Field(ge=0)] = None
-    #: First retry delay in seconds; doubles per attempt, with jitter, capped at retry_max_delay.
-    retry_base_delay: Annotated[float, Field(ge=0)] = defaults.RETRY_BASE_DELAY
-    retry_max_delay: Annotated[float, Field(ge=0)] = defaults.RETRY_MAX_DELAY
-    #: Workers a task may kill (dying while they run it) before it is dead-lettered.
-    max_deaths: Annotated[int, Field(ge=1, le=1000)] = defaults.MAX_DEATHS
-    #: Seconds a stopping consumer waits for the tasks in hand before it kills the workers.
-    shutdown_timeout: Annotated[float, Field(gt=0)] = defaults.SHUTDOWN_TIMEOUT
-    #: Workers publish task events to the broker: heartbeats always, the steps of each task
-    #: while somebody listens (`common.events`). Off: nothing at all.
-    task_events: bool = True
+    model_config = ConfigDict(extra="ignore")
 
     @field_validator("amqp_url")
     @classmethod
@@ -167,6 +149,10 @@ class Settings(BaseModel):
     @property
     def safe_url(self) -> str:
         return redact_url(self.amqp_url)
+
+    def __repr_args__(self) -> Any:
+        # The URL may hold a password: a repr (a log line, a traceback) never shows it.
+        return [(name, value) for name, value in super().__repr_args__() if name != "amqp_url"]
 
 
 def load_settings(**overrides: object) -> Settings:

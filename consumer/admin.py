@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from common import defaults, options
-from common.cli import fail, new_app
+from common.cli import CONNECTION, fail, new_app, rabbitmq_settings, takes
 from common.defaults import BackendName
 
 if TYPE_CHECKING:
@@ -31,6 +30,11 @@ if TYPE_CHECKING:
 
 PROG = "consumer"
 
+#: The options that say which queue on which broker, declared once for the consumer: taken
+#: by `consumer` itself and by each command that works on its queue (`purge`, `dlq ...`,
+#: `dashboard`), typed before the command's name or after it.
+connection = takes(*CONNECTION, backend=BackendName.rabbitmq)
+
 dlq_app = new_app(help="See, replay and purge dead letters.")
 
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before removing.")]
@@ -38,11 +42,17 @@ Reason = Annotated[
     str | None,
     typer.Option(help="Only dead letters of this reason (bad-payload, max-attempts...)."),
 ]
+DlqLimit = Annotated[
+    int,
+    typer.Option(
+        "--limit", min=0, help="Show at most this many dead letters, oldest first (0: all)."
+    ),
+]
 
 
 def _settings(ctx: typer.Context) -> Settings:
     """Settings from --backend, --url and --queue, given before the command or after it."""
-    return options.rabbitmq_settings(ctx, "the local backend's queues live in `producer` itself")
+    return rabbitmq_settings(ctx, "the local backend's queues live in `producer` itself")
 
 
 def _backend(settings: Settings) -> RabbitBackend:
@@ -70,12 +80,9 @@ def _plural(count: int, noun: str, nouns: str | None = None) -> str:
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
+@connection
 def purge(
     ctx: typer.Context,
-    backend: options.Backend = BackendName.rabbitmq,
-    queue: options.Queue = defaults.QUEUE,
-    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
-    url: options.Url = defaults.DEFAULT_AMQP_URL,
     yes: Yes = False,
 ) -> None:
     """Remove every task waiting in the work queue and its wait queues (retries waiting out
@@ -107,14 +114,11 @@ def _purge_question(queue: str, queued: dict[str, int], admin: RabbitBackend) ->
 
 
 @dlq_app.command("list")
+@connection
 def dlq_list(
     ctx: typer.Context,
-    backend: options.Backend = BackendName.rabbitmq,
-    queue: options.Queue = defaults.QUEUE,
-    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
-    url: options.Url = defaults.DEFAULT_AMQP_URL,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    limit: options.DlqLimit = 100,
+    limit: DlqLimit = 100,
     reason: Reason = None,
 ) -> None:
     """Show the dead letters, oldest first, with why each is there (they stay in the DLQ)."""
@@ -159,12 +163,9 @@ def _cell(text: str, width: int) -> str:
 
 
 @dlq_app.command("replay")
+@connection
 def dlq_replay(
     ctx: typer.Context,
-    backend: options.Backend = BackendName.rabbitmq,
-    queue: options.Queue = defaults.QUEUE,
-    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
-    url: options.Url = defaults.DEFAULT_AMQP_URL,
     task_id: Annotated[
         str | None, typer.Option("--id", help="Only the dead letters of this task id.")
     ] = None,
@@ -182,12 +183,9 @@ def dlq_replay(
 
 
 @dlq_app.command("purge")
+@connection
 def dlq_purge(
     ctx: typer.Context,
-    backend: options.Backend = BackendName.rabbitmq,
-    queue: options.Queue = defaults.QUEUE,
-    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
-    url: options.Url = defaults.DEFAULT_AMQP_URL,
     yes: Yes = False,
 ) -> None:
     """Remove every dead letter, for good."""

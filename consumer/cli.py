@@ -15,8 +15,21 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from common import defaults, options
-from common.cli import invalid, new_app, run_app, setup_logging
+from common.cli import (
+    Handlers,
+    LogFormatOption,
+    LogLevelOption,
+    Verbose,
+    Version,
+    bad_value,
+    given,
+    invalid,
+    new_app,
+    run_app,
+    settings_from,
+    setup_logging,
+    takes,
+)
 from common.defaults import BackendName
 from common.logs import STATUS_LOGGER, LogFormat
 from consumer import admin, dashboard, watch
@@ -52,30 +65,29 @@ class PoolKind(StrEnum):
 
 
 @app.callback(invoke_without_command=True)
+@admin.connection
+@takes(
+    "workers",
+    "prefetch",
+    "max_attempts",
+    "retry_base_delay",
+    "retry_max_delay",
+    "task_timeout",
+    "broker_consumer_timeout",
+    "max_deaths",
+    "shutdown_timeout",
+    "connect_timeout",
+    "task_events",
+)
 def main(
     ctx: typer.Context,
-    backend: options.Backend = BackendName.rabbitmq,
-    workers: options.Workers = defaults.WORKERS,
     pool: Annotated[
         PoolKind, typer.Option(help="Workers as processes, or as threads of one process.")
     ] = PoolKind.process,
-    prefetch: options.Prefetch = defaults.PREFETCH,
-    queue: options.Queue = defaults.QUEUE,
-    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
-    url: options.Url = defaults.DEFAULT_AMQP_URL,
-    max_attempts: options.MaxAttempts = defaults.MAX_ATTEMPTS,
-    retry_delay: options.RetryDelay = defaults.RETRY_BASE_DELAY,
-    retry_max_delay: options.RetryMaxDelay = defaults.RETRY_MAX_DELAY,
-    task_timeout: options.TaskTimeout = defaults.TASK_TIMEOUT,
-    broker_consumer_timeout: options.BrokerConsumerTimeout = defaults.BROKER_CONSUMER_TIMEOUT,
-    max_deaths: options.MaxDeaths = defaults.MAX_DEATHS,
-    shutdown_timeout: options.ShutdownTimeout = defaults.SHUTDOWN_TIMEOUT,
-    connect_timeout: options.ConnectTimeout = None,
     burst: Annotated[
         bool, typer.Option(help="Exit 0 once the queue has been empty for a moment.")
     ] = False,
-    handlers: options.Handlers = None,
-    task_events: options.TaskEvents = True,
+    handlers: Handlers = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -87,22 +99,22 @@ def main(
     metrics_host: Annotated[
         str, typer.Option(help="The address the metrics endpoint listens on.")
     ] = "127.0.0.1",
-    verbose: options.Verbose = False,
-    log_level: options.LogLevelOption = None,
-    log_format: options.LogFormatOption = LogFormat.text,
-    version: options.Version = False,
+    verbose: Verbose = False,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = LogFormat.text,
+    version: Version = False,
 ) -> None:
     """Consume tasks with N worker processes until SIGINT/SIGTERM (or, with --burst, until
     the queue is empty). On a terminal, a live table shows what each worker does."""
     setup_logging(verbose, log_level, log_format)
     if ctx.invoked_subcommand is not None:
         return  # `dlq`, `purge`: they read --backend, --url and --queue from here or their own
-    if backend is BackendName.local:
-        raise options.bad_value(ctx, "backend", LOCAL_MESSAGE)
-    settings = options.settings_from(ctx)  # --queue, --url, --workers...
+    if given(ctx, "backend") is BackendName.local:
+        raise bad_value(ctx, "backend", LOCAL_MESSAGE)
+    settings = settings_from(ctx)  # --queue, --url, --workers...
     if pool is PoolKind.thread and settings.task_timeout:
         message = "needs --pool process: a thread cannot be stopped"
-        raise options.bad_value(ctx, "task_timeout", message)
+        raise bad_value(ctx, "task_timeout", message)
     from consumer.handlers import import_handlers
     from consumer.worker import WorkerOptions
 

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from common import defaults, options
-from common.cli import invalid
+from common.cli import CONNECTION, invalid, settings_from, takes
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -52,11 +51,9 @@ ManagementUrl = Annotated[
 ]
 
 
+@takes(*CONNECTION)
 def status(
     ctx: typer.Context,
-    queue: options.Queue = defaults.QUEUE,
-    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
-    url: options.Url = defaults.DEFAULT_AMQP_URL,
     management_url: ManagementUrl = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON document (with --watch, one per line).")
@@ -76,7 +73,7 @@ def status(
 ) -> None:
     """Show the queue family of --queue (the work queue, its wait queues, its DLQ) and the
     live workers: messages ready and unacked, consumers, rates, each worker's tasks."""
-    settings = options.settings_from(ctx)
+    settings = settings_from(ctx)
     from common.status import StatusWatcher, check_management_url
 
     if management_url is not None:
@@ -239,10 +236,9 @@ EVENTS_NOTICE = (
 )
 
 
+@takes("queue", "amqp_url")  # no --queue-type: its listener has an exclusive queue of its own
 def events(
     ctx: typer.Context,
-    queue: options.Queue = defaults.QUEUE,
-    url: options.Url = defaults.DEFAULT_AMQP_URL,
     all_queues: Annotated[
         bool, typer.Option("--all-queues", help="The events of every queue's workers.")
     ] = False,
@@ -272,7 +268,7 @@ def events(
 ) -> None:
     """Print the task events of --queue's workers as they happen, one line each, until
     Ctrl-C (or --count events)."""
-    settings = options.settings_from(ctx)
+    settings = settings_from(ctx)
     kinds = _kinds(list(kind or ()), list(outcome or ()))
     from common.events import HEARTBEAT_INTERVAL, EventListener
 

@@ -7,8 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from common import options
-from common.cli import new_app, run_app, setup_logging
+from common.cli import Backend, Json, Url, Version, new_app, run_app, setup_logging
 from common.defaults import DEFAULT_AMQP_URL, BackendName
 from common.errors import TaskshuttleError
 from lessons import LESSONS, show
@@ -54,7 +53,7 @@ def _help(name: str) -> str:
 
 
 @app.callback(invoke_without_command=True)
-def main(ctx: typer.Context, version: options.Version = False, lang: LangOption = None) -> None:
+def main(ctx: typer.Context, version: Version = False, lang: LangOption = None) -> None:
     setup_logging(False)
     if ctx.invoked_subcommand is None:  # no lesson named: list them, and exit 0
         set_language(lang or from_locale())
@@ -68,10 +67,10 @@ def main(ctx: typer.Context, version: options.Version = False, lang: LangOption 
 
 @app.command("process-objects", help=_help("process-objects"))
 def process_objects(
-    backend: options.Backend = BackendName.local,
-    url: options.Url = DEFAULT_AMQP_URL,
+    backend: Backend = BackendName.local,
+    url: Url = DEFAULT_AMQP_URL,
     tasks: Annotated[int, typer.Option(min=1, help="Tasks in the job.")] = 20,
-    as_json: options.Json = False,
+    as_json: Json = False,
     lang: LangOption = None,
 ) -> None:
     from lessons import process_objects as lesson
@@ -83,9 +82,9 @@ def process_objects(
 
 @app.command("zombie-orphan", help=_help("zombie-orphan"))
 def zombie_orphan(
-    backend: options.Backend = BackendName.local,
-    url: options.Url = DEFAULT_AMQP_URL,
-    as_json: options.Json = False,
+    backend: Backend = BackendName.local,
+    url: Url = DEFAULT_AMQP_URL,
+    as_json: Json = False,
     lang: LangOption = None,
 ) -> None:
     from lessons import zombie_orphan as lesson
@@ -97,9 +96,9 @@ def zombie_orphan(
 
 @app.command("daemon", help=_help("daemon"))
 def daemon(
-    backend: options.Backend = BackendName.local,
-    url: options.Url = DEFAULT_AMQP_URL,
-    as_json: options.Json = False,
+    backend: Backend = BackendName.local,
+    url: Url = DEFAULT_AMQP_URL,
+    as_json: Json = False,
     lang: LangOption = None,
 ) -> None:
     from lessons import daemon as lesson
@@ -111,7 +110,7 @@ def daemon(
 
 @app.command("mutex", help=_help("mutex"))
 def mutex(
-    backend: options.Backend = BackendName.local,
+    backend: Backend = BackendName.local,
     no_lock: Annotated[
         bool, typer.Option("--no-lock", help="Only the unsafe ticket office (default: both).")
     ] = False,
@@ -119,8 +118,8 @@ def mutex(
     buyers: Annotated[int, typer.Option(min=1)] = 200,
     consumers: Annotated[int, typer.Option(min=1, max=32, help="Worker processes.")] = 4,
     delay: Annotated[float, typer.Option(min=0, help="Seconds between check and buy.")] = 0.01,
-    url: options.Url = DEFAULT_AMQP_URL,
-    as_json: options.Json = False,
+    url: Url = DEFAULT_AMQP_URL,
+    as_json: Json = False,
     lang: LangOption = None,
 ) -> None:
     from lessons import mutex as lesson
@@ -141,10 +140,10 @@ def mutex(
 
 @app.command("queues", help=_help("queues"))
 def queues(
-    backend: options.Backend = BackendName.local,
-    url: options.Url = DEFAULT_AMQP_URL,
+    backend: Backend = BackendName.local,
+    url: Url = DEFAULT_AMQP_URL,
     tasks: Annotated[int, typer.Option(min=1, help="Numbered tasks per run.")] = 200,
-    as_json: options.Json = False,
+    as_json: Json = False,
     lang: LangOption = None,
 ) -> None:
     from lessons import queues as lesson
@@ -156,9 +155,9 @@ def queues(
 
 @app.command("producer-consumer", help=_help("producer-consumer"))
 def producer_consumer(
-    backend: options.Backend = BackendName.local,
-    url: options.Url = DEFAULT_AMQP_URL,
-    as_json: options.Json = False,
+    backend: Backend = BackendName.local,
+    url: Url = DEFAULT_AMQP_URL,
+    as_json: Json = False,
     lang: LangOption = None,
 ) -> None:
     from lessons import producer_consumer as lesson
@@ -170,10 +169,10 @@ def producer_consumer(
 
 @app.command("threads", help=_help("threads"))
 def threads(
-    backend: options.Backend = BackendName.local,
+    backend: Backend = BackendName.local,
     workers: Annotated[int, typer.Option(min=2, max=16, help="Processes / threads.")] = 2,
-    url: options.Url = DEFAULT_AMQP_URL,
-    as_json: options.Json = False,
+    url: Url = DEFAULT_AMQP_URL,
+    as_json: Json = False,
     lang: LangOption = None,
 ) -> None:
     from lessons import threads as lesson
@@ -185,10 +184,10 @@ def threads(
 
 @app.command("compare", help="The same workload on both backends, one table side by side.")
 def compare(
-    url: options.Url = DEFAULT_AMQP_URL,
+    url: Url = DEFAULT_AMQP_URL,
     workers: Annotated[int, typer.Option(min=1, max=16)] = 2,
     tasks: Annotated[int, typer.Option(min=10, help="Tasks in the throughput run.")] = 2000,
-    as_json: options.Json = False,
+    as_json: Json = False,
     lang: LangOption = None,
 ) -> None:
     from lessons import compare as lesson

@@ -12,8 +12,24 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from common import defaults, options
-from common.cli import invalid, new_app, parse_json_object, run_app, setup_logging
+from common.cli import (
+    CONNECTION,
+    Handlers,
+    Json,
+    LogFormatOption,
+    LogLevelOption,
+    Verbose,
+    Version,
+    given,
+    invalid,
+    is_default,
+    new_app,
+    parse_json_object,
+    run_app,
+    settings_from,
+    setup_logging,
+    takes,
+)
 from common.defaults import BackendName
 from common.logs import LogFormat
 
@@ -27,11 +43,25 @@ if TYPE_CHECKING:
 
 app = new_app()
 
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
 
 @app.command()
+@takes(backend=BackendName.local)  # first in --help: it says which of the others apply
+@takes(
+    *CONNECTION,
+    "workers",
+    "prefetch",
+    "max_attempts",
+    "retry_base_delay",
+    "retry_max_delay",
+    "task_timeout",
+    "max_deaths",
+    "connect_timeout",
+    before="handlers",
+)
 def main(
     ctx: typer.Context,
-    backend: options.Backend = BackendName.local,
     count: Annotated[int, typer.Option(help="How many tasks to send.")] = 100,
     kind: Annotated[str, typer.Option(help="Task kind: echo, sleep, cpu, fail, or your own.")] = (
         "echo"
@@ -42,18 +72,7 @@ def main(
     ] = None,
     wait: Annotated[bool, typer.Option(help="rabbitmq: wait for every result, summarise.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for results.")] = 300.0,
-    queue: options.Queue = defaults.QUEUE,
-    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
-    url: options.Url = defaults.DEFAULT_AMQP_URL,
-    workers: options.Workers = defaults.WORKERS,
-    prefetch: options.Prefetch = defaults.PREFETCH,
-    max_attempts: options.MaxAttempts = defaults.MAX_ATTEMPTS,
-    retry_delay: options.RetryDelay = defaults.RETRY_BASE_DELAY,
-    retry_max_delay: options.RetryMaxDelay = defaults.RETRY_MAX_DELAY,
-    task_timeout: options.TaskTimeout = defaults.TASK_TIMEOUT,
-    max_deaths: options.MaxDeaths = defaults.MAX_DEATHS,
-    connect_timeout: options.ConnectTimeout = None,
-    handlers: options.Handlers = None,
+    handlers: Handlers = None,
     record: Annotated[
         Path | None,
         typer.Option(
@@ -63,19 +82,19 @@ def main(
             dir_okay=False,
         ),
     ] = None,
-    quiet: options.Quiet = False,
-    as_json: options.Json = False,
-    verbose: options.Verbose = False,
-    log_level: options.LogLevelOption = None,
-    log_format: options.LogFormatOption = LogFormat.text,
-    version: options.Version = False,
+    quiet: Quiet = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = LogFormat.text,
+    version: Version = False,
 ) -> None:
     """Send COUNT tasks of KIND; with the local backend, also run the workers (--workers,
     --prefetch, --retry-delay, --task-timeout apply to those)."""
     setup_logging(verbose, log_level, log_format)
     job = _job(ctx, count, kind, payload, rate, timeout, handlers or [])
-    local = backend is BackendName.local
-    settings = options.settings_from(ctx, with_url=not local)  # --queue, --url, --workers...
+    local = given(ctx, "backend") is BackendName.local
+    settings = settings_from(ctx, with_url=not local)  # --queue, --url, --workers...
     from producer import output
 
     stop = output.Stop()
@@ -196,7 +215,7 @@ def _job(
     with invalid("--payload"):
         handler.check(body)
     # Given by flag or environment, the tries travel with each task; else the consumer decides.
-    tries = None if options.is_default(ctx, "max_attempts") else ctx.params["max_attempts"]
+    tries = None if is_default(ctx, "max_attempts") else given(ctx, "max_attempts")
     return Job(count=count, kind=kind, payload=body, rate=rate, max_attempts=tries)
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from consumer.cli import app as consumer_app
@@ -315,3 +316,76 @@ def _modules_after(code: str) -> set[str]:
     )
     assert done.returncode == 0, done.stderr
     return set(done.stdout.split("\n")[-2].split())
+
+
+def _group_and_command() -> object:
+    """A group and its subcommand that both take --queue, as `consumer` and `dlq list` do;
+    the subcommand prints where the value came from."""
+    from common.cli import given, is_default, new_app, takes
+    from common.defaults import BackendName
+
+    group = new_app()
+
+    @group.callback()
+    @takes("queue", backend=BackendName.rabbitmq)
+    def main(ctx: typer.Context) -> None:
+        pass
+
+    @group.command("sub")
+    @takes("queue", "workers")
+    def sub(ctx: typer.Context, count: int = 1) -> None:
+        print(given(ctx, "queue"), is_default(ctx, "queue"), given(ctx, "backend"), count)
+
+    return group
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "shown"),
+    [
+        ([], {}, "tasks True rabbitmq 1"),
+        (["--queue", "a"], {}, "a False rabbitmq 1"),
+        (["sub", "--queue", "b"], {}, "b False rabbitmq 1"),
+        (["--queue", "a", "sub", "--queue", "b"], {}, "b False rabbitmq 1"),
+        (["--queue", "a", "--backend", "local"], {"TASKSHUTTLE_QUEUE": "e"}, "a False local 1"),
+        ([], {"TASKSHUTTLE_QUEUE": "e"}, "e False rabbitmq 1"),
+        (["sub", "--queue", "b"], {"TASKSHUTTLE_QUEUE": "e"}, "b False rabbitmq 1"),
+    ],
+)
+def test_an_option_typed_on_the_innermost_command_wins(
+    args: list[str], env: dict[str, str], shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TASKSHUTTLE_QUEUE", raising=False)
+    # `sub` always last: a group's options come before the subcommand's name.
+    argv = [*args, "sub"] if "sub" not in args else args
+    done = CliRunner().invoke(_group_and_command(), argv, env=env)  # type: ignore[arg-type]
+    assert done.exit_code == 0, done.output
+    assert done.output == shown + "\n"
+
+
+def test_a_subcommand_help_lists_the_options_it_takes_ahead_of_its_own() -> None:
+    text = _help(_group_and_command(), "sub")
+    assert text.index("--queue <str>") < text.index("--workers <int>") < text.index("--count")
+    assert "--backend" not in text
+
+
+def test_every_setting_is_an_option_of_the_consumer_built_from_its_declaration() -> None:
+    from common.defaults import declared
+
+    text = _help(consumer_app)
+    for name, field in declared().items():
+        flag = (field.setting.flag or "--" + name.replace("_", "-")).split("/")[0]
+        assert f"{flag} " in text, name
+        assert f"[env var: {field.setting.env}" in text, name
+        if field.setting.show_default:  # a flag's default is shown as the flag
+            default = flag.removeprefix("--") if field.default is True else field.default
+            assert f"default: {default}]" in text, name
+
+
+def test_a_command_cannot_take_an_option_it_declares_itself() -> None:
+    from common.cli import takes
+
+    def command(ctx: typer.Context, queue: str = "q") -> None:
+        pass
+
+    with pytest.raises(TypeError, match="queue"):
+        takes("queue")(command)

@@ -140,3 +140,44 @@ def test_a_comma_inside_a_password_never_prints_any_of_it() -> None:
     assert "%2C" in str(error.value)
     assert "s3cr" not in str(error.value) and "etZ" not in str(error.value)
     assert "s3cr" not in redact_url(url) and "etZ" not in redact_url(url)
+
+
+def test_each_setting_is_declared_once_and_the_model_reads_it() -> None:
+    from common.defaults import ENVIRONMENT, declared
+
+    fields = declared()
+    assert list(Settings.model_fields) == list(fields)  # no field of the model's own
+    for name, field in fields.items():
+        assert Settings.model_fields[name].default == field.default, name
+        assert field.setting.help, name
+        assert ENVIRONMENT[name] == field.setting.env
+    assert Settings.model_fields["max_attempts"].default == 3
+    assert len(set(ENVIRONMENT.values())) == len(ENVIRONMENT)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"prefetch": 65536}, "invalid prefetch: must be at most 65535"),
+        ({"workers": 257}, "invalid workers: must be at most 256"),
+        ({"max_deaths": 0}, "invalid max_deaths: must be at least 1"),
+        ({"connect_timeout": -1}, "invalid connect_timeout: must be at least 0"),
+        ({"shutdown_timeout": 0}, "invalid shutdown_timeout: must be more than 0"),
+        ({"queue": ""}, "invalid queue: must be at least 1 characters long"),
+        ({"queue": "q" * 201}, "invalid queue: must be at most 200 characters long"),
+        ({"queue": "a/b"}, "invalid queue: must match ^[A-Za-z0-9_.:-]+$"),
+    ],
+)
+def test_the_declared_bounds_are_checked(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**overrides)
+    assert str(caught.value) == message
+
+
+def test_the_declaration_imports_no_pydantic() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, common.defaults; print('pydantic' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.stdout == "False\n", done.stderr

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from common import defaults, options
-from common.defaults import BackendName
+from common.cli import rabbitmq_settings
+from consumer.admin import connection
 
 if TYPE_CHECKING:
     import uvicorn
@@ -48,12 +48,9 @@ def register(app: typer.Typer) -> None:
     app.command("dashboard")(dashboard)
 
 
+@connection
 def dashboard(
     ctx: typer.Context,
-    backend: options.Backend = BackendName.rabbitmq,
-    queue: options.Queue = defaults.QUEUE,
-    queue_type: options.QueueTypeOption = defaults.QUEUE_TYPE,
-    url: options.Url = defaults.DEFAULT_AMQP_URL,
     host: Annotated[
         str,
         typer.Option(
@@ -74,7 +71,7 @@ def dashboard(
     ] = "http://127.0.0.1:15672",
 ) -> None:
     """Serve a live web dashboard of the queue; prints its URL, with the token it needs."""
-    settings = options.rabbitmq_settings(
+    settings = rabbitmq_settings(
         ctx, "the local backend's queue lives inside the producer's processes"
     )
     try:
