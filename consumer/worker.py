@@ -22,6 +22,7 @@ from pydantic_core import PydanticSerializationError
 
 from common.backend import Delivery, WorkerBackend
 from common.clock import SYSTEM_CLOCK, Clock
+from common.defaults import SettingFields
 from common.errors import BadMessage, ConnectionLost
 from common.events import EventSink
 from common.schemas import (
@@ -49,9 +50,12 @@ class StopFlag(Protocol):
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    max_attempts: int = 3
-    retry_base_delay: float = 1.0
-    retry_max_delay: float = 300.0
+    """What a worker's default middleware is built from; the defaults are the settings'
+    (`common.defaults.SettingFields`), never restated here."""
+
+    max_attempts: int = SettingFields.max_attempts
+    retry_base_delay: float = SettingFields.retry_base_delay
+    retry_max_delay: float = SettingFields.retry_max_delay
     #: Exit once the queue has stayed empty this long (``--burst``); None: run until stopped.
     burst_idle: float | None = None
     #: How long one `receive` may block before the loop looks at the stop flag again.
@@ -60,7 +64,7 @@ class WorkerOptions:
     #: worker process is replaced, since Python cannot stop a running function. None: no limit.
     task_timeout: float | None = None
     #: Publish task events through the backend (`Settings.task_events`).
-    task_events: bool = True
+    task_events: bool = SettingFields.task_events
 
     @classmethod
     def from_settings(cls, settings: Settings, burst_idle: float | None = None) -> WorkerOptions:
