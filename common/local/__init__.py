@@ -47,15 +47,11 @@ from common.local.wire import (
     task_key,
 )
 
-#: The broker's earlier name, which the bench still imports.
-LocalBackend = LocalBroker
-
 __all__ = [
     "MP_CONTEXT",
     "Acked",
     "Dead",
     "Event",
-    "LocalBackend",
     "LocalBroker",
     "LocalWorkerEnd",
     "Requeue",
