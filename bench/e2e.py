@@ -8,7 +8,7 @@ Starts ``consumer --workers W`` on a queue of its own, runs `producer.run.run_ra
 ``wait=True`` (what ``producer --wait`` runs) in this process, and reports the tasks per
 second, the broker's CPU per task (the Erlang VM listening on the AMQP port, read with psutil
 over the run) and how many acks the producer sent for its results (counted by wrapping
-`Acks.flush` and `Acks.ack` of the tree under test). Run as a script, not with ``-m``: with
+pika's `Channel.basic_ack` in this process). Run as a script, not with ``-m``: with
 ``--tree`` the project's modules are imported from that checkout.
 """
 
@@ -38,23 +38,19 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _count_acks() -> dict[str, int]:
-    """Count the ack frames this process sends: a held ack sent by `flush`, or one sent
-    alone by `ack` (over a delivery with an earlier one unsettled)."""
-    from common.rabbitmq.outbox import Acks
+    """Count the ack frames this process sends (the producer's, for its results: the
+    consumer is another process): each is one call of pika's `Channel.basic_ack`, a single
+    ack or a ``multiple=True`` one."""
+    from pika.channel import Channel
 
     sent = {"acks": 0}
-    flush, ack = Acks.flush, Acks.ack
+    basic_ack = Channel.basic_ack
 
-    def counted_flush(self: Acks) -> None:
-        sent["acks"] += self._pending is not None
-        flush(self)
+    def counted_ack(self: Channel, delivery_tag: int = 0, multiple: bool = False) -> None:
+        sent["acks"] += 1
+        basic_ack(self, delivery_tag, multiple)
 
-    def counted_ack(self: Acks, tag: int) -> None:
-        ack(self, tag)
-        sent["acks"] += self._pending != tag  # not held: it went out alone
-
-    Acks.flush = counted_flush  # type: ignore[method-assign]
-    Acks.ack = counted_ack  # type: ignore[method-assign]
+    Channel.basic_ack = counted_ack  # type: ignore[method-assign]
     return sent
 
 

@@ -41,9 +41,9 @@ class _Listening:
     """An `EventListener` for one queue, taking events in a thread until stopped."""
 
     def __init__(self, url: str, queue: str) -> None:
-        from common.events import EventListener
+        from common.factory import open_event_listener
 
-        self.listener = EventListener(url, queue)
+        self.listener = open_event_listener(url, queue)
         self.count = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._take, name="listener", daemon=True)

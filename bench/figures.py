@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.config import CaseError
 from bench.stamps import stamp_window
-from common.ledger import percentile
+from producer.ledger import percentile
 
 if TYPE_CHECKING:
     from bench.procs import CpuSampler

@@ -88,7 +88,8 @@ def _tasks(cfg: CaseConfig, count: int) -> list[Any]:
 
 
 def _pool(cfg: CaseConfig, burst_idle: float | None, local: Any = None) -> Any:
-    from consumer.supervisor import WorkerPool, WorkerSpec
+    from consumer.spec import WorkerSpec
+    from consumer.supervisor import WorkerPool
     from consumer.worker import WorkerOptions
 
     spec = WorkerSpec(_settings(cfg), WorkerOptions(burst_idle=burst_idle), HANDLERS)
@@ -155,7 +156,7 @@ def _histogram_ms(histogram: Any, pct: float) -> float:
 
 def _tally(job: Any) -> Any:
     """What `producer` records into: counts and histograms, no list of every task."""
-    from common.ledger import Tally
+    from producer.ledger import Tally
 
     return Tally(job.numbering, from_creation=True)
 

@@ -19,9 +19,10 @@ through the broker:
 
 and, beside them, when the publish returned (confirmed: that wait is not on the task's way
 to its result, which often comes first). The I/O threads' times come from wrappers put
-around `common.rabbitmq.link.Link`'s methods when this module runs as the program (and in
-the worker processes it starts, which run this module again as ``__mp_main__``): importing it
-changes nothing. Each worker process writes its times to a file as it exits.
+around pika's `Channel.basic_publish` and `Channel.basic_consume` (and the result's hand-off
+from `common.rabbitmq.link.Link.ack_with_result`) when this module runs as the program (and
+in the worker processes it starts, which run this module again as ``__mp_main__``):
+importing it changes nothing. Each worker process writes its times to a file as it exits.
 
 Without ``--rate`` each task is published once the previous result is in (no queueing
 anywhere: the floor of each hop); with ``--rate`` tasks are paced as `producer --rate --wait`
@@ -69,37 +70,42 @@ def _stamp(task_id: str | None, name: str) -> None:
         STAMPS.setdefault(task_id, {})[name] = time.time()
 
 
-def _trace_links() -> None:
-    """Stamp each I/O thread hand-off, by wrapping the `Link` methods where they happen (a
-    task's message carries its id as ``message_id``, a result's as ``correlation_id``)."""
+def _trace_channels() -> None:
+    """Stamp each I/O thread hand-off where it happens: in pika's `Channel.basic_publish`
+    (sent) and in the callback each `Channel.basic_consume` registers (delivered), both run
+    by the I/O thread, and in `Link.ack_with_result`, where a worker's thread queues a result
+    for its I/O thread. A task's message carries its id as ``message_id``, a result's as
+    ``correlation_id``; task events carry neither, and are not stamped."""
+    from pika.channel import Channel
+
     from common.rabbitmq.link import Link
 
-    on_message, on_reply = Link._on_message_io, Link._on_settled_message_io
-    publish, ack_with_result = Link._publish_io, Link.ack_with_result
+    basic_publish, basic_consume = Channel.basic_publish, Channel.basic_consume
+    ack_with_result = Link.ack_with_result
 
-    def on_message_io(self: Link, channel: Any, method: Any, props: Any, body: bytes) -> None:
-        _stamp(props.message_id, "delivered")
-        on_message(self, channel, method, props, body)
-
-    def on_reply_io(self: Link, channel: Any, method: Any, props: Any, body: bytes) -> None:
-        _stamp(props.correlation_id, "result_delivered")
-        on_reply(self, channel, method, props, body)
-
-    def publish_io(self: Link, message: Any, batch: Any, index: int = 0, **kw: Any) -> None:
-        props = message.properties
-        if props.correlation_id:
+    def publish(self: Channel, exchange: str, key: str, body: bytes, props: Any = None, *a: Any):
+        if props is not None and props.correlation_id:
             _stamp(props.correlation_id, "result_sent")
-        else:
+        elif props is not None:
             _stamp(props.message_id, "sent")
-        publish(self, message, batch, index, **kw)
+        basic_publish(self, exchange, key, body, props, *a)
+
+    def consume(self: Channel, queue: str, on_message: Any, *args: Any, **kwargs: Any) -> Any:
+        def stamped(channel: Any, method: Any, props: Any, body: bytes) -> None:
+            if props.correlation_id:
+                _stamp(props.correlation_id, "result_delivered")
+            else:
+                _stamp(props.message_id, "delivered")
+            on_message(channel, method, props, body)
+
+        return basic_consume(self, queue, stamped, *args, **kwargs)
 
     def queue_result(self: Link, tag: int, message: Any) -> None:
         _stamp(message.properties.correlation_id, "queued")
         ack_with_result(self, tag, message)
 
-    Link._on_message_io = on_message_io  # type: ignore[method-assign]
-    Link._on_settled_message_io = on_reply_io  # type: ignore[method-assign]
-    Link._publish_io = publish_io  # type: ignore[method-assign]
+    Channel.basic_publish = publish  # type: ignore[method-assign]
+    Channel.basic_consume = consume  # type: ignore[method-assign]
     Link.ack_with_result = queue_result  # type: ignore[method-assign]
 
 
@@ -109,7 +115,7 @@ def _dump_stamps(folder: str) -> None:
 
 
 if __name__ in ("__main__", "__mp_main__"):  # the program, or a worker process it started
-    _trace_links()
+    _trace_channels()
     if __name__ == "__mp_main__" and os.environ.get(TRACE_ENV):
         # Worker processes leave through multiprocessing's exit path, which runs this.
         multiprocessing.util.Finalize(
@@ -136,8 +142,8 @@ def _one_by_one(producer: Any, tasks: int) -> None:
 def _paced(producer: Any, tasks: int, rate: float) -> None:
     """As `producer --rate --wait` runs: `producer.run.send` and `collect`, into the
     producer's `Tally`, whose `record_result` is the end of each task's way."""
-    from common.ledger import Tally
-    from producer.run import Job, Progress, _publish_taking_results, _take_results, collect, send
+    from producer.ledger import Tally
+    from producer.run import Job, Progress, collect, publish_taking_results, send, take_results
 
     job = Job(count=tasks, kind="timeline", rate=rate)
     ledger, progress = Tally(job.numbering), Progress()
@@ -149,7 +155,7 @@ def _paced(producer: Any, tasks: int, rate: float) -> None:
         record_result(result)
 
     ledger.record_result = record  # type: ignore[method-assign]
-    publish = _publish_taking_results(producer, ledger, progress)
+    publish = publish_taking_results(producer, ledger, progress)
 
     def timed_publish(batch: list[Any]) -> None:
         for task in batch:  # built just before: the publish call
@@ -163,7 +169,7 @@ def _paced(producer: Any, tasks: int, rate: float) -> None:
         producer,
         ledger,
         progress,
-        between=lambda wait: _take_results(producer, ledger, progress, wait),
+        between=lambda wait: take_results(producer, ledger, progress, wait),
         publish=timed_publish,
     )
     collect(producer, ledger, progress, until=time.perf_counter() + 30)
@@ -196,9 +202,10 @@ def _figures(rows: list[dict[str, float]]) -> dict[str, Any]:
 
 def measure(url: str, queue_type: str, tasks: int, rate: float | None, workers: int) -> dict:
     from common.defaults import QueueType
-    from common.rabbitmq.backend import RabbitBackend
+    from common.factory import Role, open_backend
     from common.settings import load_settings
-    from consumer.supervisor import WorkerPool, WorkerSpec
+    from consumer.spec import WorkerSpec
+    from consumer.supervisor import WorkerPool
     from consumer.worker import WorkerOptions
 
     queue = f"bench.timeline.{uuid.uuid4().hex[:8]}"
@@ -208,7 +215,7 @@ def measure(url: str, queue_type: str, tasks: int, rate: float | None, workers: 
     with tempfile.TemporaryDirectory(prefix="timeline-") as folder:
         os.environ[TRACE_ENV] = folder  # the workers started next write their stamps there
         pool = WorkerPool(WorkerSpec(settings, WorkerOptions(), ("bench.tasks",)), workers)
-        producer = RabbitBackend(url, queue, want_results=True, queue_type=QueueType(queue_type))
+        producer: Any = open_backend(settings, Role.PRODUCER, results=True)
         try:
             pool.start()
             pool.wait_ready()

@@ -20,26 +20,25 @@ binds its queue, and workers stop sending them as soon as one comes back.
 
 Events are JSON validated by pydantic, like tasks: `decode_event` turns anything else into
 None, so whatever another client publishes on the exchange cannot crash a listener.
+
+This module is the schema and the emitter, and imports no backend: the RabbitMQ listener is
+`common.rabbitmq.events.EventListener` (open one with `common.factory.open_event_listener`),
+and the backends' sinks live with their backends.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue as queue_module
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from common.errors import ConnectionLost
 from common.schemas import HOSTNAME
-
-if TYPE_CHECKING:
-    from common.rabbitmq.link import Link
 
 log = logging.getLogger("taskshuttle.events")
 
@@ -47,9 +46,6 @@ log = logging.getLogger("taskshuttle.events")
 EVENTS_EXCHANGE = "taskshuttle.events"
 #: Seconds between a worker's heartbeats.
 HEARTBEAT_INTERVAL = 2.0
-#: Events a listener's queue keeps for it at most (the oldest go first): a listener that
-#: falls behind loses old events rather than make the broker hold them without end.
-LISTENER_BACKLOG = 10_000
 
 
 class EventKind(StrEnum):
@@ -254,72 +250,3 @@ class Emitter:
                 sink.send(events)
             except Exception as exc:  # events are a view: never a reason to stop working
                 log.debug("events not sent: %s: %s", type(exc).__name__, exc)
-
-
-class EventListener:
-    """Task events from RabbitMQ, as they come: an exclusive queue of its own, bound to
-    `EVENTS_EXCHANGE` for one work queue's events (or every queue's) and some kinds (or all),
-    gone with the connection. Events that do not validate are dropped (counted in
-    `dropped`)."""
-
-    def __init__(
-        self,
-        url: str,
-        queue: str | None = None,
-        kinds: Iterable[EventKind] = (),
-        *,
-        attempt_timeout: float = 10.0,
-    ) -> None:
-        from common.rabbitmq.backend import first_answering_link
-
-        self.kinds = tuple(kinds)
-        keys = [f"{queue or '*'}.{kind}" for kind in self.kinds] or [f"{queue or '*'}.*"]
-        if queue is not None and "." in queue:  # a topic key's words are split at dots
-            keys = ["#"]
-        self.queue = queue
-        self.dropped = 0
-        self._link: Link = first_answering_link(url, "events", attempt_timeout)
-        try:
-            self._name = self._link.listen(EVENTS_EXCHANGE, keys, LISTENER_BACKLOG)
-        except BaseException:
-            self._link.close()
-            raise
-
-    def get(self, timeout: float) -> TaskEvent | None:
-        """The next event, or None when none came within `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                _tag, _redelivered, _props, body = self._link.inbox.get(timeout=max(remaining, 0))
-            except queue_module.Empty:
-                if not self._link.alive:
-                    lost = ConnectionLost(f"connection to {self._link.safe_url} lost")
-                    raise (self._link.close_error or lost) from None
-                return None
-            event = decode_event(body)
-            if event is None:
-                self.dropped += 1
-            elif self._matches(event):
-                return event
-
-    def _matches(self, event: TaskEvent) -> bool:
-        """What the binding could not filter: a queue name with dots in it."""
-        return (self.queue is None or event.queue == self.queue) and (
-            not self.kinds or event.kind in self.kinds
-        )
-
-    def __iter__(self) -> Iterator[TaskEvent]:
-        while True:
-            event = self.get(1.0)
-            if event is not None:
-                yield event
-
-    def close(self) -> None:
-        self._link.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -1,4 +1,6 @@
-"""One place that builds backends: every program, the lessons and the bench call `open_backend`.
+"""One place that builds backends: every program, the lessons and the bench call `open_backend`
+(or one of its siblings below); nothing else constructs a `RabbitBackend`, a `LocalBroker`, an
+event listener or an AMQP connection (tests/test_layers.py checks it).
 
 What differs between roles is decided here and nowhere else. Each waits for a broker that is
 down (at start-up as after a loss) with capped, jittered backoff, logging one line per
@@ -19,6 +21,15 @@ for: every role fails at once with its one-line error.
 
 Prefetch and the queue's name come from `Settings`; queue arguments (a lesson's
 single-active-consumer queue) are passed by the caller that needs them.
+
+Its siblings, for what is not a backend of a program's role:
+
+- `local_broker`: a `LocalBroker` with explicit slots and options (a lesson that starts and
+  feeds its own workers);
+- `open_event_listener`: a listener for the task events on RabbitMQ (`consumer events`,
+  `consumer status`, the dashboard);
+- `open_queue_counter`: passive looks at queues (ready messages, consumers) on a connection of
+  its own, which creates nothing (`consumer status` without the management API).
 """
 
 from __future__ import annotations
@@ -36,8 +47,13 @@ from common.errors import ConfigError
 from common.settings import BackendName, Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from common.backend import Backend
+    from common.events import EventKind
     from common.local import LocalBroker
+    from common.rabbitmq.counts import QueueCounter
+    from common.rabbitmq.events import EventListener
     from common.rabbitmq.reconnect import StopFlag
 
 
@@ -77,12 +93,14 @@ def open_backend(
     results: bool = False,
     queue_arguments: dict[str, Any] | None = None,
     stop: StopFlag | None = None,
+    attempt_timeout: float | None = None,
 ) -> Backend | LocalBroker:
     """A connected backend for `role`; close it (or use it as a context manager) when done.
 
     The local backend exists only as the parent of its workers (the producer role, a
     `LocalBroker`): its workers get their end of it from `WorkerPool`, never from here.
-    `stop`, when set (a signal), ends any wait for the broker at once.
+    `stop`, when set (a signal), ends any wait for the broker at once. `attempt_timeout`:
+    seconds one connection attempt may take (`RabbitBackend`'s own default when None).
     """
     if backend is BackendName.local:
         if role is not Role.PRODUCER:
@@ -90,10 +108,8 @@ def open_backend(
                 f"the local backend has no separate {role.value}: its queue lives inside "
                 "the producer's process tree"
             )
-        from common.local import LocalBroker
-
-        return LocalBroker(
-            slots=settings.workers,
+        return local_broker(
+            settings.workers,
             queue_name=settings.queue,
             batch_size=settings.prefetch,
             # shown as log lines: asked for only when they would be shown (-v)
@@ -101,6 +117,7 @@ def open_backend(
         )
     from common.rabbitmq import RabbitBackend  # only this path needs pika
 
+    timeouts = {} if attempt_timeout is None else {"attempt_timeout": attempt_timeout}
     with _signals_end_the_wait(stop if role is Role.WORKER else None) as stop:
         rabbit = RabbitBackend(
             settings.amqp_url,
@@ -111,6 +128,7 @@ def open_backend(
             queue_type=settings.queue_type,
             queue_arguments=queue_arguments,
             stop=stop,
+            **timeouts,
         )
         if role is Role.WORKER:
             try:
@@ -119,6 +137,39 @@ def open_backend(
                 rabbit.close()
                 raise
     return rabbit
+
+
+def local_broker(slots: int, **options: Any) -> LocalBroker:
+    """A `LocalBroker` with `slots` worker slots; `options` are its other keyword arguments
+    (its own defaults otherwise). The producer's comes from `open_backend`; a lesson that
+    starts and feeds its workers itself takes one here."""
+    from common.local import LocalBroker
+
+    return LocalBroker(slots=slots, **options)
+
+
+def open_event_listener(
+    amqp_url: str,
+    queue: str | None = None,
+    kinds: Iterable[EventKind] = (),
+    *,
+    attempt_timeout: float = 10.0,
+) -> EventListener:
+    """A listener for the task events of `queue` (every queue's when None) and of `kinds`
+    (all when empty), on a connection of its own to the first node of `amqp_url` that
+    answers; close it when done (or use it as a context manager)."""
+    from common.rabbitmq.events import EventListener
+
+    return EventListener(amqp_url, queue, kinds, attempt_timeout=attempt_timeout)
+
+
+def open_queue_counter(amqp_url: str, *, attempt_timeout: float = 10.0) -> QueueCounter:
+    """Passive looks at queues (nothing is created) on a connection of its own to the first
+    node of `amqp_url` that answers; close it when done. Like an admin connection it does
+    not wait for a broker that is down: the broker's error is raised at once."""
+    from common.rabbitmq.counts import QueueCounter
+
+    return QueueCounter(amqp_url, attempt_timeout=attempt_timeout)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from common.backend import Backend
     from common.settings import Settings
     from consumer.live import Watched
-    from consumer.supervisor import ThreadWorkers, WorkerPool
+    from consumer.supervisor import WorkerPool
+    from consumer.threads import ThreadWorkers
     from consumer.worker import WorkerOptions
 
 log = logging.getLogger("taskshuttle.consumer")
@@ -189,7 +190,9 @@ def supervise(
     """
     from consumer.live import WorkerStderr, watching
     from consumer.shutdown import Shutdown, StoppedNow
-    from consumer.supervisor import ThreadWorkers, WorkerPool, WorkerSpec
+    from consumer.spec import WorkerSpec
+    from consumer.supervisor import WorkerPool
+    from consumer.threads import ThreadWorkers
 
     shutdown = Shutdown(settings.shutdown_timeout)
     shutdown.install()

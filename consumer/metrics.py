@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from common.schemas import DeadLetter
     from common.settings import Settings
-    from consumer.worker import Worker, WorkItem
+    from consumer.middleware import Worker, WorkItem
 
 log = logging.getLogger("taskshuttle.metrics")
 

@@ -32,17 +32,73 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common.events import Emitter, EventKind, EventSink
 from common.schemas import MAX_ATTEMPTS, DeadLetter
 
 if TYPE_CHECKING:
-    from common.backend import WorkerBackend
+    from common.backend import Delivery, WorkerBackend
+    from common.clock import Clock
+    from common.schemas import TaskEnvelope
     from consumer.inflight import InHand
-    from consumer.worker import Worker, WorkerOptions, WorkItem
 
 log = logging.getLogger("taskshuttle.worker")
+
+
+@dataclass(eq=False)
+class WorkItem:
+    """One delivery in a worker's hands: the delivery, its task once decoded, and what the
+    middleware and the settling need to know of its run."""
+
+    delivery: Delivery
+    #: None while the body is not decoded, and for a body that is no task.
+    task: TaskEnvelope | None = None
+    #: The attempts this task gets (`consumer.middleware.Retries` sets it).
+    max_attempts: int = 1
+    #: When its handler started (wall clock), and how long it ran (once it has).
+    started_at: datetime | None = None
+    duration: float | None = None
+    _owner: object = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def claim(self, owner: object) -> bool:
+        """Whether `owner` is the one to settle this task: the first to claim it is (the
+        worker, or the time limit's watchdog), and stays so."""
+        with self._lock:
+            if self._owner is None:
+                self._owner = owner
+            return self._owner is owner
+
+
+class Worker(Protocol):
+    """What middleware may use of the worker that calls it (`consumer.worker.Worker`)."""
+
+    backend: WorkerBackend
+    clock: Clock
+    succeeded: int
+    retried: int
+    dead_lettered: int
+
+    def totals(self) -> dict[str, object]: ...
+    def fail(self, item: WorkItem, error: str) -> None: ...
+    def retry_later(
+        self, item: WorkItem, next_try: TaskEnvelope, delay: float, error: str
+    ) -> None: ...
+    def dead_letter(self, item: WorkItem, reason: str, error: str) -> None: ...
+    def done(self, item: WorkItem) -> None: ...
+
+
+class WorkerOptions(Protocol):
+    """The options the default stack is built from (`consumer.worker.WorkerOptions`)."""
+
+    max_attempts: int
+    retry_base_delay: float
+    retry_max_delay: float
+    task_timeout: float | None
+    task_events: bool
 
 
 class RefuseTask(Exception):

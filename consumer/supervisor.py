@@ -19,21 +19,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from multiprocessing.connection import wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
-from common.backend import WorkerBackend
 from common.errors import TaskshuttleError
-from common.events import EventSink, LogSink
 from common.local import MP_CONTEXT
-from common.logs import JsonFormatter, LogFormat, configure
-from common.settings import Settings
+from common.logs import configure
 from consumer.handlers import import_handlers, registry
 from consumer.inflight import InHand
-from consumer.middleware import EXIT_TASK_TIMEOUT, Middleware, default_middleware
+from consumer.middleware import EXIT_TASK_TIMEOUT
 from consumer.restarts import (
     CrashLoop,
     Cut,
@@ -43,10 +40,10 @@ from consumer.restarts import (
     is_fatal,
     never,
 )
-from consumer.threads import ThreadWorkers
-from consumer.worker import Worker, WorkerOptions, worker_name
+from consumer.spec import WorkerBackendSource, WorkerSpec, worker_middleware
+from consumer.worker import Worker
 
-__all__ = ["CrashLoop", "ThreadWorkers", "WorkerFailed", "WorkerPool", "WorkerSpec", "worker_main"]
+__all__ = ["CrashLoop", "WorkerFailed", "WorkerPool", "worker_main"]
 
 _PR_SET_PDEATHSIG = 1
 #: Exit code of a worker that found its supervisor gone.
@@ -74,25 +71,6 @@ class StopSignal:
         return bool(self._flag.value)
 
 
-class WorkerBackendSource(Protocol):
-    """How a worker gets its backend. It crosses into the worker process (pickled), and
-    `connect` runs there."""
-
-    def connect(self, settings: Settings) -> WorkerBackend: ...
-
-
-@dataclass(frozen=True)
-class OwnConnection:
-    """Each worker opens a connection of its own, through the one factory (RabbitMQ)."""
-
-    def connect(self, settings: Settings) -> WorkerBackend:
-        from common.factory import Role, open_backend
-
-        backend = open_backend(settings, Role.WORKER)
-        assert isinstance(backend, WorkerBackend)  # only the producer role can be local
-        return backend
-
-
 class SlotHooks(Protocol):
     """A backend that lives in the supervisor's own process (the local one: `LocalBroker.slots`)
     follows its workers slot by slot."""
@@ -113,39 +91,6 @@ class SlotHooks(Protocol):
         """The pool is stopping: wake `count` workers that wait for work, so they see it
         at once instead of at the end of their poll."""
         ...
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker process needs, picklable (it crosses a process start)."""
-
-    settings: Settings
-    options: WorkerOptions
-    handler_modules: tuple[str, ...] = ()
-    #: How the worker gets its backend. A pool with `slots` gives each worker its own end.
-    backend: WorkerBackendSource = field(default=OwnConnection(), repr=False)
-    #: Runs first in each worker process, with `init_args` (a lesson hands its handlers a
-    #: shared `multiprocessing.Lock` this way, as `multiprocessing.Pool`'s initializer does).
-    initializer: Callable[..., object] | None = None
-    init_args: tuple[Any, ...] = ()
-    #: The workers log at the level their parent was set to, in its format.
-    log_level: int = field(default_factory=lambda: logging.getLogger().getEffectiveLevel())
-    log_format: LogFormat = field(default_factory=lambda: _log_format())
-    #: Each worker logs its tasks, a line per step (``consumer -v``). The local backend's
-    #: workers send their task events to the parent, which logs them (see `common.factory`).
-    log_events: bool = False
-    #: Each worker counts its tasks for the supervisor's Prometheus endpoint (`consumer.metrics`).
-    metrics: bool = False
-    #: Where a worker process's stderr goes instead of its parent's (a writable
-    #: `multiprocessing.connection.Connection`, `consumer.live.WorkerStderr.writer`).
-    stderr: Any = field(default=None, repr=False)
-
-
-def _log_format() -> LogFormat:
-    """The format this process logs in (`common.logs.configure`): JSON or text."""
-    handlers = logging.getLogger().handlers
-    as_json = any(isinstance(h.formatter, JsonFormatter) for h in handlers)
-    return LogFormat.json if as_json else LogFormat.text
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -184,29 +129,6 @@ def _sigint_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def worker_middleware(
-    spec: WorkerSpec, backend: WorkerBackend, in_hand: InHand | None
-) -> list[Middleware]:
-    """The middleware of a worker of this spec: the default stack for its options, its
-    task events also in its log (``-v``), and its metrics (``--metrics-port``)."""
-    sinks: list[EventSink] = [LogSink()] if spec.log_events else []
-    extra: list[Middleware] = []
-    if spec.metrics:
-        from consumer.metrics import Metrics
-
-        reconnects = lambda: int(getattr(backend, "reconnects", 0))  # noqa: E731
-        extra.append(Metrics(spec.settings.queue, registry.kinds(), reconnects))
-    return default_middleware(
-        spec.options,
-        backend,
-        spec.settings.queue,
-        worker_name(),
-        in_flight=in_hand,
-        event_sinks=sinks,
-        extra=extra,
-    )
 
 
 def worker_main(

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 from common.errors import ConfigError
 from consumer.handlers import registry
 from consumer.restarts import Cut, WorkerSlots, is_connection_error, is_fatal, never
+from consumer.spec import worker_middleware
 from consumer.worker import Worker
 
 if TYPE_CHECKING:
-    from consumer.supervisor import WorkerSpec
+    from consumer.spec import WorkerSpec
 
 
 class ThreadWorkers(WorkerSlots):
@@ -65,8 +66,6 @@ class ThreadWorkers(WorkerSlots):
             self._ready.release()
             self._changed.set()
             return
-        from consumer.supervisor import worker_middleware  # it imports this module
-
         spec, record = self.spec, self.in_flight.record(slot)
         record.started(os.getpid(), os.getppid())
         try:

@@ -1,6 +1,6 @@
 """`consumer status` and `consumer events`: the operator's view of a running system.
 
-- ``status``: one screen on a queue family (`common.status`): its queues' figures, from the
+- ``status``: one screen on a queue family (`consumer.status`): its queues' figures, from the
   management API or, failing that, from AMQP alone (and then says what it cannot know), and
   the live workers, from their heartbeats. ``--watch`` refreshes it until Ctrl-C.
 - ``events``: the task events of a queue's workers as they happen, one line each (or one
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from common.events import EventKind, TaskEvent
-    from common.status import QueueFamilyStatus, QueueStatus, StatusWatcher
+    from consumer.status import QueueFamilyStatus, QueueStatus, StatusWatcher
 
 
 def register(app: typer.Typer) -> None:
@@ -74,7 +74,8 @@ def status(
     """Show the queue family of --queue (the work queue, its wait queues, its DLQ) and the
     live workers: messages ready and unacked, consumers, rates, each worker's tasks."""
     settings = settings_from(ctx)
-    from common.status import StatusWatcher, check_management_url
+    from common.rabbitmq.management import check_management_url
+    from consumer.status import StatusWatcher
 
     if management_url is not None:
         with invalid("--management-url"):
@@ -130,7 +131,7 @@ def render(found: QueueFamilyStatus) -> RenderableType:
     from rich.table import Table
     from rich.text import Text
 
-    from common.status import Source
+    from consumer.status import Source
 
     when = datetime.fromtimestamp(found.at).strftime("%H:%M:%S")
     heading = Text(f"queue {found.queue!r} on {found.broker} at {when}", style="bold")
@@ -270,10 +271,11 @@ def events(
     Ctrl-C (or --count events)."""
     settings = settings_from(ctx)
     kinds = _kinds(list(kind or ()), list(outcome or ()))
-    from common.events import HEARTBEAT_INTERVAL, EventListener
+    from common.events import HEARTBEAT_INTERVAL
+    from common.factory import open_event_listener
 
     queue_name = None if all_queues else settings.queue
-    listener = EventListener(settings.amqp_url, queue_name, kinds)
+    listener = open_event_listener(settings.amqp_url, queue_name, kinds)
     where = "every queue" if all_queues else f"queue {settings.queue!r}"
     print(f"consumer: listening to the events of {where} on {settings.safe_url}", file=sys.stderr)
     print(f"consumer: {EVENTS_NOTICE.format(HEARTBEAT_INTERVAL)}", file=sys.stderr, flush=True)

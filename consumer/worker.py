@@ -14,8 +14,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from pydantic_core import PydanticSerializationError
@@ -36,7 +35,7 @@ from common.schemas import (
 )
 from common.settings import Settings
 from consumer.handlers import PayloadError, Registry, TaskContext
-from consumer.middleware import Middleware, RefuseTask, default_middleware
+from consumer.middleware import Middleware, RefuseTask, WorkItem, default_middleware
 
 if TYPE_CHECKING:
     from consumer.inflight import InHand
@@ -76,31 +75,6 @@ class WorkerOptions:
             burst_idle=burst_idle,
             task_events=settings.task_events,
         )
-
-
-@dataclass(eq=False)
-class WorkItem:
-    """One delivery in a worker's hands: the delivery, its task once decoded, and what the
-    middleware and the settling need to know of its run."""
-
-    delivery: Delivery
-    #: None while the body is not decoded, and for a body that is no task.
-    task: TaskEnvelope | None = None
-    #: The attempts this task gets (`consumer.middleware.Retries` sets it).
-    max_attempts: int = 1
-    #: When its handler started (wall clock), and how long it ran (once it has).
-    started_at: datetime | None = None
-    duration: float | None = None
-    _owner: object = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def claim(self, owner: object) -> bool:
-        """Whether `owner` is the one to settle this task: the first to claim it is (the
-        worker, or the time limit's watchdog), and stays so."""
-        with self._lock:
-            if self._owner is None:
-                self._owner = owner
-            return self._owner is owner
 
 
 def worker_name() -> str:

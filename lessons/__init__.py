@@ -9,6 +9,11 @@ local backend and on RabbitMQ, in the course's Chinese or in English (`lessons.i
 Each lesson module has `run(...)`, which returns a plain result (a dataclass the tests check);
 run from the command line it announces each step and draws each part as it is measured
 (`lessons.show`). `render(result)` prints a finished result at once. See docs/lessons.md.
+
+What it may import: the product's public names (`common`, `consumer`, `producer`: no name with
+a leading underscore), its backends only through `common.factory`, and typer and rich (the
+command line, `lessons.show`); never pika itself, nor `bench`. tests/test_layers.py and
+pyproject.toml's [tool.importlinter] contracts hold this.
 """
 
 #: command -> (original topic name, module)

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.ledger import Fate
 from common.settings import load_settings
 from consumer.worker import WorkerOptions
 from lessons import show
@@ -32,6 +31,7 @@ from lessons.runner import (
     run_job,
     seconds,
 )
+from producer.ledger import Fate
 from producer.run import run_local
 
 LOCK_METHOD = {"local": "mp-lock", "rabbitmq": "flock"}

@@ -20,10 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.local import MP_CONTEXT, LocalBroker
+from common.factory import local_broker
+from common.local import MP_CONTEXT
 from common.schemas import TaskEnvelope
 from common.settings import load_settings
-from consumer.supervisor import WorkerPool, WorkerSpec
+from consumer.spec import WorkerSpec
+from consumer.supervisor import WorkerPool
 from consumer.worker import WorkerOptions
 from lessons import procs, show
 from lessons.i18n import t
@@ -41,7 +43,7 @@ from lessons.runner import (
 def emperor(daemon: bool, workers: int, count: int, seconds: float, tally: str) -> None:
     """Run as a program of its own: start the workers, hand them work, and end main()
     without stopping them. What happens next is up to `daemon`."""
-    backend = LocalBroker(slots=workers)
+    backend = local_broker(workers)
     # burst_idle: a worker left to itself exits once the queue stays empty.
     options = WorkerOptions(burst_idle=0.5)
     spec = WorkerSpec(load_settings(workers=workers), options, HANDLERS)

@@ -20,13 +20,14 @@ from typing import Any
 
 from common.backend import ProducerBackend
 from common.errors import BrokerError, TaskshuttleError
-from common.factory import Role, open_backend
-from common.ledger import Ledger, percentile
+from common.factory import Role, local_broker, open_backend
 from common.local import MP_CONTEXT, LocalBroker
 from common.schemas import TaskEnvelope, TaskResult, TaskStatus
 from common.settings import load_settings
-from consumer.supervisor import WorkerPool, WorkerSpec
+from consumer.spec import WorkerSpec
+from consumer.supervisor import WorkerPool
 from consumer.worker import WorkerOptions
+from producer.ledger import Ledger, percentile
 from producer.run import Job, Progress, collect, send
 
 #: Imported by every worker the lessons start, so they know the lessons' task kinds.
@@ -100,7 +101,7 @@ def local_pool(
     (the spawned process is handed it, as the seed hands its Lock to each `Process`), and
     `lessons.tasks.share_lock` gives it to the handlers, which only ever see a payload.
     """
-    broker = LocalBroker(slots=workers)
+    broker = local_broker(workers)
     spec = WorkerSpec(load_settings(workers=workers), options or WorkerOptions(), HANDLERS)
     if share_lock:
         from lessons.tasks import share_lock as give_to_handlers

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import TaskshuttleError
+from common.factory import local_broker
 from common.local import LocalBroker
 from common.schemas import TaskEnvelope
 from common.settings import load_settings
 from consumer.handlers import registry
-from consumer.supervisor import ThreadWorkers, WorkerSpec
+from consumer.spec import WorkerSpec
+from consumer.threads import ThreadWorkers
 from consumer.worker import Worker, WorkerOptions
 from lessons import show
 from lessons.i18n import t
@@ -190,7 +192,7 @@ def local_threads(n: int) -> Iterator[LocalBroker]:
     backend. (`consumer --pool thread` runs on RabbitMQ only; this is the local twin.)"""
     import lessons.tasks  # noqa: F401 - the lesson's task kinds, in this process
 
-    parent = LocalBroker(slots=n)
+    parent = local_broker(n)
     stop = threading.Event()
     # Each thread takes the end of its slot. The writers stay open on the parent's side too:
     # here it is one and the same object, in one process.

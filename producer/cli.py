@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from common.errors import BrokerError
     from common.settings import Settings
-    from consumer.worker import StopFlag
+    from producer.local import StopFlag
     from producer.run import Job, Progress
 
 app = new_app()
@@ -136,9 +136,9 @@ def _run(
     Results are counted in a `Tally`: its memory stays the same however many tasks run.
     """
     from common.errors import BrokerError
-    from common.ledger import Tally
-    from consumer.worker import WorkerOptions
     from producer import run
+    from producer.ledger import Tally
+    from producer.local import WorkerOptions
 
     tally = Tally(job.numbering, record=record)
     if local:
@@ -205,7 +205,7 @@ def _job(
         if wrong:
             raise typer.BadParameter(rule, param_hint=repr(flag))
     body = parse_json_object(payload, "--payload")
-    from consumer.handlers import import_handlers, registry
+    from producer.local import import_handlers, registry
     from producer.run import Job
 
     with invalid("--handlers"):

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from common.errors import BrokerError
-    from common.ledger import WorkerKey
     from common.schemas import TaskResult
     from common.settings import Settings
+    from producer.ledger import WorkerKey
 
 #: Seconds between two updates of the live "who did what" table.
 WHO_EVERY = 0.5
@@ -96,7 +96,7 @@ class _Bar(run.Progress):
 
     def result(self, result: TaskResult) -> None:
         if self._who is not None:
-            from common.ledger import worker_key
+            from producer.ledger import worker_key
 
             self._who[worker_key(result)] += 1
 

@@ -14,12 +14,11 @@ from typing import Any, TypeVar, overload
 from common.backend import ProducerBackend
 from common.errors import BrokerError, TaskshuttleError
 from common.factory import Role, open_backend
-from common.ledger import Ledger, Recorder, TaskNumbering
 from common.local import LocalBroker
 from common.schemas import TaskEnvelope, TaskResult, utcnow
 from common.settings import BackendName, Settings
-from consumer.supervisor import WorkerPool, WorkerSpec
-from consumer.worker import StopFlag, WorkerOptions
+from producer.ledger import Ledger, Recorder, TaskNumbering
+from producer.local import StopFlag, WorkerOptions, local_workers
 
 #: Tasks per publish call when no rate is set: large enough to pipeline confirms.
 BATCH = 1000
@@ -142,12 +141,12 @@ def collect(
 ) -> None:
     """Take results until every sent task has one, `until` (perf_counter) passes, or `stop`."""
     while ledger.outstanding and time.perf_counter() < until and not stop.is_set():
-        _take_results(backend, ledger, progress, min(poll, until - time.perf_counter()))
+        take_results(backend, ledger, progress, min(poll, until - time.perf_counter()))
         tick()
     ledger.finished = time.perf_counter()
 
 
-def _publish_taking_results(
+def publish_taking_results(
     backend: ProducerBackend, ledger: Recorder, progress: Progress
 ) -> Callable[[list[TaskEnvelope]], None]:
     """`backend.publish`, recording the results that arrive while it waits for confirms:
@@ -168,9 +167,10 @@ def _publish_taking_results(
     return lambda batch: backend.publish(batch, meanwhile=take_arrived)
 
 
-def _take_results(
+def take_results(
     backend: ProducerBackend, ledger: Recorder, progress: Progress, timeout: float
 ) -> None:
+    """Record every result there is, waiting up to `timeout` seconds for the first."""
     result = backend.receive_result(max(timeout, 0))
     taken = 0
     while result is not None:
@@ -239,14 +239,7 @@ def run_local(
     # Prefetch means the same on both backends: tasks a worker may hold at once.
     backend = open_backend(settings, Role.PRODUCER, backend=BackendName.local)
     assert isinstance(backend, LocalBroker)
-    spec = WorkerSpec(settings, options, handler_modules)
-    pool = WorkerPool(
-        spec,
-        settings.workers,
-        slots=backend.slots,
-        daemon=daemon,
-        max_deaths=settings.max_deaths,
-    )
+    pool = local_workers(backend, settings, options, handler_modules, daemon=daemon)
     ledger = Ledger() if ledger is None else ledger
     pool.start()
     try:
@@ -257,7 +250,7 @@ def run_local(
             backend,
             ledger,
             progress,
-            between=lambda wait: (_take_results(backend, ledger, progress, wait), pool.check()),
+            between=lambda wait: (take_results(backend, ledger, progress, wait), pool.check()),
             stop=stop,
             window=LOCAL_WINDOW,
         )
@@ -272,7 +265,7 @@ def run_local(
     finally:
         pool.stop()  # each worker finishes the task in hand first
     backend.drain_events()
-    _take_results(backend, ledger, progress, 0)
+    take_results(backend, ledger, progress, 0)
     backend.close()
     return ledger, backend
 
@@ -334,9 +327,9 @@ def run_rabbitmq(
                 backend,
                 ledger,
                 progress,
-                between=lambda wait: _take_results(backend, ledger, progress, wait),
+                between=lambda wait: take_results(backend, ledger, progress, wait),
                 stop=stop,
-                publish=_publish_taking_results(backend, ledger, progress),
+                publish=publish_taking_results(backend, ledger, progress),
             )
             collect(backend, ledger, progress, until=time.perf_counter() + timeout, stop=stop)
         except BrokerError as exc:

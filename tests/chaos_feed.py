@@ -28,9 +28,9 @@ from typing import Any
 from common.backend import Backend
 from common.errors import BadMessage, BrokerUnreachable, ConnectionLost
 from common.factory import Role, open_backend
-from common.ledger import Ledger
 from common.schemas import TaskEnvelope, TaskStatus, decode_result
 from common.settings import Settings
+from producer.ledger import Ledger
 from tests import chaos_amqp
 from tests.chaos_report import Events
 from tests.chaos_tasks import FLAKY

@@ -16,8 +16,8 @@ import subprocess
 import time
 from collections import Counter
 
-from common.ledger import Fate
 from common.settings import load_settings
+from producer.ledger import Fate
 from tests import chaos_amqp, chaos_hostile
 from tests.busy import start_busy, stop_busy
 from tests.chaos_feed import Feeder

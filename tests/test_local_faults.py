@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError
-from common.ledger import Fate, Ledger
 from common.local import LocalBroker
 from common.schemas import TaskEnvelope, TaskResult
 from common.settings import load_settings
-from consumer.supervisor import WorkerPool, WorkerSpec
+from consumer.spec import WorkerSpec
+from consumer.supervisor import WorkerPool
 from consumer.worker import StopFlag, WorkerOptions
+from producer.ledger import Fate, Ledger
 from producer.run import NEVER, Job, run_local
 from tests.helpers import wait_until
 

@@ -18,7 +18,8 @@ from common.local import LocalBroker
 from common.schemas import TaskEnvelope, encode
 from common.settings import load_settings
 from consumer.middleware import backoff_delay
-from consumer.supervisor import CrashLoop, WorkerPool, WorkerSpec
+from consumer.spec import WorkerSpec
+from consumer.supervisor import CrashLoop, WorkerPool
 from consumer.worker import WorkerOptions
 from tests.helpers import ROOT, children_of, process_state, program, wait_until
 

@@ -28,7 +28,9 @@ from common.schemas import TaskEnvelope, TaskResult, TaskStatus, utcnow
 from common.settings import load_settings
 from consumer.inflight import InFlight
 from consumer.live import Rates, live_table, summary_table
-from consumer.supervisor import ThreadWorkers, WorkerPool, WorkerSpec
+from consumer.spec import WorkerSpec
+from consumer.supervisor import WorkerPool
+from consumer.threads import ThreadWorkers
 from consumer.worker import WorkerOptions
 from producer import output
 from tests.helpers import ROOT, program, run, start, stop, wait_for_output, wait_until

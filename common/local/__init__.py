@@ -33,6 +33,10 @@ Known limit, as the Python docs warn: a worker killed while inside `Queue.get()`
 queue's internal read lock forever; workers here are killed (in tests) while they run a task.
 
 `broker.py` is the parent's side, `end.py` a worker's, `wire.py` what crosses between them.
+
+What it may import: the standard library (multiprocessing) and the rest of `common`'s contract
+(schemas, backend, events, errors, clock, settings); never `common.rabbitmq`, pika,
+`common.factory` (which builds the broker: `open_backend`, `local_broker`) or either program.
 """
 
 from common.local.broker import LocalBroker, Slots
@@ -48,15 +52,11 @@ from common.local.wire import (
     task_key,
 )
 
-#: The broker's earlier name, which the bench still imports.
-LocalBackend = LocalBroker
-
 __all__ = [
     "MP_CONTEXT",
     "Acked",
     "Dead",
     "Event",
-    "LocalBackend",
     "LocalBroker",
     "LocalWorkerEnd",
     "Published",

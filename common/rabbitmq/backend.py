@@ -33,6 +33,8 @@ from typing import Any
 
 import pika
 
+import common.rabbitmq.dlq as dlq  # the module, not the package: its __init__ imports this one
+import common.rabbitmq.topology as topology
 from common.backend import Backend, Delivery, check_delay
 from common.clock import SYSTEM_CLOCK, Clock
 from common.defaults import QueueType
@@ -45,7 +47,6 @@ from common.events import (
     encode_event,
     routing_key,
 )
-from common.rabbitmq import dlq, topology
 from common.rabbitmq.confirms import Meanwhile
 from common.rabbitmq.delivery import Handle, ReplyCheck, take, unless_gone
 from common.rabbitmq.link import Link, Received

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 from pika.spec import BasicProperties
 
+import common.rabbitmq.topology as topology  # not the package, whose __init__ imports dlq
 from common.errors import ConnectionLost
-from common.rabbitmq import topology
 from common.rabbitmq.link import Link, Received
 from common.rabbitmq.topology import Message, QueueNames
 from common.schemas import DeadLetter, as_first_attempt

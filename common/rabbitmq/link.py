@@ -10,9 +10,9 @@ Threading rules (pika's own: a connection belongs to the thread that runs its io
 ``add_callback_threadsafe`` is its one thread-safe method):
 
 - **Any thread** may call `open`, `close`, `alive` and `close_error`, and the blocking
-  operations (`declare`, `declare_once`, `consume`, `queue_length`, `get`, `purge`,
-  `delete`, `cancel`, `publish_many`): each hands its work to the I/O thread and waits on a future,
-  raising `ConnectionLost` (or the broker's reason) if the link dies first.
+  operations (`declare`, `declare_once`, `consume`, `queue_length`, `inspect_queues`, `get`,
+  `purge`, `delete`, `cancel`, `publish_many`): each hands its work to the I/O thread and
+  waits on a future, raising `ConnectionLost` (or the broker's reason) if the link dies first.
 - **Any thread** may queue deliveries' outcomes in the outbox (`ack`, `ack_all`, `nack`,
   `ack_with_result`): they go out with one wake-up of the I/O thread per batch, acks
   coalesced into ``multiple=True`` acks where every earlier delivery is settled, and a task's
@@ -42,7 +42,7 @@ from common.errors import BrokerError
 from common.events import EVENTS_EXCHANGE
 from common.rabbitmq.confirms import Batch, ConfirmTracker, Meanwhile, publish_in_chunks
 from common.rabbitmq.connection import Connection
-from common.rabbitmq.errors import refused_declare
+from common.rabbitmq.errors import refused_declare, translate
 from common.rabbitmq.outbox import AckOp, NackOp, Outbox, OutboxOp, ResultOp
 from common.rabbitmq.topology import Message
 
@@ -145,6 +145,13 @@ class Link(Connection):
         """How many messages the queues hold in all (they must exist), asked in one
         hand-over to the I/O thread."""
         return int(self._call(functools.partial(self._count_io, list(names))))
+
+    def inspect_queues(self, names: Sequence[str]) -> list[tuple[int, int] | None]:
+        """Each queue's ready messages and consumers, by passive declares (nothing is
+        created), or None for a queue that does not exist. Each is asked on a channel of its
+        own, since the broker closes the channel of a passive declare that finds no queue:
+        the link's channel never sees one. Any other refusal is raised, as this project's."""
+        return self._call(functools.partial(self._inspect_io, list(names)))  # type: ignore[no-any-return]
 
     def get(self, name: str) -> Received | None:
         """One message from `name`, unacked (closing the link gives it back); None if empty."""
@@ -319,6 +326,44 @@ class Link(Connection):
             future.set_result(0)
         for name in names:
             self._channel.queue_declare(name, passive=True, callback=counted)
+
+    def _inspect_io(self, names: list[str], future: Future[Any]) -> None:
+        """Passive declares one after the other, each on a new channel, closed after it."""
+        assert self._conn is not None
+        conn = self._conn
+        found: list[tuple[int, int] | None] = []
+
+        def ask() -> None:
+            if len(found) == len(names):
+                future.set_result(found)
+                return
+            name = names[len(found)]
+            answer: list[tuple[int, int]] = []
+            probe: list[Any] = []
+
+            def opened(channel: Any) -> None:
+                probe.append(channel)
+                channel.add_on_close_callback(self._guard(closed))
+                channel.queue_declare(name, passive=True, callback=self._guard(declared))
+
+            def declared(frame: Any) -> None:
+                answer.append((frame.method.message_count, frame.method.consumer_count))
+                probe[0].close()
+
+            def closed(_channel: Any, reason: BaseException) -> None:
+                if future.done():
+                    return
+                refused = isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+                if answer or (refused and reason.reply_code == 404):  # type: ignore[attr-defined]
+                    found.append(answer[0] if answer else None)
+                    ask()
+                elif refused:
+                    future.set_exception(translate(reason, self.safe_url))
+                # else the connection is closing: its death fails the future
+
+            conn.channel(on_open_callback=self._guard(opened))
+
+        ask()
 
     def _purge_io(self, name: str, future: Future[Any]) -> None:
         self._channel.queue_purge(

@@ -87,11 +87,11 @@ def listen_for_events(url: str, queue: str) -> Callable[[Board, threading.Event]
     board, until stopped; a listener that fails is opened again after `LISTENER_RETRY`."""
 
     def listen(board: Board, stopping: threading.Event) -> None:
-        from common.events import EventListener
+        from common.factory import open_event_listener
 
         while not stopping.is_set():
             try:
-                with EventListener(url, queue=queue) as listener:
+                with open_event_listener(url, queue=queue) as listener:
                     board.events_status = "listening"
                     while not stopping.is_set():
                         event = listener.get(timeout=0.5)

@@ -37,11 +37,11 @@ class DepthError(Exception):
 
 
 class ManagementDepths:
-    """Depths from RabbitMQ's management HTTP API (`common.status.Management`: credentials
-    from `management_url`'s own user info, else from the AMQP URL's)."""
+    """Depths from RabbitMQ's management HTTP API (`common.rabbitmq.management.Management`:
+    credentials from `management_url`'s own user info, else from the AMQP URL's)."""
 
     def __init__(self, management_url: str, amqp_url: str, queue: str) -> None:
-        from common.status import Management
+        from common.rabbitmq.management import Management
 
         self._api = Management(management_url, amqp_url, timeout=REQUEST_TIMEOUT)
         self.base = self._api.base
@@ -60,7 +60,7 @@ class ManagementDepths:
         self._queue = queue
 
     def read(self) -> Depths:
-        from common.status import ManagementUnavailable
+        from common.rabbitmq.management import ManagementUnavailable
 
         try:
             found = self._api.get(self._path)
@@ -85,24 +85,24 @@ class ManagementDepths:
 
 
 class AmqpDepths:
-    """Depths from AMQP: each queue's ready count, by `RabbitBackend.depths` on a connection
-    kept between readings (opened again after a failure)."""
+    """Depths from AMQP: each queue's ready count, by `RabbitBackend.depths` on an admin
+    connection (`common.factory.open_backend`) kept between readings (opened again after a
+    failure)."""
 
     def __init__(self, amqp_url: str, queue: str, queue_type: QueueType) -> None:
         self._url, self._queue, self._queue_type = amqp_url, queue, queue_type
         self._backend: Any = None
 
     def read(self) -> Depths:
-        from common.rabbitmq import RabbitBackend
+        from common.factory import Role, open_backend
+        from common.settings import Settings
 
         try:
             if self._backend is None:
-                self._backend = RabbitBackend(
-                    self._url,
-                    self._queue,
-                    queue_type=self._queue_type,
-                    attempt_timeout=REQUEST_TIMEOUT,
+                settings = Settings(
+                    amqp_url=self._url, queue=self._queue, queue_type=self._queue_type
                 )
+                self._backend = open_backend(settings, Role.ADMIN, attempt_timeout=REQUEST_TIMEOUT)
             depths = self._backend.depths()
         except TaskshuttleError as exc:
             self.close()

@@ -1,6 +1,6 @@
 """Fault tests: kill workers, kill the supervisor, restart the broker, feed it garbage.
 
-Each asserts on the delivery ledger (`common/ledger.py`): what was done once, done after a
+Each asserts on the delivery ledger (`producer/ledger.py`): what was done once, done after a
 redelivery, done twice, dead-lettered, or lost. Lost must always be 0.
 """
 

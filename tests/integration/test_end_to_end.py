@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from common.ledger import Ledger
 from common.rabbitmq import RabbitBackend
 from common.schemas import TaskEnvelope
+from producer.ledger import Ledger
 from producer.run import Progress, collect
 from tests.helpers import (
     json_summary,

@@ -14,12 +14,12 @@ from common.events import (
     EVENTS_EXCHANGE,
     Emitter,
     EventKind,
-    EventListener,
     TaskEvent,
     encode_event,
     routing_key,
 )
 from common.rabbitmq import RabbitBackend
+from common.rabbitmq.events import EventListener
 from common.schemas import TaskEnvelope
 from tests.helpers import children_of, start, stop
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.ledger import Fate
 from lessons import compare
+from producer.ledger import Fate
 
 
 @pytest.mark.timeout(180)

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.ledger import Fate, Ledger, Tally, TaskNumbering
 from common.schemas import TaskEnvelope, TaskResult, TaskStatus
+from producer.ledger import Fate, Ledger, Tally, TaskNumbering
 
 pytestmark = pytest.mark.timeout(60)
 

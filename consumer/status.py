@@ -4,12 +4,14 @@
 A queue family is a work queue ``Q`` and its companions (`topology.QueueNames`): ``Q.dlq`` and
 the wait queues ``Q.wait.K`` that exist. Their figures come from one of two sources:
 
-- the **management API** (HTTP, the AMQP URL's credentials), when it answers: messages
+- the **management API** (HTTP, the AMQP URL's credentials; its client is
+  `common.rabbitmq.management`), when it answers: messages
   ready and unacknowledged, consumers and the node each one's channel is on, publish and
   deliver rates. Its figures are the broker's statistics, emitted every few seconds
   (``collect_statistics_interval``, 5 s by default), so they lag the queue by that much;
-- **AMQP** alone otherwise: a passive declare per queue (nothing is created) tells how many
-  messages are ready and how many consumers there are, nothing more. Unacked messages,
+- **AMQP** alone otherwise: a passive declare per queue (nothing is created; the connection
+  is `common.factory.open_queue_counter`'s) tells how many messages are ready and how many
+  consumers there are, nothing more. Unacked messages,
   rates and consumers' nodes are then unknown, and stay None: never 0.
 
 No queue of the family is created or changed here (the heartbeats' listener has a queue of
@@ -21,31 +23,28 @@ for a screen that refreshes; `collect_status` is one look.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import json
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any, Literal
-from urllib.parse import quote, unquote, urlsplit
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from common.errors import BrokerError, BrokerUnreachable
-from common.events import HEARTBEAT_INTERVAL, EventKind, EventListener, TaskEvent
+from common.events import HEARTBEAT_INTERVAL, EventKind, TaskEvent
+from common.factory import open_event_listener, open_queue_counter
+from common.rabbitmq.management import (
+    Management,
+    ManagementUnavailable,
+    default_management_url,
+)
 from common.rabbitmq.topology import QueueNames
-from common.settings import Settings, redact_url, split_urls
+from common.settings import Settings, redact_url
+
+if TYPE_CHECKING:
+    from common.rabbitmq.events import EventListener
 
 #: Seconds to listen for heartbeats: a little over the workers' heartbeat interval, so each
 #: live worker is heard at least once.
 LISTEN_FOR = HEARTBEAT_INTERVAL + 0.5
-#: The management API's port when only the AMQP URL is known.
-MANAGEMENT_PORT = 15672
-#: Seconds one management request may take before the API counts as not answering.
-MANAGEMENT_TIMEOUT = 3.0
 #: Seconds one AMQP connection attempt may take.
 AMQP_TIMEOUT = 5.0
 #: A worker not heard for this long (five heartbeats missed) is dropped from a watched screen.
@@ -129,72 +128,6 @@ class QueueFamilyStatus(_Model):
     workers: list[WorkerStatus]
 
 
-class ManagementUnavailable(Exception):
-    """The management API did not answer, or not as one: why, in a few words."""
-
-
-# -- the management API ---------------------------------------------------------------------
-
-
-def default_management_url(amqp_url: str) -> str:
-    """The management API of the broker of `amqp_url` (its first node): same host, port
-    15672, plain HTTP."""
-    host = urlsplit(split_urls(amqp_url)[0]).hostname or "localhost"
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
-    return f"http://{host}:{MANAGEMENT_PORT}"
-
-
-def check_management_url(url: str) -> str:
-    """`url`, if it can be a management API's address (raises `ValueError` otherwise)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http:// or https:// URL: {redact_url(url)!r}")
-    return url
-
-
-class Management:
-    """A client of the management API: GET only, through urllib. The credentials are the
-    management URL's own if it has some, else the AMQP URL's."""
-
-    def __init__(self, base_url: str, amqp_url: str, timeout: float = MANAGEMENT_TIMEOUT) -> None:
-        parts = urlsplit(check_management_url(base_url))
-        amqp = urlsplit(split_urls(amqp_url)[0])
-        source = parts if parts.username else amqp
-        user, password = unquote(source.username or "guest"), unquote(source.password or "guest")
-        netloc = parts.netloc.rpartition("@")[2]
-        self.base = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
-        self.vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
-        self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        self._timeout = timeout
-
-    def get(self, path: str) -> Any:
-        """The JSON at `path`; None for a 404; `ManagementUnavailable` for anything else
-        that is not an answer."""
-        request = urllib.request.Request(self.base + path, headers={"Authorization": self._auth})
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            if exc.code == 401:
-                raise ManagementUnavailable("it refused the credentials (401)") from None
-            raise ManagementUnavailable(f"it answered {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ManagementUnavailable(f"no answer ({reason})") from None
-        except ValueError:  # not JSON: some other web server
-            raise ManagementUnavailable("its answer is not JSON") from None
-
-    def queues(self, names: Iterable[str]) -> dict[str, dict[str, Any] | None]:
-        """Each queue's record (None for a queue that does not exist)."""
-        vhost = quote(self.vhost, safe="")
-        if self.get(f"/api/vhosts/{vhost}") is None:  # also tells a server that is not one
-            raise ManagementUnavailable(f"it knows no virtual host {self.vhost!r}")
-        return {name: self.get(f"/api/queues/{vhost}/{quote(name, safe='')}") for name in names}
-
-
 def _rate(stats: dict[str, Any], key: str) -> float:
     """A rate of the queue's statistics: a counter never moved is left out of them (a wait
     queue's messages leave it by expiring, never by a delivery), so its rate is 0."""
@@ -247,63 +180,25 @@ def _peer(channel: dict[str, Any]) -> str | None:
 
 def _from_amqp(amqp_url: str, family: list[tuple[str, Role]]) -> list[QueueStatus]:
     """Ready counts and consumer counts by passive declares, on a connection of their own
-    (the first node of the list that answers). A missing queue closes its channel (404):
-    the next one gets a new channel."""
-    import pika
-    import pika.exceptions
-
-    from common.rabbitmq.errors import translate
-
-    connection = _amqp_connection(amqp_url)
-    try:
-        found = []
-        channel = connection.channel()
-        for name, role in family:
-            try:
-                ok = channel.queue_declare(name, passive=True).method
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code != 404:
-                    raise translate(exc, redact_url(amqp_url)) from None
-                found.append(QueueStatus(name=name, role=role, exists=False))
-                channel = connection.channel()
-                continue
+    (the first node of the list that answers): nothing is created."""
+    with open_queue_counter(amqp_url, attempt_timeout=AMQP_TIMEOUT) as counter:
+        counts = counter.count([name for name, _ in family])
+    found = []
+    for name, role in family:
+        count = counts[name]
+        if count is None:
+            found.append(QueueStatus(name=name, role=role, exists=False))
+        else:
             found.append(
                 QueueStatus(
                     name=name,
                     role=role,
                     exists=True,
-                    ready=ok.message_count,
-                    consumers=ok.consumer_count,
+                    ready=count.ready,
+                    consumers=count.consumers,
                 )
             )
-        return found
-    except pika.exceptions.AMQPError as exc:
-        raise translate(exc, redact_url(amqp_url)) from None
-    finally:
-        with contextlib.suppress(Exception):
-            connection.close()
-
-
-def _amqp_connection(amqp_url: str) -> Any:
-    """A blocking connection to the first node of `amqp_url` that answers; the project's
-    error (unreachable, refused credentials) for the last one that did not."""
-    import pika
-
-    from common.rabbitmq.errors import translate
-
-    error: BrokerError | None = None
-    for url in split_urls(amqp_url):
-        params = pika.URLParameters(url)
-        params.connection_attempts = 1
-        params.socket_timeout = params.blocked_connection_timeout = AMQP_TIMEOUT
-        try:
-            return pika.BlockingConnection(params)
-        except Exception as exc:  # pika's connection errors, and OSError beneath them
-            error = translate(exc, redact_url(url))
-            if not isinstance(error, BrokerUnreachable):  # a refused password: same on all
-                raise error from None
-    assert error is not None  # split_urls gave at least one URL (Settings checked it)
-    raise error
+    return found
 
 
 # -- workers --------------------------------------------------------------------------------
@@ -350,7 +245,7 @@ class WorkerBook:
 def open_worker_listener(settings: Settings) -> EventListener:
     """A listener for the heartbeats (and online/offline events) of this queue's workers."""
     kinds = (EventKind.HEARTBEAT, EventKind.ONLINE, EventKind.OFFLINE)
-    return EventListener(settings.amqp_url, settings.queue, kinds)
+    return open_event_listener(settings.amqp_url, settings.queue, kinds)
 
 
 # -- the whole ------------------------------------------------------------------------------
@@ -402,7 +297,7 @@ class StatusWatcher:
         elif self._listener is None:
             # The management API may answer for a broker whose AMQP port the URL gets
             # wrong (or that refuses its password there): the URL is checked either way.
-            _amqp_connection(self.settings.amqp_url).close()
+            open_queue_counter(self.settings.amqp_url, attempt_timeout=AMQP_TIMEOUT).close()
         source, reason, queues = queue_figures(self.settings, self.management_url)
         now = time.time()
         self._book.forget_silent(now)
