@@ -99,7 +99,7 @@ class LocalWorkerEnd(WorkerBackend):
         self._init_local()
 
     def connect(self, settings: Settings) -> LocalWorkerEnd:
-        """How a worker gets its backend (`consumer.supervisor.WorkerSpec.backend`): this end
+        """How a worker gets its backend (`consumer.spec.WorkerSpec.backend`): this end
         was made for it by the parent and came with it, so there is nothing to open."""
         self._memory.pid = os.getpid()
         return self
