@@ -42,11 +42,17 @@ from typing import Any, ClassVar, Self
 from common.events import EventSink
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult
 
+#: The longest a task may be held back: ten years (both backends can hold it; a longer one
+#: is a mistake in the caller's arithmetic, refused before anything is sent).
+MAX_DELAY = 10 * 365.25 * 86_400
+
 
 def check_delay(delay: float) -> float:
-    """`delay` as a publish takes it: seconds, finite, not negative."""
+    """`delay` as a publish takes it: seconds, finite, from 0 to `MAX_DELAY`."""
     if not math.isfinite(delay) or delay < 0:
         raise ValueError(f"a delay is a finite number of seconds, 0 or more, not {delay!r}")
+    if delay > MAX_DELAY:
+        raise ValueError(f"a delay is at most ten years ({MAX_DELAY:.0f} s), not {delay!r} s")
     return float(delay)
 
 
@@ -108,6 +114,12 @@ class ProducerBackend(_Side):
         """The dead letters kept so far, oldest first (without removing them). Whatever
         another client wrote into a dead letter's metadata, reading it never raises."""
 
+    def revoke(self, task_ids: Sequence[str], *, keep_for: float) -> None:
+        """Tell every worker of this queue, now and for the next `keep_for` seconds, not to
+        run these tasks: one taken before it started is dead-lettered as ``revoked``; one
+        already running is not interrupted. Returns once the revocation is stored."""
+        raise NotImplementedError(f"the {self.name} backend cannot revoke tasks yet")
+
     @abstractmethod
     def replay_dead_letters(self) -> int:
         """Move every dead letter back to the work queue as a first attempt; how many moved.
@@ -156,6 +168,11 @@ class WorkerBackend(_Side):
     def event_sink(self) -> EventSink | None:
         """Where this worker's task events go (`common.events`); None: nowhere."""
         return None
+
+    def is_revoked(self, task_id: str) -> bool:
+        """Whether a producer revoked this task (`ProducerBackend.revoke`) and the
+        revocation is still kept."""
+        return False
 
 
 class Backend(ProducerBackend, WorkerBackend):

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from common.errors import BadMessage
 
@@ -53,6 +53,13 @@ class TaskEnvelope(_Strict):
     max_attempts: Annotated[int, Field(ge=1, le=MAX_ATTEMPTS)] | None = None
     producer_host: str = Field(default=HOSTNAME)
     producer_pid: int = Field(default_factory=os.getpid)
+    #: When the task is due (a countdown's or an eta's time): the broker holds it back until
+    #: then, and a worker that gets it earlier (another host's clock) sends it back to wait
+    #: out the rest. None: at once. With a timezone, as every time on the wire.
+    eta: AwareDatetime | None = None
+    #: Past this time a worker that takes the task does not run it: it is dead-lettered as
+    #: ``expired`` (a result says so). None: never expires.
+    expires: AwareDatetime | None = None
 
 
 class TaskStatus(StrEnum):
@@ -79,6 +86,11 @@ class TaskResult(_Strict):
     created_at: datetime
     value: Any = None
     error: str | None = None
+    #: Why a failed task will not run again, as its dead letter says (``max-attempts``,
+    #: ``expired``, ``revoked``...); None for a task that succeeded.
+    reason: str | None = None
+    #: The handler's exception type (``ValueError``), when a raise made it fail.
+    error_type: str | None = None
 
 
 class DeadLetter(_Strict):

@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from common.backend import MAX_DELAY
 from common.events import Emitter, EventKind, EventSink
-from common.schemas import MAX_ATTEMPTS, DeadLetter
+from common.schemas import MAX_ATTEMPTS, DeadLetter, utcnow
 
 if TYPE_CHECKING:
     from common.backend import Delivery, WorkerBackend
@@ -61,6 +62,8 @@ class WorkItem:
     #: When its handler started (wall clock), and how long it ran (once it has).
     started_at: datetime | None = None
     duration: float | None = None
+    #: The type of the exception its handler raised, if it raised (results carry it).
+    error_type: str | None = None
     _owner: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -88,6 +91,7 @@ class Worker(Protocol):
         self, item: WorkItem, next_try: TaskEnvelope, delay: float, error: str
     ) -> None: ...
     def dead_letter(self, item: WorkItem, reason: str, error: str) -> None: ...
+    def postpone(self, item: WorkItem, delay: float) -> None: ...
     def done(self, item: WorkItem) -> None: ...
 
 
@@ -109,6 +113,15 @@ class RefuseTask(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class Postpone(Exception):
+    """Raised by a `before_process_message` hook: the task came too early; the worker sends
+    it back, unchanged and unrun, to come back after `delay` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"due in {delay:.3f} s")
+        self.delay = delay
 
 
 class Middleware:
@@ -399,6 +412,43 @@ class Events(Middleware):
             self.emitter.stop()
 
 
+# -- when a task may run ---------------------------------------------------------------------
+
+
+class Schedule(Middleware):
+    """A task runs between its `eta` and its `expires`, by this worker's clock.
+
+    Past `expires`, it is dead-lettered as ``expired``, unrun (Celery's ``expires``). Before
+    its `eta` (the broker held it back from the sender's clock, and this host's runs behind),
+    it goes back to wait out the rest: a task never runs before its time. The broker's wait
+    rounds up, so on one host this never happens; a forged `eta` is waited out at most once,
+    since the task then comes back after it."""
+
+    def before_process_message(self, worker: Worker, item: WorkItem) -> None:
+        task = item.task
+        assert task is not None
+        if task.expires is None and task.eta is None:
+            return
+        now = utcnow()
+        if task.expires is not None and now > task.expires:
+            late = (now - task.expires).total_seconds()
+            raise RefuseTask("expired", f"expired at {task.expires.isoformat()}, {late:.3f} s ago")
+        if task.eta is not None and task.eta > now:
+            raise Postpone(min((task.eta - now).total_seconds(), MAX_DELAY))
+
+
+class Revocations(Middleware):
+    """A revoked task (`ProducerBackend.revoke`) taken before it started is dead-lettered as
+    ``revoked``, unrun. A task already running is not interrupted: Python cannot stop a
+    running function, and the worker would have to die to do it."""
+
+    def before_process_message(self, worker: Worker, item: WorkItem) -> None:
+        task = item.task
+        assert task is not None
+        if worker.backend.is_revoked(task.id):
+            raise RefuseTask("revoked", f"task {task.id} was revoked before it started")
+
+
 # -- the stack -----------------------------------------------------------------------------
 
 
@@ -416,7 +466,8 @@ def default_middleware(
     """The middleware a worker runs with, in order. Those that only watch come first, so
     each is told of a step before a policy acts on it (a failure before its retry): task
     events, then `extra` (metrics). Then the policies: the killed-worker rule (with
-    `in_flight`, the worker's slot in its supervisor's registry), retries, the time limit."""
+    `in_flight`, the worker's slot in its supervisor's registry), the task's schedule (eta,
+    expiry), revocations, retries, the time limit."""
     stack: list[Middleware] = []
     own_sink = backend.event_sink() if options.task_events else None
     sinks = [*([own_sink] if own_sink is not None else []), *event_sinks]
@@ -425,6 +476,7 @@ def default_middleware(
     stack.extend(extra)
     if in_flight is not None:
         stack.append(KilledWorkers(in_flight))
+    stack.extend([Schedule(), Revocations()])
     stack.append(Retries(options.max_attempts, options.retry_base_delay, options.retry_max_delay))
     if options.task_timeout:
         stack.append(TimeLimit(options.task_timeout, on_timeout or exit_for_timeout))
@@ -445,8 +497,11 @@ __all__ = [
     "Events",
     "KilledWorkers",
     "Middleware",
+    "Postpone",
     "RefuseTask",
     "Retries",
+    "Revocations",
+    "Schedule",
     "TimeLimit",
     "backoff_delay",
     "default_middleware",

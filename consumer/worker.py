@@ -35,7 +35,7 @@ from common.schemas import (
 )
 from common.settings import Settings
 from consumer.handlers import PayloadError, Registry, TaskContext
-from consumer.middleware import Middleware, RefuseTask, WorkItem, default_middleware
+from consumer.middleware import Middleware, Postpone, RefuseTask, WorkItem, default_middleware
 
 if TYPE_CHECKING:
     from consumer.inflight import InHand
@@ -195,6 +195,9 @@ class Worker:
         except RefuseTask as refused:
             self.dead_letter(item, refused.reason, refused.detail)
             return
+        except Postpone as early:
+            self.postpone(item, early.delay)
+            return
         handler = self.registry.get(task.kind)
         if handler is None:
             known = ", ".join(self.registry.kinds())
@@ -211,10 +214,12 @@ class Worker:
             context = self._context(item) if handler.wants_context else None
             value = handler(task.payload, context)
         except PayloadError as exc:
+            item.error_type = type(exc).__name__
             if self._finished(item, started, exception=exc):
                 self.dead_letter(item, "bad-payload", str(exc))
             return
         except Exception as exc:
+            item.error_type = type(exc).__name__
             if self._finished(item, started, exception=exc):
                 self.fail(item, f"{type(exc).__name__}: {exc}")
             return
@@ -273,6 +278,13 @@ class Worker:
         for middleware in self.middleware:
             middleware.after_retry(self, item, delay, error)
 
+    def postpone(self, item: WorkItem, delay: float) -> None:
+        """Settle the delivery by storing its task again, unchanged, due in `delay` seconds
+        (a task that came before its time)."""
+        assert item.task is not None
+        log.info("task %s came %.3f s early: sent back to wait", item.task.id, delay)
+        self.backend.publish([item.task], delay=delay, settles=item.delivery)
+
     def dead_letter(self, item: WorkItem, reason: str, error: str) -> None:
         """Keep the message, with why it will not be processed, and settle the delivery."""
         task, delivery = item.task, item.delivery
@@ -288,7 +300,9 @@ class Worker:
         )
         result = None
         if task is not None and delivery.wants_result:
-            result = self._result(item, TaskStatus.FAILED, error=f"{reason}: {error}")
+            result = self._result(
+                item, TaskStatus.FAILED, error=f"{reason}: {error}", reason=reason
+            )
         self.backend.dead_letter(delivery, letter, result)
         self.processed += 1
         self.dead_lettered += 1
@@ -352,6 +366,7 @@ class Worker:
         *,
         value: object = None,
         error: str | None = None,
+        reason: str | None = None,
     ) -> TaskResult:
         task = item.task
         assert task is not None
@@ -374,6 +389,8 @@ class Worker:
                 "created_at": task.created_at,
                 "value": value,
                 "error": error,
+                "reason": reason,
+                "error_type": item.error_type if reason is not None else None,
             }
         )
 

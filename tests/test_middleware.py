@@ -176,4 +176,5 @@ def test_the_default_stack_watches_first_then_acts(local: Local) -> None:
     options = WorkerOptions(task_timeout=5.0)
     stack = default_middleware(options, end, "tasks", "worker-0", extra=[Recorder()])
     names = [type(m).__name__ for m in stack]
-    assert names == ["Recorder", "Retries", "TimeLimit"]  # no event sink, no in-flight slot
+    # no event sink, no in-flight slot
+    assert names == ["Recorder", "Schedule", "Revocations", "Retries", "TimeLimit"]
