@@ -104,10 +104,17 @@ class ProducerBackend(_Side):
 
     @abstractmethod
     def receive_result(self, timeout: float) -> TaskResult | None:
-        """The next result sent back to this producer, or None after `timeout` seconds.
+        """The next result sent back to this producer, or None after `timeout` seconds (or
+        at once after `interrupt`).
 
         Only results of tasks published by this backend object with results requested.
         """
+
+    @abstractmethod
+    def interrupt(self) -> None:
+        """Make a `receive_result` waiting in another thread return now (None if nothing
+        came), or the next one if none waits. The one method of a backend that any thread
+        may call while another uses it: a client's sender wakes its I/O thread with it."""
 
     @abstractmethod
     def dead_letters(self) -> list[DeadLetter]:

@@ -90,7 +90,9 @@ def main(
     version: Version = False,
 ) -> None:
     """Send COUNT tasks of KIND; with the local backend, also run the workers (--workers,
-    --prefetch, --retry-delay, --task-timeout apply to those)."""
+    --prefetch, --retry-delay, --task-timeout apply to those).
+
+    To send one task of your own and get its result, see `producer send --help`."""
     setup_logging(verbose, log_level, log_format)
     job = _job(ctx, count, kind, payload, rate, timeout, handlers or [])
     local = given(ctx, "backend") is BackendName.local
@@ -220,4 +222,13 @@ def _job(
 
 
 def cli(argv: list[str] | None = None) -> None:
+    """``producer send ...`` is the application API's command (`producer.send`); anything
+    else runs a job (``producer --count N``), as before there was a second command."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["send"]:
+        from producer.send import app as send_app
+
+        run_app(send_app, "producer send", args[1:])
     run_app(app, "producer", argv)

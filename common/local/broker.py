@@ -139,8 +139,11 @@ class LocalBroker(ProducerBackend):
                 wait_for = min(wait_for, self._delayed[0][0] - self._clock.monotonic())
             for slot in self.slots.ready(max(wait_for, 0)):
                 self._take_events(slot)
-            if not self._results and time.monotonic() >= deadline:
+            if not self._results and (time.monotonic() >= deadline or self.slots.interrupted()):
                 return None
+
+    def interrupt(self) -> None:
+        self.slots.interrupt()
 
     def drain_events(self) -> None:
         """Take in every event already sent (before deciding a dead worker's task was lost)."""
@@ -238,6 +241,8 @@ class Slots:
             context.RawArray(ctypes.c_char, KEY_BYTES * batch_size) for _ in range(count)
         ]
         self._memory = [context.RawValue(SlotMemory) for _ in range(count)]
+        #: `interrupt` writes here, so that a wait on the slots' pipes returns at once.
+        self._wake_reader, self._wake_writer = context.Pipe(duplex=False)
 
     def __len__(self) -> int:
         return len(self._held_keys)
@@ -289,7 +294,20 @@ class Slots:
         """The slots whose pipe has something to read (events, or end-of-file), waiting up to
         `timeout` seconds for one."""
         slots = {reader: slot for slot, reader in enumerate(self._readers) if reader is not None}
-        return [slots[reader] for reader in connection.wait(list(slots), timeout)]  # type: ignore[index]
+        ready = connection.wait([*slots, self._wake_reader], timeout)
+        return [slots[reader] for reader in ready if reader in slots]  # type: ignore[index]
+
+    def interrupt(self) -> None:
+        """Wake a `ready` waiting in another thread (any thread may call it)."""
+        self._wake_writer.send_bytes(b"")
+
+    def interrupted(self) -> bool:
+        """Whether `interrupt` was called since the last time this said so."""
+        woken = False
+        while self._wake_reader.poll():
+            self._wake_reader.recv_bytes()
+            woken = True
+        return woken
 
     def read(self, slot: int) -> list[Event] | None:
         """One batch of events from the slot's pipe; None once the pipe is finished (its
@@ -305,6 +323,6 @@ class Slots:
         return events
 
     def close(self) -> None:
-        for end in (*self._readers, *self._writers):
+        for end in (*self._readers, *self._writers, self._wake_reader, self._wake_writer):
             if end is not None:
                 end.close()

@@ -57,6 +57,9 @@ from common.settings import redact_url, split_urls
 
 log = logging.getLogger("taskshuttle.rabbitmq")
 
+#: Put in the results inbox by `interrupt`: no result, a wake-up.
+_INTERRUPT: Received = (-1, False, pika.BasicProperties(), b"")
+
 #: How long `close` waits for results' confirms, so their tasks' acks go out first.
 CLOSE_SETTLE_TIMEOUT = 5.0
 
@@ -374,10 +377,16 @@ class RabbitBackend(Backend):
             # Only a live link adds to the inbox; what a lost one put there is still here.
             self._live_link(wait=timeout)
         try:
-            _tag, _redelivered, _props, body = self._results_inbox.get(timeout=timeout)
+            received = self._results_inbox.get(timeout=timeout)
         except queue.Empty:
             return None
-        return decode_result(body)  # acked on arrival
+        if received is _INTERRUPT:
+            return None
+        return decode_result(received[3])  # acked on arrival
+
+    def interrupt(self) -> None:
+        self._results_inbox.put(_INTERRUPT)
+        self._result_arrived.set()
 
     def arrived_results(self) -> list[TaskResult]:
         """The results that have arrived, without waiting and without touching the
@@ -385,10 +394,13 @@ class RabbitBackend(Backend):
         taken = []
         while True:
             try:
-                _tag, _redelivered, _props, body = self._results_inbox.get_nowait()
+                received = self._results_inbox.get_nowait()
             except queue.Empty:
                 return taken
-            taken.append(decode_result(body))
+            if received is _INTERRUPT:
+                self._results_inbox.put(_INTERRUPT)  # for the `receive_result` it was meant for
+                return taken
+            taken.append(decode_result(received[3]))
 
     # -- worker side ---------------------------------------------------------------------
     def start_consuming(self) -> None:
