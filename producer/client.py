@@ -147,6 +147,16 @@ class SendRequest(BaseModel):
             return payload.model_dump(mode="json")
         return payload
 
+    @field_validator("expires", mode="before")
+    @classmethod
+    def _seconds_are_seconds(cls, expires: object) -> object:
+        # A number is seconds from now, never a Unix time (which pydantic would make of it).
+        if isinstance(expires, int | float) and not isinstance(expires, bool):
+            if not (math.isfinite(expires) and 0 < expires <= MAX_DELAY):
+                raise ValueError(f"must be more than 0 seconds and at most {MAX_DELAY:.0f}")
+            return float(expires)
+        return expires
+
     @model_validator(mode="after")
     def _one_time(self) -> Self:
         if self.countdown is not None and self.eta is not None:
