@@ -3,16 +3,18 @@ middleware may decide (refuse a task, settle a failure) or break (nothing but th
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from common.local import LocalBroker, LocalWorkerEnd
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult, TaskStatus
 from consumer.handlers import Registry
-from consumer.middleware import Middleware, RefuseTask, Retries, default_middleware
+from consumer.middleware import Middleware, RefuseTask, Retries, Schedule, default_middleware
 from consumer.worker import Worker, WorkerOptions, WorkItem
 
 pytestmark = pytest.mark.timeout(30)
@@ -178,3 +180,71 @@ def test_the_default_stack_watches_first_then_acts(local: Local) -> None:
     names = [type(m).__name__ for m in stack]
     # no event sink, no in-flight slot
     assert names == ["Recorder", "Schedule", "Revocations", "Retries", "TimeLimit"]
+
+
+# -- the task's schedule: expiry, a task that comes before its time, forged times -----------
+
+
+def test_a_task_past_its_expiry_is_dead_lettered_unrun_with_a_failed_result(local: Local) -> None:
+    recorder = Recorder()
+    expired = TaskEnvelope(kind="ok", expires=datetime.now(UTC) - timedelta(seconds=1))
+    _process(local, expired, [recorder, Schedule()])
+    assert "before_handler" not in recorder.calls
+    [letter] = local[0].dead_letters()
+    assert letter.reason == "expired" and letter.error.startswith("expired at ")
+    result = _result(local[0])
+    assert (result.status, result.reason) == (TaskStatus.FAILED, "expired")
+
+
+def test_a_task_that_comes_before_its_time_goes_back_to_wait_out_the_rest(local: Local) -> None:
+    """The broker holds a task until its eta; one that arrives early anyway (another host's
+    clock, or a body published straight to the work queue) is sent back, unrun."""
+    broker, end = local
+    recorder = Recorder()
+    early = TaskEnvelope(kind="ok", eta=datetime.now(UTC) + timedelta(seconds=0.6))
+    _process(local, early, [recorder, Schedule()])
+    assert "before_handler" not in recorder.calls
+    assert broker.dead_letters() == [] and broker.pending() == 1  # waiting, not lost
+    worker = Worker(end, registry, WorkerOptions(), threading.Event(), middleware=[Schedule()])
+    sent_back = time.monotonic()
+    delivery = None
+    while delivery is None and time.monotonic() - sent_back < 5:
+        broker.receive_result(0.02)  # the broker's clock releases it
+        delivery = end.receive(0.02)
+    assert delivery is not None
+    assert datetime.now(UTC) >= early.eta  # type: ignore[operator]
+    worker.process(delivery)
+    assert worker.succeeded == 1
+
+
+def test_a_forged_eta_years_away_waits_at_most_the_longest_delay(local: Local) -> None:
+    broker, _ = local
+    forged = TaskEnvelope(kind="ok", eta=datetime(9999, 1, 1, tzinfo=UTC))
+    _process(local, forged, [Schedule()])
+    assert broker.dead_letters() == [] and broker.pending() == 1  # held, not run, not looping
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("eta", "2030-01-01T00:00:00"),  # no timezone
+        ("eta", "soon"),
+        ("expires", 1e300),
+        ("eta", {"delay": 5}),
+    ],
+)
+def test_a_malformed_time_on_the_wire_is_a_schema_dead_letter(
+    local: Local, field: str, value: object
+) -> None:
+    broker, end = local
+    body = json.dumps({"kind": "ok", field: value}).encode()
+    broker.publish_raw([body])
+    worker = Worker(end, registry, WorkerOptions(), threading.Event())
+    delivery = end.receive(5)
+    assert delivery is not None
+    worker.process(delivery)
+    assert end.receive(0.05) is None
+    broker.drain_events()
+    [letter] = broker.dead_letters()
+    assert letter.reason == "schema" and field in letter.error
+    assert letter.body == body
