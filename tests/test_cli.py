@@ -250,12 +250,30 @@ def test_readme_handlers_example_runs_from_its_folder(tmp_path: Path) -> None:
 
 def test_readme_library_example_runs_as_a_saved_script(tmp_path: Path) -> None:
     script = tmp_path / "job.py"
-    script.write_text(_readme_block("### As a library"))
+    script.write_text(_readme_block("### The job runner as a library"))
     done = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     assert "'done': 100" in done.stdout
+
+
+def test_readme_application_api_example_runs_as_a_saved_script(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(_readme_block("## Use it from your code"))
+    done = subprocess.run(
+        [sys.executable, "app.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "4\n"
+    sent = subprocess.run(
+        [str(BIN / "producer"), "send", "add", '{"x": 2, "y": 2}', "--handlers", "app"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.endswith(" done: 4\n")
 
 
 def test_help_imports_neither_pydantic_nor_rich_nor_pika() -> None:
