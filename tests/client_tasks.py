@@ -23,12 +23,17 @@ def add(payload: Add) -> int:
 class Stamp(BaseModel):
     label: str = ""
     seconds: float = Field(default=0.0, ge=0, le=60)
+    #: A file to append the task's id to, each time it runs: how many times it ran.
+    record: str | None = None
 
 
 @registry.task("stamp")
 def stamp(payload: Stamp, context: TaskContext) -> dict[str, object]:
     """When it ran (wall clock), after sleeping `seconds`: countdown order and lateness."""
     started = time.time()
+    if payload.record:
+        with open(payload.record, "a") as runs:
+            runs.write(f"{context.task_id}\n")
     time.sleep(payload.seconds)
     return {"label": payload.label, "ran_at": started, "task_id": context.task_id}
 
