@@ -85,8 +85,9 @@ def purge(
     ctx: typer.Context,
     yes: Yes = False,
 ) -> None:
-    """Remove every task waiting in the work queue and its wait queues (retries waiting out
-    their delay); the dead letters stay. Tasks in workers' hands (unacked) are not removed."""
+    """Remove every task waiting in the work queue; the dead letters stay, and so do delayed
+    tasks (retries waiting out their delay), which wait in delay levels every queue shares.
+    Tasks in workers' hands (unacked) are not removed."""
     settings = _settings(ctx)
     _refuse_unasked("purge", yes)
     with _backend(settings) as admin:
@@ -103,13 +104,12 @@ def purge(
 
 
 def _purge_question(queue: str, queued: dict[str, int], admin: RabbitBackend) -> str:
-    waiting = queued.get(queue, 0)
-    retries = sum(queued.values()) - waiting
-    kept = admin.dead_letter_count()
+    depths = admin.depths()
     return (
-        f"Remove {_plural(waiting, 'task')} from {queue!r} and "
-        f"{_plural(retries, 'retry', 'retries')} from its wait queues "
-        f"(the {_plural(kept, 'dead letter')} in {admin.dlq_name!r} stay)?"
+        f"Remove {_plural(queued.get(queue, 0), 'task')} from {queue!r} "
+        f"(the {_plural(depths['dead_letter'], 'dead letter')} in {admin.dlq_name!r} stay, "
+        f"and so do the {_plural(depths['waiting'], 'delayed task')} of all queues in "
+        f"{admin.levels.prefix}.*)?"
     )
 
 
