@@ -45,13 +45,14 @@ once the next level, or the work queue, has confirmed it.
 
 Why not RabbitMQ's ``rabbitmq_delayed_message_exchange`` plugin: Debian's broker does not ship
 it, and it keeps delayed messages in one node's Mnesia table, not replicated: losing that
-node loses every delayed task. The cost of the levels instead: 2*L+2 exchanges and L+1 queues
-per queue type, for the whole broker (L = `DELAY_LEVELS`), where the wait queues took 16 per
-work queue. The one extra exchange and queue per type, ``taskshuttle.delay.<type>.dropped``,
-are the deliver exchange's alternate exchange and a queue that keeps nothing (``x-max-length``
-0): a delayed task whose work queue was deleted meanwhile is dropped there. Without it, a
-quorum level (at least once) would keep retrying such a message forever, and past 32 of them
-its dead-lettering would stall for every queue.
+node loses every delayed task. The cost of the levels instead, per queue type for the whole
+broker (L = `DELAY_LEVELS`): L+2 exchanges (the levels', deliver, dropped), L+1 queues and
+2*L+1 bindings, plus one binding per work queue, where the wait queues took 16 queues per work
+queue. ``taskshuttle.delay.<type>.dropped`` is the deliver exchange's alternate exchange and
+a queue that keeps nothing (``x-max-length`` 0): a delayed task whose work queue was deleted
+meanwhile is dropped there. Without it, a quorum level (dead-lettering at least once) would
+hold such a message and retry it forever, and past 32 of them (the broker's
+``dead_letter_worker_consumer_prefetch``) it would pass nothing on, for any queue.
 
 Work queues declare their binding to the deliver exchange whenever they declare the work queue
 (producers and workers alike: a message reaching level 0 with no binding is dropped); the levels
