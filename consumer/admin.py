@@ -99,7 +99,8 @@ def purge(
             print(f"removed {_plural(count, 'message')} from {name!r}")
     print(
         f"removed {_plural(sum(purged.values()), 'message')} in all; messages delivered to "
-        "workers and not acked yet are not purged (they come back if not acked)"
+        "workers and not acked yet are not purged (they come back if not acked), nor are "
+        "delayed tasks (they wait in the delay levels every queue shares)"
     )
 
 

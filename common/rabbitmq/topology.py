@@ -316,7 +316,9 @@ def _quorum_dead_lettering(exchange: str, to_queue: str | None = None) -> dict[s
 def serves_as_delay_level(mismatch: str) -> bool:
     """Whether a level queue that exists with other arguments (the broker's `mismatch` text,
     which names the first argument that differs) still holds each message its level's time
-    and passes it on with its routing key: not if it differs in any of those."""
+    and passes it on with its routing key: not if it differs in any of those. The broker
+    compares those three before the others (the queue's type, its overflow), so a mismatch
+    that names another means those three are the same."""
     return not any(
         argument in mismatch
         for argument in ("x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key")
