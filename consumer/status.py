@@ -272,11 +272,14 @@ def delayed_row(levels: DelayLevels, found: list[QueueStatus]) -> QueueStatus | 
         values = [getattr(q, field) for q in present]
         return None if any(v is None for v in values) else sum(values)
 
+    details = [q.consumer_details for q in present]
+    consumers = None if None in details else [c for d in details for c in d or ()]
     return QueueStatus(
         name=f"{levels.prefix}.*",
         role="delayed",
         exists=True,
         type=present[0].type,
+        consumer_details=consumers,
         ready=total("ready"),
         unacked=total("unacked"),
         consumers=total("consumers"),
