@@ -14,7 +14,7 @@ from common.errors import QueueMismatch
 from common.rabbitmq import RabbitBackend
 from common.rabbitmq.topology import DELIVERY_LIMIT, DelayLevels
 from common.schemas import DeadLetter, TaskEnvelope, encode, utcnow
-from tests.helpers import finish, receive_within, start, stop, wait_for_output
+from tests.helpers import finish, receive_within, start, stop, wait_for_output, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -91,7 +91,7 @@ def test_a_delay_level_that_holds_its_messages_otherwise_is_refused_with_one_lin
         assert message.startswith(f"delay level {level!r} exists but cannot serve as one")
         assert "x-message-ttl" in message and "\n" not in message
         worker.requeue(delivery)
-        assert worker.pending() == 1  # the task is still there
+        assert wait_until(lambda: worker.pending() == 1, 5)  # the task is still there
 
 
 def test_a_delay_level_of_another_type_is_used_as_it_is(
