@@ -76,8 +76,13 @@ class _Side(ABC):
 
     @abstractmethod
     def pending(self) -> int:
-        """Tasks waiting to be handed out: in the queue, and retries waiting out their delay
-        (not counting the ones handed out). A burst worker leaves only when this is 0."""
+        """Tasks waiting to be handed out: in the queue, and those a worker received and has
+        not taken yet (not counting the ones handed out). Delayed tasks (retries waiting out
+        their delay, tasks sent for later) are counted where the backend can tell whose they
+        are: the local backend counts its heap of delayed tasks; RabbitMQ cannot, since they
+        wait in delay levels every queue of the broker shares. A burst worker leaves only
+        when this is 0, and once the retries and postponed tasks it published itself are
+        due (`consumer.worker.Worker`)."""
 
     def close(self) -> None:  # noqa: B027 - closing is optional for in-memory backends
         """Release connections; safe to call twice."""

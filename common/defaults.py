@@ -96,7 +96,7 @@ class SettingFields:
         str,
         Setting(
             "TASKSHUTTLE_QUEUE",
-            "Work queue (with <queue>.dlq, <queue>.wait.N).",
+            "Work queue (with <queue>.dlq; delayed tasks wait in shared delay levels).",
             min_length=1,
             max_length=200,
             pattern=r"^[A-Za-z0-9_.:-]+$",

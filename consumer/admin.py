@@ -85,8 +85,9 @@ def purge(
     ctx: typer.Context,
     yes: Yes = False,
 ) -> None:
-    """Remove every task waiting in the work queue and its wait queues (retries waiting out
-    their delay); the dead letters stay. Tasks in workers' hands (unacked) are not removed."""
+    """Remove every task waiting in the work queue; the dead letters stay, and so do delayed
+    tasks (retries waiting out their delay), which wait in delay levels every queue shares.
+    Tasks in workers' hands (unacked) are not removed."""
     settings = _settings(ctx)
     _refuse_unasked("purge", yes)
     with _backend(settings) as admin:
@@ -98,18 +99,18 @@ def purge(
             print(f"removed {_plural(count, 'message')} from {name!r}")
     print(
         f"removed {_plural(sum(purged.values()), 'message')} in all; messages delivered to "
-        "workers and not acked yet are not purged (they come back if not acked)"
+        "workers and not acked yet are not purged (they come back if not acked), nor are "
+        "delayed tasks (they wait in the delay levels every queue shares)"
     )
 
 
 def _purge_question(queue: str, queued: dict[str, int], admin: RabbitBackend) -> str:
-    waiting = queued.get(queue, 0)
-    retries = sum(queued.values()) - waiting
-    kept = admin.dead_letter_count()
+    depths = admin.depths()
     return (
-        f"Remove {_plural(waiting, 'task')} from {queue!r} and "
-        f"{_plural(retries, 'retry', 'retries')} from its wait queues "
-        f"(the {_plural(kept, 'dead letter')} in {admin.dlq_name!r} stay)?"
+        f"Remove {_plural(queued.get(queue, 0), 'task')} from {queue!r} "
+        f"(the {_plural(depths['dead_letter'], 'dead letter')} in {admin.dlq_name!r} stay, "
+        f"and so do the {_plural(depths['waiting'], 'delayed task')} of all queues in "
+        f"{admin.levels.prefix}.*)?"
     )
 
 

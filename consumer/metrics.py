@@ -15,7 +15,8 @@ The metrics (``queue`` is the work queue's name on each):
 - ``taskshuttle_task_duration_seconds{kind}``: how long handlers ran (a histogram);
 - ``taskshuttle_reconnects_total``: connections the workers had to open again;
 - ``taskshuttle_tasks_in_hand``, ``taskshuttle_worker_restarts_total``,
-  ``taskshuttle_queue_messages{queue_role}`` (work, waiting, dead_letter),
+  ``taskshuttle_queue_messages{queue_role}`` (work, waiting, dead_letter; waiting is the
+  delayed tasks of every queue of its type, in the shared delay levels),
   ``taskshuttle_broker_up``.
 
 A task's kind comes from the network: only the kinds this consumer has handlers for become
@@ -158,7 +159,8 @@ class SupervisorCollector:
         if depths is not None:
             messages = GaugeMetricFamily(
                 "taskshuttle_queue_messages",
-                "Messages ready in the work queue, its wait queues and its DLQ.",
+                "Messages ready in the work queue (work), its DLQ (dead_letter) and the "
+                "delay levels of its type (waiting: delayed, all queues).",
                 labels=["queue", "queue_role"],
             )
             for role, count in depths.items():

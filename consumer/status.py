@@ -1,8 +1,10 @@
 """The state of one queue family and of the workers that serve it, as data: what
 ``consumer status`` shows, for any other screen (a dashboard) to reuse.
 
-A queue family is a work queue ``Q`` and its companions (`topology.QueueNames`): ``Q.dlq`` and
-the wait queues ``Q.wait.K`` that exist. Their figures come from one of two sources:
+A queue family is a work queue ``Q`` and its companion ``Q.dlq`` (`topology.QueueNames`), and
+between them one row for the delay levels of the queue's type (`topology.DelayLevels`), when
+they exist: their totals, which are every queue's delayed tasks of that type (the levels are
+shared, so whose each one is cannot be told). Their figures come from one of two sources:
 
 - the **management API** (HTTP, the AMQP URL's credentials; its client is
   `common.rabbitmq.management`), when it answers: messages
@@ -23,6 +25,7 @@ for a screen that refreshes; `collect_status` is one look.
 
 from __future__ import annotations
 
+import re
 import time
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,7 +39,7 @@ from common.rabbitmq.management import (
     ManagementUnavailable,
     default_management_url,
 )
-from common.rabbitmq.topology import QueueNames
+from common.rabbitmq.topology import DelayLevels, QueueNames
 from common.settings import Settings, redact_url
 
 if TYPE_CHECKING:
@@ -62,8 +65,8 @@ class Source(StrEnum):
 UNKNOWN_WITHOUT_MANAGEMENT = ("unacked", "publish_rate", "deliver_rate", "consumer_details")
 
 
-#: What a queue is to its family.
-Role = Literal["work", "wait", "dlq"]
+#: What a queue is to its family (``delayed``: the delay levels of its type, all queues').
+Role = Literal["work", "delayed", "dlq"]
 
 
 class _Model(BaseModel):
@@ -129,8 +132,8 @@ class QueueFamilyStatus(_Model):
 
 
 def _rate(stats: dict[str, Any], key: str) -> float:
-    """A rate of the queue's statistics: a counter never moved is left out of them (a wait
-    queue's messages leave it by expiring, never by a delivery), so its rate is 0."""
+    """A rate of the queue's statistics: a counter never moved is left out of them (a delay
+    level's messages leave it by expiring, never by a delivery), so its rate is 0."""
     details = stats.get(f"{key}_details")
     return float(details.get("rate", 0.0)) if isinstance(details, dict) else 0.0
 
@@ -252,30 +255,68 @@ def open_worker_listener(settings: Settings) -> EventListener:
 
 
 def family_of(queue: str) -> list[tuple[str, Role]]:
-    """The queue family's names and roles, in the order a task meets them."""
+    """The queue family's own queues and roles, in the order a task meets them."""
     names = QueueNames(queue)
-    waits: list[tuple[str, Role]] = [(name, "wait") for name in names.wait_queues()]
-    return [(names.work, "work"), *waits, (names.dlq, "dlq")]
+    return [(names.work, "work"), (names.dlq, "dlq")]
+
+
+def delayed_row(levels: DelayLevels, found: list[QueueStatus]) -> QueueStatus | None:
+    """The delay levels as one row, named ``taskshuttle.delay.<type>.*``: each figure the
+    total of the levels that exist (unknown if one level's is), every queue's delayed tasks
+    of that type; None when no level exists."""
+    present = [q for q in found if q.exists]
+    if not present:
+        return None
+
+    def total(field: str) -> Any:
+        values = [getattr(q, field) for q in present]
+        return None if any(v is None for v in values) else sum(values)
+
+    details = [q.consumer_details for q in present]
+    consumers = None if None in details else [c for d in details for c in d or ()]
+    return QueueStatus(
+        name=f"{levels.prefix}.*",
+        role="delayed",
+        exists=True,
+        type=present[0].type,
+        consumer_details=consumers,
+        ready=total("ready"),
+        unacked=total("unacked"),
+        consumers=total("consumers"),
+        publish_rate=total("publish_rate"),
+        deliver_rate=total("deliver_rate"),
+    )
 
 
 def queue_figures(
     settings: Settings, management_url: str | None
 ) -> tuple[Source, str | None, list[QueueStatus]]:
     """The family's figures, from the management API if it answers, else from AMQP:
-    (source, why the management API was not used, queues). Wait queues that do not exist
-    are left out; the work queue and the DLQ are always there (``exists`` says)."""
+    (source, why the management API was not used, queues). The work queue and the DLQ are
+    always there (``exists`` says); between them the delay levels' row, if they exist."""
     family = family_of(settings.queue)
+    levels = DelayLevels(settings.queue_type)
+    level_family: list[tuple[str, Role]] = [(name, "delayed") for name in levels.queues()]
     url = management_url or default_management_url(settings.amqp_url)
     reason: str | None
     try:
-        records = Management(url, settings.amqp_url).queues(name for name, _ in family)
+        api = Management(url, settings.amqp_url)
+        records = api.queues(name for name, _ in family)
+        pattern = f"^{re.escape(levels.prefix)}\\.[0-9]+$"
+        records.update(api.queues_matching(pattern))
     except ManagementUnavailable as exc:
         reason = f"management API at {redact_url(url)}: {exc}"
-        source, queues = Source.AMQP, _from_amqp(settings.amqp_url, family)
+        source = Source.AMQP
+        found = _from_amqp(settings.amqp_url, [*family, *level_family])
     else:
         reason, source = None, Source.MANAGEMENT
-        queues = [_from_management(name, role, records[name]) for name, role in family]
-    return source, reason, [q for q in queues if q.exists or q.role != "wait"]
+        found = [
+            _from_management(name, role, records.get(name))
+            for name, role in [*family, *level_family]
+        ]
+    work, dlq, *in_levels = found
+    delayed = delayed_row(levels, in_levels)
+    return source, reason, [work, *([delayed] if delayed else []), dlq]
 
 
 class StatusWatcher:

@@ -71,8 +71,9 @@ def status(
         ),
     ] = 2.5,
 ) -> None:
-    """Show the queue family of --queue (the work queue, its wait queues, its DLQ) and the
-    live workers: messages ready and unacked, consumers, rates, each worker's tasks."""
+    """Show the queue family of --queue (the work queue, the delayed tasks of every queue of
+    its type, its DLQ) and the live workers: messages ready and unacked, consumers, rates,
+    each worker's tasks."""
     settings = settings_from(ctx)
     from common.rabbitmq.management import check_management_url
     from consumer.status import StatusWatcher
@@ -159,6 +160,8 @@ def render(found: QueueFamilyStatus) -> RenderableType:
 def _queue_row(one: QueueStatus, work_queue: str) -> list[str]:
     # A companion by what follows the work queue's name, which the heading gives.
     name = one.name if one.role == "work" else "  " + one.name.removeprefix(work_queue)
+    if one.role == "delayed":  # the shared delay levels: not this queue's alone
+        name = f"  delayed, all queues ({one.name})"
     if not one.exists:
         return [name, "-", "-", "-", "-", "-", "no such queue"]
 

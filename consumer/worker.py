@@ -119,6 +119,10 @@ class Worker:
         self.succeeded = 0
         self.retried = 0
         self.dead_lettered = 0
+        #: When (this worker's monotonic clock) the latest-due retry or postponed task it
+        #: published comes back; None: none yet. A burst worker stays until then (and its
+        #: idle window after): a backend need not count delayed tasks (`pending`).
+        self.delayed_due: float | None = None
         #: The task whose handler is running (heartbeats tell it).
         self.current: WorkItem | None = None
         if middleware is None:
@@ -134,7 +138,8 @@ class Worker:
         self.middleware = list(middleware)
 
     def run(self) -> int:
-        """Take tasks until stopped (or, in burst mode, until the queue stays empty)."""
+        """Take tasks until stopped (or, in burst mode, until the queue stays empty and the
+        tasks it sent back to wait have come back)."""
         for middleware in self.middleware:
             middleware.after_worker_boot(self)
         try:
@@ -154,11 +159,29 @@ class Worker:
                 now = self.clock.monotonic()
                 if idle_since is None:
                     idle_since = now
-                if now - idle_since >= self.options.burst_idle and self.backend.pending() == 0:
+                if self._burst_done(now, now - idle_since):
                     return
                 continue
             idle_since = None
             self.process(delivery)
+
+    def _burst_done(self, now: float, idle: float) -> bool:
+        """Whether a burst worker may leave: idle for `burst_idle`, past the idle window after
+        its own latest delayed task came due, and nothing pending (asked last: the broker)."""
+        window = self.options.burst_idle
+        assert window is not None
+        if idle < window:
+            return False
+        due = self.delayed_due
+        if due is not None and now < due + window:
+            return False
+        return self.backend.pending() == 0
+
+    def _sent_to_wait(self, delay: float) -> None:
+        """Note a task this worker published to come back after `delay` seconds."""
+        due = self.clock.monotonic() + delay
+        if self.delayed_due is None or due > self.delayed_due:
+            self.delayed_due = due
 
     def process(self, delivery: Delivery) -> None:
         """Decode, run and settle one delivery. Whatever goes wrong with it, it is settled
@@ -274,6 +297,7 @@ class Worker:
     def retry_later(self, item: WorkItem, next_try: TaskEnvelope, delay: float, error: str) -> None:
         """Settle the delivery by storing its task's next attempt, due in `delay` seconds."""
         self.backend.retry_later(item.delivery, next_try, delay)
+        self._sent_to_wait(delay)
         self.retried += 1
         for middleware in self.middleware:
             middleware.after_retry(self, item, delay, error)
@@ -284,6 +308,7 @@ class Worker:
         assert item.task is not None
         log.info("task %s came %.3f s early: sent back to wait", item.task.id, delay)
         self.backend.publish([item.task], delay=delay, settles=item.delivery)
+        self._sent_to_wait(delay)
 
     def dead_letter(self, item: WorkItem, reason: str, error: str) -> None:
         """Keep the message, with why it will not be processed, and settle the delivery."""

@@ -13,7 +13,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
@@ -160,6 +160,49 @@ def delete_queues(url: str, work_queue: str) -> None:
             channel.queue_delete(name)
     finally:
         connection.close()
+
+
+def _management(method: str, path: str, body: dict[str, object] | None = None) -> None:
+    """One request to the test broker's management API, with the broker URL's credentials."""
+    import base64
+    import json
+    import urllib.request
+
+    parts = urlsplit(BROKER_URL)
+    user, password = unquote(parts.username or "guest"), unquote(parts.password or "guest")
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(
+        MANAGEMENT_URL.rstrip("/") + path,
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+@pytest.fixture
+def own_vhost(broker_url: str) -> Iterator[str]:
+    """`broker_url` on a virtual host of this test's own, made through the management API and
+    deleted afterwards with all it holds: for a test that would leave long-delayed tasks in
+    the delay levels, or change one, which every queue of a virtual host shares."""
+    import urllib.error
+
+    vhost = f"taskshuttle-test-{uuid.uuid4().hex[:8]}"
+    path = "/" + quote(vhost, safe="")
+    user = unquote(urlsplit(broker_url).username or "guest")
+    try:
+        _management("PUT", f"/api/vhosts{path}", {})
+    except (urllib.error.URLError, OSError) as exc:
+        reason = f"no management API to make a virtual host at {MANAGEMENT_URL}: {exc}"
+        if IN_CI:
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
+    try:
+        everything = {"configure": ".*", "write": ".*", "read": ".*"}
+        _management("PUT", f"/api/permissions{path}/{quote(user, safe='')}", everything)
+        yield url_with(broker_url, vhost=vhost)
+    finally:
+        _management("DELETE", f"/api/vhosts{path}")
 
 
 @pytest.fixture(params=["local", "rabbitmq-quorum", "rabbitmq-classic"])

@@ -15,7 +15,7 @@ Programs get what is here through `common.factory`. Its modules follow the threa
 - `outbox`: acks and results, batched safely; `confirms`: publisher-confirm bookkeeping, no
   connection (both fed by the I/O thread); `delivery`: a delivery's handle, caller's side.
 - `dlq`: dead letters, streamed and replayed; `topology`: queue names, queue arguments,
-  message properties, dead-letter headers.
+  the delay levels, message properties, dead-letter headers.
 - `events`: `EventListener`, task events from the events exchange; `counts`: passive looks
   at queues (ready messages, consumers); `management`: the management HTTP API (urllib).
 - `errors`: pika's exceptions, as this project's.

@@ -12,8 +12,9 @@ A backend plays one of two roles on its connection, chosen when it is built:
   consumes instead, for `receive_result`. Such a backend cannot consume the work queue:
   `start_consuming` and `receive` raise rather than hand out its results as tasks.
 
-Both can publish, count, list, replay and purge dead letters, purge the work queue and its
-wait queues, and delete the queues.
+Both can publish (at once, or delayed: through the delay levels every queue of the broker of
+the same type shares, see `topology`), count, list, replay and purge dead letters, purge the
+work queue, and delete the work queue and its DLQ.
 
 Settling a delivery follows one rule: it is done on the link the delivery came on, and if
 that link is gone, the delivery is left alone and nothing raises: the broker hands it out
@@ -152,7 +153,7 @@ class RabbitBackend(Backend):
         clock: Clock = SYSTEM_CLOCK,
         stop: StopFlag | None = None,
     ) -> None:
-        self.names = QueueNames(queue_name)
+        self.names = QueueNames(topology.check_queue_name(queue_name))
         self.queue_name = queue_name
         self.dlq_name = self.names.dlq
         self.queue_type = queue_type
@@ -161,7 +162,10 @@ class RabbitBackend(Backend):
         self.queue_arguments = topology.work_queue_arguments(
             self.names, queue_type, queue_arguments
         )
-        self._wait_arguments = topology.wait_queue_arguments(queue_name, queue_type)
+        #: Where this queue's delayed tasks wait: the levels of its type, shared.
+        self.levels = topology.DelayLevels(queue_type)
+        #: The link the levels were last declared on (once per link, before it delays).
+        self._levels_link: Link | None = None
         #: Queues found with other arguments than asked for, used as they are: the broker's
         #: words for each (each said once, not on every reconnect).
         self.used_as_is: dict[str, str] = {}
@@ -222,6 +226,11 @@ class RabbitBackend(Backend):
         try:
             self._declare(link, self.queue_name, self.queue_arguments)
             self._declare(link, self.dlq_name, topology.dlq_arguments(self.queue_type))
+            # Wherever the work queue is declared, its binding to the levels' deliver exchange
+            # is too: a delayed task reaching level 0 with no binding would be dropped.
+            link.declare_routes(
+                [self.levels.deliver_exchange()], [self.levels.delivers_to(self.queue_name)]
+            )
             if self.reply_queue:
                 link.declare(self.reply_queue, topology.reply_queue_arguments())
                 link.consume(self.reply_queue, tag=self.reply_queue, settle_on_arrival=True)
@@ -235,23 +244,36 @@ class RabbitBackend(Backend):
         self._node = node
         return link
 
-    def _declare(self, link: Link, name: str, arguments: dict[str, Any] | None) -> None:
-        """Declare one of this queue's own (once per link); if it exists with other
-        arguments (another type, a queue made by another client), use it as it is, saying
-        so once, unless it cannot serve: a wait queue that does not send retries back."""
+    def _declare(
+        self, link: Link, name: str, arguments: dict[str, Any] | None, *, level: bool = False
+    ) -> None:
+        """Declare a queue (once per link); if it exists with other arguments (another
+        type, a queue made by another client), use it as it is, saying so once, unless it
+        cannot serve: a delay `level` that does not hold its messages its level's time, or
+        does not pass them on to the level below."""
         declared = link.declare_once(name, arguments)
         if declared is None or declared.mismatch is None or name in self.used_as_is:
             return
-        wait_queue = name not in (self.queue_name, self.dlq_name)
-        if wait_queue and not topology.serves_as_wait_queue(declared.mismatch):
+        if level and not topology.serves_as_delay_level(declared.mismatch):
             raise QueueMismatch(
-                f"queue {name!r} exists but does not send expired retries back to "
-                f"{self.queue_name!r} ({declared.mismatch}); delete it"
+                f"delay level {name!r} exists but cannot serve as one ({declared.mismatch}); "
+                "delete it once it is empty"
             )
         self.used_as_is[name] = declared.mismatch
         log.warning(
             "queue %r exists with other arguments; used as it is: %s", name, declared.mismatch
         )
+
+    def _declare_levels(self, link: Link) -> None:
+        """The delay levels of this queue's type, on `link` unless declared on it already:
+        their queues, then their exchanges and bindings (all idempotent)."""
+        if self._levels_link is link:
+            return
+        for n, name in enumerate(self.levels.queues()):
+            self._declare(link, name, self.levels.queue_arguments(n), level=True)
+        self._declare(link, self.levels.dropped, self.levels.dropped_arguments())
+        link.declare_routes(self.levels.exchanges(), self.levels.bindings())
+        self._levels_link = link
 
     def _live_link(self, wait: float | None = None) -> Link | None:
         """The current link, re-established if it was lost (see `Reconnect.run`)."""
@@ -294,7 +316,8 @@ class RabbitBackend(Backend):
         meanwhile: Callable[[], object] | None = None,
     ) -> None:
         """Publish and wait for every confirm; a task with a `delay` waits it out in the
-        wait queue of its delay (`topology`), and comes back to the work queue from there.
+        delay levels (`topology`: the delay rounded up to a quarter second), and comes back
+        to the work queue from there.
 
         With `settles` (a worker), the tasks go out on that delivery's own link with its
         reply address, and the delivery is acked once they are confirmed: if the link is
@@ -307,21 +330,24 @@ class RabbitBackend(Backend):
         if settles is not None:
             self._publish_settling(tasks, delay, settles)
             return
-        messages, wait_queue = self._messages(tasks, self.reply_queue, delay)
+        messages, delayed = self._messages(tasks, self.reply_queue, delay)
         doing = None
         if meanwhile is not None and self.want_results:
             doing = Meanwhile(meanwhile, self._result_arrived)
-        self._publish_with_retry(messages, timeout, doing, wait_queue)
+        self._publish_with_retry(messages, timeout, doing, delayed)
 
     def _messages(
         self, tasks: Sequence[TaskEnvelope], reply_to: str | None, delay: float
-    ) -> tuple[list[Message], str | None]:
-        """The messages of `tasks`, and the wait queue they go to first (None: no delay)."""
-        if not delay:
-            return [topology.task_message(self.queue_name, t, reply_to) for t in tasks], None
-        wait_queue = self.names.wait_for(delay)
-        delayed = [topology.delayed_message(wait_queue, t, reply_to, delay) for t in tasks]
-        return delayed, wait_queue
+    ) -> tuple[list[Message], bool]:
+        """The messages of `tasks`, and whether they go through the delay levels (a delay
+        of at least one unit) rather than straight to the work queue."""
+        units = topology.delay_units(delay)
+        if not units:
+            return [topology.task_message(self.queue_name, t, reply_to) for t in tasks], False
+        return [
+            topology.delayed_message(self.levels, self.queue_name, t, reply_to, units)
+            for t in tasks
+        ], True
 
     def _publish_settling(
         self, tasks: Sequence[TaskEnvelope], delay: float, delivery: Delivery
@@ -332,10 +358,10 @@ class RabbitBackend(Backend):
         if handle is None:
             return
         link = handle.link
-        messages, wait_queue = self._messages(tasks, handle.reply_to, delay)
+        messages, delayed = self._messages(tasks, handle.reply_to, delay)
         with unless_gone(link):
-            if wait_queue is not None:
-                self._declare(link, wait_queue, self._wait_arguments)
+            if delayed:
+                self._declare_levels(link)
             if not link.publish_many(messages, timeout=30):
                 self.ack(delivery)
 
@@ -348,10 +374,10 @@ class RabbitBackend(Backend):
         messages: Sequence[Message],
         timeout: float,
         meanwhile: Meanwhile | None = None,
-        wait_queue: str | None = None,
+        delayed: bool = False,
     ) -> None:
         """Publish; if the connection drops, reconnect and publish again what was unconfirmed
-        (declaring `wait_queue` first on each link, when the messages go there).
+        (declaring the delay levels first on each link, when the messages are `delayed`).
 
         A message in flight when the connection dropped may already be stored: publishing it
         again can make a duplicate, which consumers see (same task id) and the ledger counts.
@@ -359,9 +385,9 @@ class RabbitBackend(Backend):
         remaining = list(messages)
         while remaining:
             link = self._link_now()
-            if wait_queue is not None:
+            if delayed:
                 with unless_gone(link):
-                    self._declare(link, wait_queue, self._wait_arguments)
+                    self._declare_levels(link)
             remaining = link.publish_many(remaining, timeout, meanwhile)
             if remaining:
                 error = link.close_error or ConnectionLost("connection lost while publishing")
@@ -491,17 +517,14 @@ class RabbitBackend(Backend):
 
     # -- both ----------------------------------------------------------------------------
     def pending(self) -> int:
-        """Tasks in the work queue, retries waiting in its wait queues (declared here if
-        absent: asking for a missing queue's length would close the channel), and tasks this
-        worker received and did not take yet. Those are counted last: a retry whose delay
-        ends goes from its wait queue straight to a consumer, and would be counted nowhere
-        if it came while the queues were counted (so they are counted in the order a retry
-        travels, too)."""
+        """Tasks in the work queue, and tasks this worker received and did not take yet.
+        Those are counted last: a task that arrives goes from the work queue straight to a
+        consumer, and would be counted nowhere if it came in between. Delayed tasks are not
+        counted: they wait in the delay levels, which every queue of the broker shares, so
+        which queue's they are cannot be told (a burst worker waits for its own retries:
+        `consumer.worker.Worker`)."""
         link = self._link_now()
-        waits = self.names.wait_queues()
-        for name in waits:
-            self._declare(link, name, self._wait_arguments)
-        queued = link.count([*waits, self.queue_name])
+        queued = link.queue_length(self.queue_name)
         return queued + (link.inbox.qsize() if self._consuming else 0)
 
     def dead_letter_count(self) -> int:
@@ -509,15 +532,15 @@ class RabbitBackend(Backend):
         return self._link_now().queue_length(self.dlq_name)
 
     def depths(self) -> dict[str, int]:
-        """Messages ready in the work queue, in its wait queues (declared here if absent, as
-        `pending` does) and in its DLQ, keyed ``work``, ``waiting``, ``dead_letter``."""
+        """Messages ready in the work queue, in the delay levels of its type (declared here
+        if absent: asking for a missing queue's length would close the channel) and in its
+        DLQ, keyed ``work``, ``waiting``, ``dead_letter``. ``waiting`` is every queue's
+        delayed tasks of that type: the levels are shared."""
         link = self._link_now()
-        waits = self.names.wait_queues()
-        for name in waits:
-            self._declare(link, name, self._wait_arguments)
+        self._declare_levels(link)
         return {
             "work": link.queue_length(self.queue_name),
-            "waiting": link.count(waits),
+            "waiting": link.count(self.levels.queues()),
             "dead_letter": link.queue_length(self.dlq_name),
         }
 
@@ -549,35 +572,25 @@ class RabbitBackend(Backend):
             return link.purge(self.dlq_name)
 
     def queued_messages(self) -> dict[str, int]:
-        """Messages ready in the work queue and in each of its wait queues (declared if
-        absent): what `purge_queues` would remove now. The DLQ is not among them."""
+        """Messages ready in the work queue, by name: what `purge_queues` would remove now.
+        Neither the DLQ nor delayed tasks are among them."""
         with self._side_link() as link:
-            return {name: link.queue_length(name) for name in self._purgeable(link)}
+            return {self.queue_name: link.queue_length(self.queue_name)}
 
     def purge_queues(self) -> dict[str, int]:
-        """Empty the work queue and its wait queues (retries waiting out their delay), never
-        the DLQ; how many messages each lost. Only ready messages go: those in a worker's
-        hands (delivered, not acked) stay with it, and come back if it does not ack them."""
+        """Empty the work queue, never the DLQ; how many messages it lost, by name. Only ready
+        messages go: those in a worker's hands (delivered, not acked) stay with it, and come
+        back if it does not ack them. Delayed tasks (retries waiting out their delay, tasks
+        sent for later) stay too: they wait in the delay levels, which every queue of the
+        broker shares, and come to the work queue when they are due."""
         with self._side_link() as link:
-            names = self._purgeable(link)
-            # The wait queues first: a retry whose delay ends meanwhile moves to the work
-            # queue, and is purged there.
-            purged = {name: link.purge(name) for name in reversed(names)}
-        return {name: purged[name] for name in names}
-
-    def _purgeable(self, link: Link) -> list[str]:
-        """The work queue and its wait queues, declared on `link` if absent (a missing queue
-        would close the channel): the work queue first, then its wait queues, shortest
-        delays first."""
-        waits = self.names.wait_queues()
-        for name in waits:
-            self._declare(link, name, self._wait_arguments)
-        return [self.queue_name, *waits]
+            return {self.queue_name: link.purge(self.queue_name)}
 
     def delete_queues(self) -> None:
-        """Delete this queue, every companion the topology creates for it and this backend's
-        reply queue (tests, clean-ups). On a connection of its own: deleting a queue cancels
-        its consumers, and the work link would take that for a lost queue."""
+        """Delete this queue, its DLQ and this backend's reply queue (tests, clean-ups), never
+        the delay levels, which every queue shares (a delayed task of this queue that comes
+        due later is dropped: `topology`). On a connection of its own: deleting a queue
+        cancels its consumers, and the work link would take that for a lost queue."""
         names = self.names.with_companions()
         if self.reply_queue:
             names.append(self.reply_queue)

@@ -10,9 +10,10 @@ Threading rules (pika's own: a connection belongs to the thread that runs its io
 ``add_callback_threadsafe`` is its one thread-safe method):
 
 - **Any thread** may call `open`, `close`, `alive` and `close_error`, and the blocking
-  operations (`declare`, `declare_once`, `consume`, `queue_length`, `inspect_queues`, `get`,
-  `purge`, `delete`, `cancel`, `publish_many`): each hands its work to the I/O thread and
-  waits on a future, raising `ConnectionLost` (or the broker's reason) if the link dies first.
+  operations (`declare`, `declare_once`, `declare_routes`, `consume`, `queue_length`,
+  `inspect_queues`, `get`, `purge`, `delete`, `cancel`, `publish_many`): each hands its
+  work to the I/O thread and waits on a future, raising `ConnectionLost` (or the broker's
+  reason) if the link dies first.
 - **Any thread** may queue deliveries' outcomes in the outbox (`ack`, `ack_all`, `nack`,
   `ack_with_result`): they go out with one wake-up of the I/O thread per batch, acks
   coalesced into ``multiple=True`` acks where every earlier delivery is settled, and a task's
@@ -38,13 +39,13 @@ import pika
 import pika.exceptions
 from pika.spec import Basic, BasicProperties
 
-from common.errors import BrokerError
+from common.errors import BrokerError, QueueMismatch
 from common.events import EVENTS_EXCHANGE
 from common.rabbitmq.confirms import Batch, ConfirmTracker, Meanwhile, publish_in_chunks
 from common.rabbitmq.connection import Connection
 from common.rabbitmq.errors import refused_declare, translate
 from common.rabbitmq.outbox import AckOp, NackOp, Outbox, OutboxOp, ResultOp
-from common.rabbitmq.topology import Message
+from common.rabbitmq.topology import Binding, Exchange, Message
 
 log = logging.getLogger("taskshuttle.rabbitmq")
 
@@ -106,6 +107,13 @@ class Link(Connection):
     def declare_once(self, name: str, arguments: dict[str, Any] | None = None) -> Declared | None:
         """Declare a queue unless this link declared it already (then None)."""
         return None if name in self._declared else self.declare(name, arguments)
+
+    def declare_routes(self, exchanges: Sequence[Exchange], bindings: Sequence[Binding]) -> None:
+        """Declare durable exchanges, then bindings (their queues must exist), sent one after
+        the other on a channel of their own and waited for once. An exchange that exists as
+        another kind or with other arguments is `QueueMismatch` (the broker closes that
+        channel; the link's own never sees it)."""
+        self._call(functools.partial(self._routes_io, list(exchanges), list(bindings)))
 
     def consume(
         self,
@@ -278,6 +286,53 @@ class Link(Connection):
 
         self._conn.channel(on_open_callback=self._guard(opened))
 
+    def _routes_io(
+        self, exchanges: list[Exchange], bindings: list[Binding], future: Future[Any]
+    ) -> None:
+        assert self._conn is not None
+        probe: list[Any] = []
+        steps = len(exchanges) + len(bindings)
+        answered: list[None] = []
+
+        def opened(channel: Any) -> None:
+            probe.append(channel)
+            channel.add_on_close_callback(self._guard(closed))
+            if not steps:
+                channel.close()
+            # pika sends each of these once the broker has answered the one before.
+            for exchange in exchanges:
+                channel.exchange_declare(
+                    exchange.name,
+                    exchange.kind,
+                    durable=True,
+                    arguments=exchange.arguments,
+                    callback=self._guard(done),
+                )
+            for binding in bindings:
+                bind = channel.exchange_bind if binding.to_exchange else channel.queue_bind
+                bind(binding.destination, binding.source, binding.key, callback=self._guard(done))
+
+        def done(_frame: Any) -> None:
+            answered.append(None)
+            if len(answered) == steps:
+                probe[0].close()
+
+        def closed(_channel: Any, reason: BaseException) -> None:
+            if future.done():
+                return
+            if len(answered) == steps:
+                future.set_result(None)
+            elif isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+                future.set_exception(
+                    QueueMismatch(
+                        "cannot declare the delay levels' exchanges and bindings: "
+                        f"{reason.reply_code} {reason.reply_text}"
+                    )
+                )
+            # else the connection is closing: its death fails the future
+
+        self._conn.channel(on_open_callback=self._guard(opened))
+
     def _consume_io(
         self,
         name: str,
@@ -385,8 +440,8 @@ class Link(Connection):
     def _publish_io(
         self, message: Message, batch: Batch | None, index: int = 0, *, mandatory: bool = False
     ) -> None:
-        routing_key, body, props = message
-        self._channel.basic_publish("", routing_key, body, props, mandatory)
+        routing_key, body, props, exchange = message
+        self._channel.basic_publish(exchange, routing_key, body, props, mandatory)
         self._confirms.published(batch, index, props.message_id)
 
     def _publish_events_io(self, messages: list[tuple[str, bytes]]) -> None:

@@ -10,15 +10,6 @@ default) when this program creates it; a queue that exists already is used as it
   never acked (its consumers keep dying before they can count it) is dead-lettered by the
   broker itself to ``Q.dlq``, with reason ``delivery_limit`` in its ``x-death`` header.
 - ``Q.dlq``: dead letters, the original body with why in headers (``x-reason`` ...).
-- ``Q.wait.K``, K = 0 .. `LAST_WAIT_STEP`: where a failed task waits out its retry delay. A
-  message there carries its delay as a per-message TTL; when it expires the queue
-  dead-letters it back to ``Q``. The waiting happens in the broker, not in a sleeping
-  consumer. The broker expires messages only at the head of a queue, so each wait queue
-  holds delays of one doubling step: ``Q.wait.0`` up to 1 s, ``Q.wait.K`` from 2**(K-1) to
-  2**K seconds, and the last one every longer delay. A message then waits at most about twice
-  its delay (behind a longer one of its step), whatever its attempt number, and the set of
-  wait queues stays fixed and small. Quorum wait queues dead-letter "at least once": an
-  expired retry leaves its wait queue only once the work queue has confirmed it.
 - ``Q.replies.<id>``: one producer's results (``reply_to`` + ``correlation_id``, RabbitMQ's
   RPC pattern); durable so a broker restart keeps them, deleted after 10 idle minutes. Always
   classic: a reply queue lives as long as one producer, on the node it is connected to, and
@@ -27,6 +18,48 @@ default) when this program creates it; a queue that exists already is used as it
   the ledger counts what a lost reply queue took with it). A
   worker publishes a result only to a reply queue of its own work queue (`is_reply_queue`):
   whoever may publish a task must not be able to make workers write into any other queue.
+
+Delayed tasks (a retry's next attempt, a task sent for later, one that came early) wait in
+the broker, never in a sleeping consumer, in a fixed set of **delay levels** shared by every
+work queue of the broker that has the same queue type (`DelayLevels`; quorum and classic
+work queues never share one). A delay is counted in units of `DELAY_UNIT` (a quarter
+second), rounded up so a task never comes back early, and written in binary, one level per
+bit: `DELAY_LEVELS` (31) levels cover `common.backend.MAX_DELAY` (ten years). Level N is a
+durable topic exchange and a durable queue, both ``taskshuttle.delay.<type>.<NN>``; the queue
+holds every message for exactly 2**N units (``x-message-ttl``), then dead-letters it to level
+N-1's exchange (level 0's: ``taskshuttle.delay.<type>.deliver``), keeping its routing key:
+the delay's bits as words, most significant first, then the work queue's name
+(``0.0...1.0.1.Q``, `delay_routing_key`). Exchange N routes a message whose bit N is 1 to its
+queue, and one whose bit is 0 straight on to exchange N-1 (an exchange-to-exchange binding:
+no queue hop), so a message is published once, to the top level's exchange, with
+``mandatory`` and confirms, and waits once in each level of a 1 bit: 2**N units each, its
+whole delay in all. The deliver exchange binds each work queue ``Q`` with exactly
+`DELAY_LEVELS` words before its name, so ``b`` never gets what was meant for ``a.b``.
+
+Why it is exact: the broker expires messages only at the head of a queue, and every message
+of a level queue has that queue's one TTL, so the head is always the first to expire (a 3 s
+delay published after a 4 s one is not held behind it, as it was in the per-queue wait queues
+of one doubling step each that came before). Quorum levels dead-letter "at least once"
+(``x-dead-letter-strategy``, with ``reject-publish`` overflow): a message leaves a level only
+once the next level, or the work queue, has confirmed it.
+
+Why not RabbitMQ's ``rabbitmq_delayed_message_exchange`` plugin: Debian's broker does not ship
+it, and it keeps delayed messages in one node's Mnesia table, not replicated: losing that
+node loses every delayed task. The cost of the levels instead, per queue type for the whole
+broker (L = `DELAY_LEVELS`): L+2 exchanges (the levels', deliver, dropped), L+1 queues and
+2*L+1 bindings, plus one binding per work queue, where the wait queues took 16 queues per work
+queue. ``taskshuttle.delay.<type>.dropped`` is the deliver exchange's alternate exchange and
+a queue that keeps nothing (``x-max-length`` 0): a delayed task whose work queue was deleted
+meanwhile is dropped there. Without it, a quorum level (dead-lettering at least once) would
+hold such a message and retry it forever, and past 32 of them (the broker's
+``dead_letter_worker_consumer_prefetch``) it would pass nothing on, for any queue.
+
+Work queues declare their binding to the deliver exchange whenever they declare the work queue
+(producers and workers alike: a message reaching level 0 with no binding is dropped); the levels
+are declared, all idempotent, once per connection before its first delayed publish. Wait
+queues ``Q.wait.K`` an older version left on a broker still dead-letter their messages into
+``Q`` by themselves as they expire; nothing here uses them any more, and they can be deleted
+once empty.
 """
 
 from __future__ import annotations
@@ -42,6 +75,7 @@ import pika
 from pika.spec import BasicProperties
 
 from common.defaults import QueueType
+from common.errors import ConfigError
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult, encode, utcnow
 
 PERSISTENT = pika.DeliveryMode.Persistent
@@ -53,22 +87,48 @@ DELIVERY_LIMIT = 20
 REPLY_QUEUE_EXPIRES_MS = 600_000
 #: A dead letter keeps this much of the error's text (headers travel in every frame).
 ERROR_HEADER_CHARS = 4000
-#: The last wait queue's step: ``Q.wait.15`` holds delays over 2**14 s (4.5 hours).
-LAST_WAIT_STEP = 15
-#: The longest per-message TTL sent (about 49 days): the broker refuses much longer ones
-#: by closing the channel.
-MAX_TTL_MS = 2**32 - 1
+#: What a delay is counted in, in seconds: every delay is rounded up to a whole number of
+#: these (a task never comes back early).
+DELAY_UNIT = 0.25
+_UNIT_MS = 250
+#: One delay level per bit of a delay in units: 31 bits hold `common.backend.MAX_DELAY` (ten
+#: years). A wire format shared by every program on the broker: never derived, never changed.
+DELAY_LEVELS = 31
+#: The longest delay the levels hold, in units (about 17 years).
+MAX_DELAY_UNITS = 2**DELAY_LEVELS - 1
+#: The longest routing key (and binding key) AMQP carries: a short string.
+MAX_ROUTING_KEY_BYTES = 255
 #: What follows ``Q.replies.`` in a reply queue's name (`QueueNames.new_replies` makes 12 hex
 #: digits; any plain name is taken, never one with another dot).
 _REPLY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Message(NamedTuple):
-    """One publish to the default exchange: the queue's name is the routing key."""
+    """One publish: to `exchange`, by default the default one, where the routing key is the
+    queue's name."""
 
     routing_key: str
     body: bytes
     properties: BasicProperties
+    exchange: str = ""
+
+
+class Exchange(NamedTuple):
+    """A durable exchange to declare."""
+
+    name: str
+    kind: str = "topic"
+    arguments: dict[str, Any] | None = None
+
+
+class Binding(NamedTuple):
+    """A binding of `destination` (a queue, or an exchange when `to_exchange`) to the
+    exchange `source`, with a binding key."""
+
+    source: str
+    destination: str
+    key: str
+    to_exchange: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +140,6 @@ class QueueNames:
     @property
     def dlq(self) -> str:
         return f"{self.work}.dlq"
-
-    def wait_for(self, delay: float) -> str:
-        """Where a task waits `delay` seconds before it comes back: the step of its delay."""
-        return f"{self.work}.wait.{wait_step(delay)}"
-
-    def wait_queues(self) -> list[str]:
-        """Every wait queue a retry can go to, shortest delays first."""
-        return [f"{self.work}.wait.{step}" for step in range(LAST_WAIT_STEP + 1)]
 
     def new_replies(self) -> str:
         """A reply queue of one producer's own."""
@@ -111,24 +163,120 @@ class QueueNames:
 
     def with_companions(self) -> list[str]:
         """The work queue and every queue of its own the topology creates beside it (not the
-        producers' reply queues, which each producer deletes, or which expire)."""
-        return [self.work, self.dlq, *self.wait_queues()]
+        producers' reply queues, which each producer deletes, or which expire, nor the delay
+        levels, which every queue of the broker shares)."""
+        return [self.work, self.dlq]
 
 
-def ttl_ms(delay: float) -> int:
-    """A delay in seconds as a per-message TTL the broker takes: whole milliseconds, from 0
-    to `MAX_TTL_MS` (a NaN is 0)."""
+def check_queue_name(queue: str) -> str:
+    """`queue` if the delay levels can deliver to it: its routing key (and the deliver
+    exchange's binding key) is `DELAY_LEVELS` words and the name, at most 255 bytes, and no
+    word of it may be a wildcard of a binding (``*``, ``#``)."""
+    longest = MAX_ROUTING_KEY_BYTES - 2 * DELAY_LEVELS
+    if len(queue.encode()) > longest:
+        raise ConfigError(
+            f"queue name {queue[:40]!r}... is {len(queue.encode())} bytes long; at most "
+            f"{longest} bytes (the delay levels route by it)"
+        )
+    if {"*", "#"} & set(queue.split(".")):
+        raise ConfigError(f"queue name {queue!r} has a word '*' or '#' (dot-separated), a wildcard")
+    return queue
+
+
+def delay_units(delay: float) -> int:
+    """`delay` seconds in `DELAY_UNIT`s, rounded up so a task never comes back early, at most
+    `MAX_DELAY_UNITS`; 0 (no delay: straight to the work queue) for 0, below or NaN."""
     if not delay > 0:  # also NaN
         return 0
-    return int(min(delay * 1000, MAX_TTL_MS))
+    if delay >= MAX_DELAY_UNITS * DELAY_UNIT:
+        return MAX_DELAY_UNITS
+    return math.ceil(delay / DELAY_UNIT)
 
 
-def wait_step(delay: float) -> int:
-    """The wait queue step of `delay`: 0 up to 1 s, K from 2**(K-1) to 2**K s, capped."""
-    ms = ttl_ms(delay)
-    if ms <= 1000:
-        return 0
-    return min(math.ceil(math.log2(ms / 1000)), LAST_WAIT_STEP)
+def delay_routing_key(units: int, queue: str) -> str:
+    """The routing key of a task delayed by `units` for `queue`: the delay's `DELAY_LEVELS`
+    bits as words, most significant first, then the queue's name (``0.0...1.0.1.queue``)."""
+    if not 0 < units <= MAX_DELAY_UNITS:
+        raise ValueError(f"a delay of {units} units is not one the levels hold")
+    bits = (str(units >> level & 1) for level in reversed(range(DELAY_LEVELS)))
+    return ".".join([*bits, queue])
+
+
+@dataclass(frozen=True, slots=True)
+class DelayLevels:
+    """The delay levels of one queue type, shared by every work queue of that type on the
+    broker (see the module's docstring): their names, arguments and bindings."""
+
+    queue_type: QueueType
+
+    @property
+    def prefix(self) -> str:
+        return f"taskshuttle.delay.{self.queue_type.value}"
+
+    def level(self, n: int) -> str:
+        """Level `n`'s exchange, and its queue: the same name."""
+        return f"{self.prefix}.{n:02d}"
+
+    @property
+    def top(self) -> str:
+        """Where every delayed task is published: the exchange of the highest level."""
+        return self.level(DELAY_LEVELS - 1)
+
+    @property
+    def deliver(self) -> str:
+        """The exchange below level 0, which delivers to the work queues."""
+        return f"{self.prefix}.deliver"
+
+    @property
+    def dropped(self) -> str:
+        """The deliver exchange's alternate exchange, and the queue bound to it that keeps
+        nothing: a delayed task whose work queue is gone is dropped there."""
+        return f"{self.prefix}.dropped"
+
+    def below(self, n: int) -> str:
+        """The exchange level `n` passes its messages on to."""
+        return self.level(n - 1) if n > 0 else self.deliver
+
+    def queues(self) -> list[str]:
+        """The level queues, level 0 first."""
+        return [self.level(n) for n in range(DELAY_LEVELS)]
+
+    def queue_arguments(self, n: int) -> dict[str, Any]:
+        """Level `n`'s queue: every message held 2**n units, then passed on, routing key kept
+        (no dead-letter routing key)."""
+        ttl = {"x-message-ttl": 2**n * _UNIT_MS}
+        if self.queue_type is QueueType.classic:
+            return {**ttl, "x-dead-letter-exchange": self.below(n)}
+        return {**ttl, **_quorum_dead_lettering(self.below(n))}
+
+    def dropped_arguments(self) -> dict[str, Any]:
+        keep_nothing = {"x-max-length": 0}
+        if self.queue_type is QueueType.classic:
+            return keep_nothing
+        return {"x-queue-type": "quorum", **keep_nothing}
+
+    def exchanges(self) -> list[Exchange]:
+        """Every exchange of the levels: level 0 up, then the deliver and dropped ones."""
+        levels = [Exchange(self.level(n)) for n in range(DELAY_LEVELS)]
+        return [*levels, self.deliver_exchange(), Exchange(self.dropped, "fanout")]
+
+    def deliver_exchange(self) -> Exchange:
+        return Exchange(self.deliver, arguments={"alternate-exchange": self.dropped})
+
+    def bindings(self) -> list[Binding]:
+        """Level `n` keeps a message whose bit `n` is 1 in its queue, and passes one whose bit
+        is 0 on to the exchange below, at once."""
+        bound = [Binding(self.dropped, self.dropped, "")]
+        for n in range(DELAY_LEVELS):
+            skip = "*." * (DELAY_LEVELS - 1 - n)
+            bound.append(Binding(self.level(n), self.level(n), f"{skip}1.#"))
+            bound.append(Binding(self.level(n), self.below(n), f"{skip}0.#", to_exchange=True))
+        return bound
+
+    def delivers_to(self, queue: str) -> Binding:
+        """The work queue's binding to the deliver exchange: exactly `DELAY_LEVELS` words
+        before its name."""
+        return Binding(self.deliver, queue, "*." * DELAY_LEVELS + queue)
 
 
 def work_queue_arguments(
@@ -140,7 +288,7 @@ def work_queue_arguments(
     if queue_type is QueueType.classic:
         return extra
     return {
-        **_quorum_dead_lettering(names.dlq),
+        **_quorum_dead_lettering("", names.dlq),
         "x-delivery-limit": DELIVERY_LIMIT,
         **(extra or {}),
     }
@@ -150,30 +298,31 @@ def dlq_arguments(queue_type: QueueType) -> dict[str, Any] | None:
     return None if queue_type is QueueType.classic else {"x-queue-type": "quorum"}
 
 
-def wait_queue_arguments(work_queue: str, queue_type: QueueType) -> dict[str, Any]:
-    """A wait queue sends each message back to the work queue when its TTL runs out."""
-    if queue_type is QueueType.classic:
-        return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": work_queue}
-    return _quorum_dead_lettering(work_queue)
-
-
-def _quorum_dead_lettering(to_queue: str) -> dict[str, Any]:
-    """A quorum queue that dead-letters to `to_queue` at least once: the broker keeps a
-    message until `to_queue` has confirmed it (which needs ``reject-publish`` overflow)."""
+def _quorum_dead_lettering(exchange: str, to_queue: str | None = None) -> dict[str, Any]:
+    """A quorum queue that dead-letters to `exchange` at least once: the broker keeps a
+    message until its target has confirmed it (which needs ``reject-publish`` overflow).
+    With `to_queue`, through the default exchange to that queue; without, the message keeps
+    its routing key."""
+    routing = {} if to_queue is None else {"x-dead-letter-routing-key": to_queue}
     return {
         "x-queue-type": "quorum",
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": to_queue,
+        "x-dead-letter-exchange": exchange,
+        **routing,
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }
 
 
-def serves_as_wait_queue(mismatch: str) -> bool:
-    """Whether a wait queue that exists with other arguments (the broker's `mismatch`
-    text, which names the first argument that differs) still sends expired retries back:
-    not if it differs in where it dead-letters to."""
-    return "x-dead-letter-exchange" not in mismatch and "x-dead-letter-routing-key" not in mismatch
+def serves_as_delay_level(mismatch: str) -> bool:
+    """Whether a level queue that exists with other arguments (the broker's `mismatch` text,
+    which names the first argument that differs) still holds each message its level's time
+    and passes it on with its routing key: not if it differs in any of those. The broker
+    compares those three before the others (the queue's type, its overflow), so a mismatch
+    that names another means those three are the same."""
+    return not any(
+        argument in mismatch
+        for argument in ("x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key")
+    )
 
 
 def reply_queue_arguments() -> dict[str, Any]:
@@ -185,13 +334,16 @@ def reply_queue_arguments() -> dict[str, Any]:
 
 
 def task_message(queue: str, task: TaskEnvelope, reply_to: str | None) -> Message:
-    properties = BasicProperties(
+    return Message(queue, encode(task), _task_properties(task, reply_to))
+
+
+def _task_properties(task: TaskEnvelope, reply_to: str | None) -> BasicProperties:
+    return BasicProperties(
         content_type="application/json",
         delivery_mode=PERSISTENT,
         message_id=task.id,
         reply_to=reply_to,
     )
-    return Message(queue, encode(task), properties)
 
 
 def raw_message(queue: str, body: bytes) -> Message:
@@ -210,18 +362,13 @@ def result_message(reply_to: str, result: TaskResult) -> Message:
 
 
 def delayed_message(
-    wait_queue: str, task: TaskEnvelope, reply_to: str | None, delay: float
+    levels: DelayLevels, queue: str, task: TaskEnvelope, reply_to: str | None, units: int
 ) -> Message:
-    """A task (a retry's next attempt, a task sent for later) to wait `delay` seconds in
-    `wait_queue` (its TTL) before it goes to the work queue."""
-    properties = BasicProperties(
-        content_type="application/json",
-        delivery_mode=PERSISTENT,
-        message_id=task.id,
-        reply_to=reply_to,
-        expiration=str(ttl_ms(delay)),
-    )
-    return Message(wait_queue, encode(task), properties)
+    """A task (a retry's next attempt, a task sent for later) to wait `units` delay units in
+    the `levels` before it goes to the work queue `queue`: published to the top level's
+    exchange, its delay and destination in its routing key (no TTL of its own)."""
+    key = delay_routing_key(units, queue)
+    return Message(key, encode(task), _task_properties(task, reply_to), exchange=levels.top)
 
 
 def dead_letter_message(dlq: str, letter: DeadLetter) -> Message:

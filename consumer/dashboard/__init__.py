@@ -1,10 +1,10 @@
 """`consumer dashboard`: a live web page of one work queue, served on 127.0.0.1.
 
-It shows, as they change: the queue's depths over time (ready, unacked, retries waiting,
-dead letters), throughput and task durations (from the workers' task events), the workers
-and the task each has in hand (from their heartbeats), the recent tasks and their fate, and
-the DLQ with why each letter is there, with buttons to replay one letter or all of them and
-to purge the DLQ. See `server` for who may do what.
+It shows, as they change: the queue's depths over time (ready, unacked, delayed tasks of
+all queues of its type, dead letters), throughput and task durations (from the workers' task
+events), the workers and the task each has in hand (from their heartbeats), the recent tasks
+and their fate, and the DLQ with why each letter is there, with buttons to replay one letter
+or all of them and to purge the DLQ. See `server` for who may do what.
 
 The web stack (Starlette, uvicorn) is the ``dashboard`` extra, imported only when the
 command runs: the workers and ``--help`` never load it.
@@ -163,7 +163,9 @@ def serve(settings: Settings, host: str, port: int, management_url: str) -> None
     management = None
     if management_url:
         try:
-            management = ManagementDepths(management_url, settings.amqp_url, settings.queue)
+            management = ManagementDepths(
+                management_url, settings.amqp_url, settings.queue, settings.queue_type
+            )
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="'--management-url'") from None
 

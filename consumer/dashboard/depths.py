@@ -38,15 +38,25 @@ class DepthError(Exception):
 
 class ManagementDepths:
     """Depths from RabbitMQ's management HTTP API (`common.rabbitmq.management.Management`:
-    credentials from `management_url`'s own user info, else from the AMQP URL's)."""
+    credentials from `management_url`'s own user info, else from the AMQP URL's). Waiting:
+    the delayed tasks of every queue of `queue_type` (the delay levels are shared)."""
 
-    def __init__(self, management_url: str, amqp_url: str, queue: str) -> None:
+    def __init__(
+        self,
+        management_url: str,
+        amqp_url: str,
+        queue: str,
+        queue_type: QueueType = QueueType.quorum,
+    ) -> None:
         from common.rabbitmq.management import Management
+        from common.rabbitmq.topology import DelayLevels
 
         self._api = Management(management_url, amqp_url, timeout=REQUEST_TIMEOUT)
         self.base = self._api.base
-        # The work queue, its DLQ and its wait queues, and nothing else on the broker.
-        pattern = f"^{re.escape(queue)}(\\.dlq|\\.wait\\.[0-9]+)?$"
+        # The work queue, its DLQ and the delay levels of its type (every queue's delayed
+        # tasks: the levels are shared), and nothing else on the broker.
+        levels = re.escape(DelayLevels(queue_type).prefix)
+        pattern = f"^({re.escape(queue)}(\\.dlq)?|{levels}\\.[0-9]+)$"
         query = urllib.parse.urlencode(
             {
                 "page": 1,
@@ -122,7 +132,7 @@ class AmqpDepths:
 
 
 class DepthReader:
-    """Ready messages, retries waiting and dead letters counted over AMQP, which is exact and
+    """Ready messages, delayed tasks and dead letters counted over AMQP, which is exact and
     immediate; unacked messages (and consumers) from the management API when it answers,
     which AMQP cannot tell. The API alone would do, but it samples its counters: during a
     fast job its ready count lags the real one by seconds, and the chart would show a full

@@ -45,7 +45,7 @@ class Depths:
 
     ready: int
     unacked: int | None
-    waiting: int  # retries waiting out their delay in the wait queues
+    waiting: int  # delayed tasks in the delay levels of the queue's type: all queues'
     dead: int
     consumers: int | None = None
 

@@ -21,7 +21,7 @@ from common.schemas import (
     decode_task,
     utcnow,
 )
-from tests.helpers import receive_within, result_for
+from tests.helpers import receive_within, result_for, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -250,13 +250,71 @@ def test_pending_counts_waiting_tasks(make_backend: MakeBackend) -> None:
     assert producer.pending() == 7
 
 
-def test_pending_counts_retries_waiting_out_their_delay(make_backend: MakeBackend) -> None:
+def test_pending_counts_a_waiting_retry_where_the_backend_can_tell_whose_it_is(
+    make_backend: MakeBackend,
+) -> None:
+    """The local broker counts the retry while it waits; on RabbitMQ it waits in delay levels
+    every queue of the broker shares, so no queue's `pending` counts it (a burst worker waits
+    for its own retries instead: `consumer.worker.Worker`). Once due, it is this queue's
+    again on every backend: counted, then handed out."""
     producer, worker = _producer_and_worker(make_backend)
     task = TaskEnvelope(kind="fail")
     producer.publish([task])
     delivery = receive_within(worker)
-    worker.retry_later(delivery, task.model_copy(update={"attempt": 2}), delay=30)
-    if isinstance(producer, LocalBroker):
+    worker.retry_later(delivery, task.model_copy(update={"attempt": 2}), delay=1.5)
+    local = isinstance(producer, LocalBroker)
+    if local:
         producer.drain_events()
-    assert producer.pending() == 1  # not in the queue yet, but not done either
-    assert worker.pending() == 1  # what a burst worker asks before it leaves
+    waiting = 1 if local else 0
+    assert producer.pending() == waiting  # not in the queue yet, nor done
+    assert worker.pending() == waiting  # what a burst worker asks before it leaves
+    if not local:  # due: in the queue, or already in this consumer's hands
+        assert wait_until(lambda: worker.pending() == 1, 10)
+    again = _receive_released(producer, worker, 10)
+    assert decode_task(again.body).attempt == 2
+    worker.ack(again)
+    assert worker.pending() == 0
+
+
+def _arrivals(
+    producer: ProducerBackend, worker: WorkerBackend, delays: list[float]
+) -> list[tuple[TaskEnvelope, float, float, float]]:
+    """Publish one task for each delay, in that order; take them as they come back: (task,
+    its delay, seconds from just before its publish to its arrival, and from just after)."""
+    sent: dict[str, tuple[TaskEnvelope, float, float, float]] = {}
+    for delay in delays:
+        task = TaskEnvelope(kind="echo", payload={"delay": delay})
+        before = time.monotonic()
+        producer.publish([task], delay=delay)
+        sent[task.id] = (task, delay, before, time.monotonic())
+    came = []
+    for _ in delays:
+        delivery = _receive_released(producer, worker, max(delays) + 5)
+        arrived = time.monotonic()
+        task, delay, before, after = sent[decode_task(delivery.body).id]
+        came.append((task, delay, arrived - before, arrived - after))
+        worker.ack(delivery)
+    assert worker.receive(0.3) is None
+    return came
+
+
+def test_a_shorter_delay_sent_after_a_longer_one_comes_back_first(
+    make_backend: MakeBackend,
+) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    came = _arrivals(producer, worker, [4.0, 3.0])
+    assert [delay for _, delay, _, _ in came] == [3.0, 4.0]  # not held behind the longer one
+    for _task, delay, since_before, since_after in came:
+        assert since_before >= delay  # never early
+        assert since_after <= delay + 1.0  # and not much later
+
+
+def test_delays_that_are_no_whole_quarter_seconds_arrive_in_order_never_early(
+    make_backend: MakeBackend,
+) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    came = _arrivals(producer, worker, [1.3, 2.6])
+    assert [delay for _, delay, _, _ in came] == [1.3, 2.6]
+    for _task, delay, since_before, since_after in came:
+        assert since_before >= delay
+        assert since_after <= delay + 1.0

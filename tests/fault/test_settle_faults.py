@@ -81,5 +81,6 @@ def test_a_settlement_cut_by_a_lost_connection_stores_nothing_and_the_task_comes
         assert again.redelivered
         worker.ack(again)
         assert worker.receive(1.0) is None  # and no retry copy came back beside it
-        assert worker.pending() == 0  # nor waits in a wait queue
+        assert worker.pending() == 0
+        assert worker.depths()["waiting"] == 0  # nor waits in the delay levels (its node's own)
         assert worker.dead_letters() == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 import time
@@ -19,12 +20,7 @@ import pytest
 
 from common.defaults import QueueType
 from common.rabbitmq import RabbitBackend
-from common.rabbitmq.topology import (
-    QueueNames,
-    dead_letter_message,
-    delayed_message,
-    wait_queue_arguments,
-)
+from common.rabbitmq.topology import QueueNames, dead_letter_message
 from common.schemas import DeadLetter, TaskEnvelope, decode_task, encode, utcnow
 from tests.helpers import ROOT, program, receive_within, wait_until
 
@@ -89,16 +85,11 @@ def _tasks(channel: Any, queue: str, count: int) -> None:
         channel.basic_publish("", queue, encode(TaskEnvelope(kind="echo")))
 
 
-def _retries(channel: Any, queue: str, count: int, delay: float = 3600.0) -> str:
-    """`count` retries waiting out `delay` (an hour: they stay put) in their wait queue,
-    declared as a worker declares it; the wait queue's name."""
-    wait_queue = QueueNames(queue).wait_for(delay)
-    arguments = wait_queue_arguments(queue, QueueType.quorum)
-    channel.queue_declare(wait_queue, durable=True, arguments=arguments)
-    for _ in range(count):
-        message = delayed_message(wait_queue, TaskEnvelope(kind="echo", attempt=2), None, delay)
-        channel.basic_publish("", wait_queue, message.body, message.properties)
-    return wait_queue
+def _retries(url: str, queue: str, count: int, delay: float = 4.0) -> None:
+    """`count` retries waiting out `delay` in the delay levels, as a worker sends them (the
+    levels are every queue's: a delay this short leaves nothing there after the test)."""
+    with RabbitBackend(url, queue) as backend:
+        backend.publish([TaskEnvelope(kind="echo", attempt=2) for _ in range(count)], delay=delay)
 
 
 def _count(channel: Any, name: str) -> int:
@@ -279,12 +270,12 @@ def test_purge_without_yes_on_a_pipe_refuses_and_removes_nothing(
     assert _count(channel, QueueNames(queue_name).dlq) == 2
 
 
-def test_purge_yes_empties_the_work_and_wait_queues_but_not_the_dlq_nor_unacked_tasks(
+def test_purge_yes_empties_the_work_queue_but_not_the_dlq_nor_unacked_nor_delayed_tasks(
     broker_url: str, queue_name: str, channel: Any
 ) -> None:
     _queues(broker_url, queue_name)
     _tasks(channel, queue_name, 8)
-    wait_queue = _retries(channel, queue_name, 3)
+    _retries(broker_url, queue_name, 3)
     _letters(channel, queue_name, 2)
     with RabbitBackend(broker_url, queue_name, prefetch=1) as worker:
         held = receive_within(worker)  # in a worker's hands: not the purge's to remove
@@ -292,15 +283,15 @@ def test_purge_yes_empties_the_work_and_wait_queues_but_not_the_dlq_nor_unacked_
         assert purged.returncode == 0, purged.stderr
         assert purged.stdout.splitlines() == [
             f"removed 7 messages from {queue_name!r}",
-            f"removed 3 messages from {wait_queue!r}",
-            "removed 10 messages in all; messages delivered to workers and not acked yet are "
-            "not purged (they come back if not acked)",
+            "removed 7 messages in all; messages delivered to workers and not acked yet are "
+            "not purged (they come back if not acked), nor are delayed tasks (they wait in "
+            "the delay levels every queue shares)",
         ]
         assert _count(channel, queue_name) == 0
-        assert _count(channel, wait_queue) == 0
         assert decode_task(held.body).kind == "echo"
-    # The worker's connection closed without acking: the task it held is back.
-    assert _wait_for_count(channel, queue_name, 1)
+    # The worker's connection closed without acking: the task it held is back; and the
+    # retries come when they are due.
+    assert _wait_for_count(channel, queue_name, 1 + 3)
     assert _count(channel, QueueNames(queue_name).dlq) == 2
 
 
@@ -316,7 +307,7 @@ def test_purge_queues_reports_every_queue_it_empties(
     with RabbitBackend(broker_url, queue_name) as backend:
         assert backend.queued_messages()[queue_name] == 4
         purged = backend.purge_queues()
-        assert list(purged) == [queue_name, *QueueNames(queue_name).wait_queues()]
+        assert list(purged) == [queue_name]  # the delay levels are every queue's
         assert purged[queue_name] == 4 and sum(purged.values()) == 4
         assert backend.purge_queues()[queue_name] == 0
 
@@ -360,22 +351,26 @@ def test_purge_on_a_terminal_asks_with_the_counts_and_does_what_the_answer_says(
 ) -> None:
     _queues(broker_url, queue_name)
     _tasks(channel, queue_name, 6)
-    wait_queue = _retries(channel, queue_name, 1)
+    _retries(broker_url, queue_name, 1, delay=8.0)
     _letters(channel, queue_name, 3)
     args = ["purge", "--queue", queue_name, "--url", broker_url]
     code, said = _on_a_terminal(args, "n")
-    question = (
-        f"Remove 6 tasks from {queue_name!r} and 1 retry from its wait queues "
-        f"(the 3 dead letters in '{queue_name}.dlq' stay)? [y/N]"
+    question = re.search(
+        rf"Remove 6 tasks from {re.escape(repr(queue_name))} \(the 3 dead letters in "
+        rf"'{re.escape(queue_name)}\.dlq' stay, and so do the (\d+) delayed tasks? of all "
+        r"queues in taskshuttle\.delay\.quorum\.\*\)\? \[y/N\]",
+        said,
     )
-    assert question in said
+    assert question is not None, said
+    assert int(question[1]) >= 1  # ours, and any other queue's: the levels are shared
     assert code == 1 and "nothing removed" in said
-    assert (_count(channel, queue_name), _count(channel, wait_queue)) == (6, 1)
+    assert _count(channel, queue_name) == 6
     code, said = _on_a_terminal(args, "y")
     assert code == 0, said
-    assert "removed 7 messages in all" in said
-    assert (_count(channel, queue_name), _count(channel, wait_queue)) == (0, 0)
+    assert "removed 6 messages in all" in said
+    assert _count(channel, queue_name) == 0
     assert _count(channel, QueueNames(queue_name).dlq) == 3
+    assert _wait_for_count(channel, queue_name, 1, timeout=15)  # the retry, when due
 
 
 # -- dlq purge -------------------------------------------------------------------------------

@@ -17,12 +17,14 @@ import pika
 import pika.exceptions
 import pytest
 
-from common.backend import Delivery
+from common.backend import MAX_DELAY, Delivery
 from common.rabbitmq import RabbitBackend
+from common.rabbitmq.management import Management
 from common.rabbitmq.topology import QueueNames
 from common.schemas import TaskEnvelope, TaskResult, decode_task, encode
 from consumer.handlers import Registry, TaskContext
 from consumer.worker import Worker, WorkerOptions
+from tests.conftest import MANAGEMENT_URL
 from tests.helpers import receive_within, result_for, run, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
@@ -152,29 +154,66 @@ def test_a_result_is_never_published_to_a_queue_that_is_not_a_reply_queue_of_thi
             raw.queue_delete(name)
 
 
-# -- wait queues: a fixed, small set -------------------------------------------------------------
-def test_a_retry_of_attempt_2000_waits_in_one_of_a_fixed_set_of_wait_queues(
-    broker_url: str, queue_name: str
+# -- delays: a fixed set of levels, whatever the delay or the attempt ---------------------
+def test_a_retry_of_attempt_2000_waits_in_the_fixed_set_of_delay_levels(
+    own_vhost: str, queue_name: str
 ) -> None:
-    with RabbitBackend(broker_url, queue_name) as backend:
+    """In a virtual host of its own: its delays (up to ten years) would outlive the test."""
+    with RabbitBackend(own_vhost, queue_name) as backend:
         backend.publish([TaskEnvelope(kind="fail", max_attempts=100)])
         delivery = receive_within(backend)
         task = decode_task(delivery.body)
-        # Built without validation: however the schema bounds attempts, the queue it waits
-        # in must not depend on the attempt number.
+        # Built without validation: however the schema bounds attempts, where it waits
+        # must not depend on the attempt number.
         late = TaskEnvelope.model_construct(**{**dict(task), "attempt": 2000})
-        for delay in (5.0, 70.0, 3600.0, 10.0**9):  # each longer than this test
+        for delay in (5.0, 70.0, 3600.0, MAX_DELAY):  # each longer than this test
             backend.retry_later(delivery, late, delay=delay)
             backend.publish([task])
             delivery = receive_within(backend)
         backend.ack(delivery)
-        assert _count(broker_url, f"{queue_name}.wait.1999") is None
-        bounded = QueueNames(queue_name).wait_queues()
-        assert len(bounded) <= 20
-        counts = {name: _count(broker_url, name) for name in bounded}
-        assert sum(c or 0 for c in counts.values()) == 4, counts  # all four wait, in the set
-        backend.delete_queues()
-    assert {name: _count(broker_url, name) for name in bounded} == dict.fromkeys(bounded)
+        assert backend.depths()["waiting"] == 4  # all four wait, in the levels
+        assert backend.pending() == 0  # which are no queue's own
+        levels = backend.levels
+    found = set(Management(MANAGEMENT_URL, own_vhost).queues_matching(".*"))
+    assert found == {queue_name, f"{queue_name}.dlq", *levels.queues(), levels.dropped}
+
+
+def test_a_delayed_task_survives_its_consumers_reconnect_and_arrives_once(
+    broker_url: str, queue_name: str
+) -> None:
+    task = TaskEnvelope(kind="echo")
+    with RabbitBackend(broker_url, queue_name) as first:
+        first.start_consuming()
+        before = time.monotonic()
+        first.publish([task], delay=3.0)
+        after = time.monotonic()
+    time.sleep(1.0)  # nobody consumes the work queue now
+    with RabbitBackend(broker_url, queue_name) as second:
+        arrived = receive_within(second, timeout=10)
+        at = time.monotonic()
+        second.ack(arrived)
+        assert decode_task(arrived.body).id == task.id
+        assert at - before >= 3.0 and at - after <= 4.0
+        assert _drain(second, 1.5) == []  # once
+
+
+def test_a_delayed_task_whose_work_queue_is_gone_is_dropped_and_holds_up_no_other(
+    own_vhost: str, queue_name: str
+) -> None:
+    """A quorum level passes a message on only once its target has it: one whose work queue
+    was deleted meanwhile goes to the deliver exchange's alternate exchange and is dropped
+    there, not held (past 32 such, the level would pass nothing on, for any queue)."""
+    gone, kept = f"{queue_name}.gone", f"{queue_name}.kept"
+    with RabbitBackend(own_vhost, gone) as doomed:
+        # 5 units: through levels 2 and 0, where the next task passes too
+        doomed.publish([TaskEnvelope(kind="echo") for _ in range(40)], delay=1.25)
+        doomed.delete_queues()
+    time.sleep(2.0)  # they came due, to no work queue
+    with RabbitBackend(own_vhost, kept) as backend:
+        task = TaskEnvelope(kind="echo")
+        backend.publish([task], delay=0.25)  # 1 unit: level 0 only
+        assert decode_task(receive_within(backend, timeout=10).body).id == task.id
+        assert backend.depths()["waiting"] == 0
 
 
 # -- ack coalescing: never over a delivery whose settlement is not final ---------------------
@@ -230,7 +269,7 @@ def test_an_ack_after_a_timed_out_task_does_not_cover_it_before_its_retry_is_sto
     assert quick.id not in came_back  # and the next task was acked once
 
 
-# -- burst mode waits for the retries in the wait queues ------------------------------------
+# -- burst mode waits for its own retries (the delay levels are every queue's) -------------
 def test_burst_consumer_stays_until_a_waiting_retry_is_done(
     broker_url: str, queue_name: str
 ) -> None:
@@ -238,7 +277,7 @@ def test_burst_consumer_stays_until_a_waiting_retry_is_done(
     with RabbitBackend(broker_url, queue_name, want_results=True) as producer:
         producer.publish([task])
         # The retry waits 3 to 6 s: longer than the burst idle time (1 s), so a consumer
-        # that forgot the wait queues would leave before it comes back.
+        # that forgot its retry (no queue counts it) would leave before it comes back.
         completed = run(
             "consumer",
             *("--queue", queue_name, "--url", broker_url, "--burst", "--workers", "1"),
@@ -256,8 +295,9 @@ def test_burst_consumer_stays_until_a_waiting_retry_is_done(
 def test_pending_counts_a_task_already_sent_to_this_worker_and_not_taken_yet(
     broker_url: str, queue_name: str
 ) -> None:
-    """A retry whose delay ends goes from its wait queue straight to a consumer: counted in
-    no queue, it must still count, or a burst worker that asks just then leaves without it."""
+    """A task that arrives goes from the work queue straight to a consumer (a retry whose
+    delay ends, too): counted in no queue, it must still count, or a burst worker that asks
+    just then leaves without it."""
     with RabbitBackend(broker_url, queue_name) as worker:
         worker.start_consuming()
         worker.publish([TaskEnvelope(kind="echo")])

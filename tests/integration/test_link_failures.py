@@ -18,6 +18,7 @@ from common.rabbitmq import RabbitBackend
 from common.rabbitmq import backend as backend_module
 from common.rabbitmq.confirms import Batch
 from common.rabbitmq.link import Link
+from common.rabbitmq.topology import Message
 from common.schemas import TaskEnvelope
 from common.settings import redact_url
 
@@ -53,7 +54,7 @@ def test_an_exception_in_the_io_thread_fails_the_publisher_at_once_with_connecti
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     link = _open(link_class, broker_url, queue_name)
-    message = (queue_name, b"{}", pika.BasicProperties(message_id="m1"))
+    message = Message(queue_name, b"{}", pika.BasicProperties(message_id="m1"))
     started = time.monotonic()
     with caplog.at_level(logging.ERROR, logger="taskshuttle.rabbitmq"):
         unconfirmed = link.publish_many([message], timeout=30)

@@ -12,9 +12,9 @@ import pytest
 from common.defaults import QueueType
 from common.errors import QueueMismatch
 from common.rabbitmq import RabbitBackend
-from common.rabbitmq.topology import DELIVERY_LIMIT, QueueNames
-from common.schemas import DeadLetter, TaskEnvelope, utcnow
-from tests.helpers import finish, receive_within, start, stop, wait_for_output
+from common.rabbitmq.topology import DELIVERY_LIMIT, DelayLevels
+from common.schemas import DeadLetter, TaskEnvelope, encode, utcnow
+from tests.helpers import finish, receive_within, start, stop, wait_for_output, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -75,24 +75,39 @@ def test_the_queue_type_option_decides_what_is_created(broker_url: str, queue_na
             backend.delete_queues()
 
 
-def test_a_wait_queue_that_sends_retries_elsewhere_is_refused_with_one_line(
-    broker_url: str, queue_name: str
+def test_a_delay_level_that_holds_its_messages_otherwise_is_refused_with_one_line(
+    own_vhost: str, queue_name: str
 ) -> None:
-    names = QueueNames(queue_name)
-    wait_queue = names.wait_for(0.1)
-    elsewhere = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "elsewhere"}
-    _declare(broker_url, wait_queue, elsewhere)
-    with RabbitBackend(broker_url, queue_name, queue_type=QueueType.classic) as worker:
+    """In a virtual host of its own, as the next test: the levels are every queue's."""
+    level = DelayLevels(QueueType.classic).level(3)
+    _declare(own_vhost, level, {"x-message-ttl": 1000, "x-dead-letter-exchange": "elsewhere"})
+    with RabbitBackend(own_vhost, queue_name, queue_type=QueueType.classic) as worker:
         task = TaskEnvelope(kind="echo")
         worker.publish([task])
         delivery = receive_within(worker)
         with pytest.raises(QueueMismatch) as refused:
             worker.retry_later(delivery, task.model_copy(update={"attempt": 2}), 0.1)
         message = str(refused.value)
-        assert message.startswith(f"queue {wait_queue!r} exists but does not send expired retries")
-        assert "x-dead-letter-routing-key" in message and "\n" not in message
+        assert message.startswith(f"delay level {level!r} exists but cannot serve as one")
+        assert "x-message-ttl" in message and "\n" not in message
         worker.requeue(delivery)
-        assert worker.pending() == 1  # the task is still there
+        assert wait_until(lambda: worker.pending() == 1, 5)  # the task is still there
+
+
+def test_a_delay_level_of_another_type_is_used_as_it_is(
+    own_vhost: str, queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    levels = DelayLevels(QueueType.quorum)
+    classic = DelayLevels(QueueType.classic)
+    # Level 0 as a classic queue, holding and passing on as the quorum one would.
+    arguments = {**classic.queue_arguments(0), "x-dead-letter-exchange": levels.deliver}
+    _declare(own_vhost, levels.level(0), arguments)
+    with RabbitBackend(own_vhost, queue_name, queue_type=QueueType.quorum) as backend:
+        task = TaskEnvelope(kind="echo")
+        backend.publish([task], delay=0.25)  # 1 unit: level 0 only
+        assert receive_within(backend).body == encode(task)
+        assert list(backend.used_as_is) == [levels.level(0)]  # the broker names x-overflow
+    assert sum(USED_AS_IS in r.getMessage() for r in caplog.records) == 1
 
 
 def test_a_quorum_queue_dead_letters_a_message_handed_out_past_its_delivery_limit(

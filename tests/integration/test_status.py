@@ -19,15 +19,20 @@ import pika
 import pytest
 
 from common.defaults import QueueType
-from common.rabbitmq import topology
-from common.rabbitmq.topology import QueueNames
+from common.rabbitmq import RabbitBackend, topology
+from common.rabbitmq.topology import DelayLevels, QueueNames
+from common.schemas import TaskEnvelope
 from tests.conftest import note_figure, rabbitmqctl, url_with
 from tests.helpers import output_of, run, start, stop, wait_for_output, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
 
-#: Messages put in each queue of the family, and how many the test's own consumer holds.
+#: Messages put in each queue of the family, and how many the test's own consumer holds;
+#: IN_WAIT tasks are delayed (for `DELAYED_FOR` seconds: longer than any look of a test).
 IN_WORK, HELD, IN_WAIT, IN_DLQ = 10, 4, 2, 3
+DELAYED_FOR = 40.0
+#: The row of the delay levels of the family's type (quorum): every queue's delayed tasks.
+DELAYED_ROW = f"{DelayLevels(QueueType.quorum).prefix}.*"
 
 
 def _closed_port() -> int:
@@ -37,22 +42,23 @@ def _closed_port() -> int:
 
 
 class HeldFamily:
-    """A queue family with messages in its work queue, a wait queue and its DLQ, and a
-    consumer of the test's own holding `HELD` of the work queue's messages unacked."""
+    """A queue family with messages in its work queue and its DLQ, tasks of its own in the
+    delay levels, and a consumer of the test's own holding `HELD` of the work queue's
+    messages unacked."""
 
     def __init__(self, url: str, queue: str) -> None:
         self.names = QueueNames(queue)
-        self.wait = self.names.wait_for(0.5)
         self.connection = pika.BlockingConnection(pika.URLParameters(url))
         channel = self.connection.channel()
         arguments = topology.work_queue_arguments(self.names, QueueType.quorum)
         channel.queue_declare(queue, durable=True, arguments=arguments)
         channel.queue_declare(self.names.dlq, durable=True)
-        wait_arguments = topology.wait_queue_arguments(queue, QueueType.classic)
-        channel.queue_declare(self.wait, durable=True, arguments=wait_arguments)
-        for name, count in ((queue, IN_WORK), (self.wait, IN_WAIT), (self.names.dlq, IN_DLQ)):
-            for n in range(count):  # no TTL: the wait queue's messages stay there
+        for name, count in ((queue, IN_WORK), (self.names.dlq, IN_DLQ)):
+            for n in range(count):
                 channel.basic_publish("", name, json.dumps({"n": n}).encode())
+        with RabbitBackend(url, queue) as producer:  # due after the test: dropped then
+            delayed = [TaskEnvelope(kind="echo") for _ in range(IN_WAIT)]
+            producer.publish(delayed, delay=DELAYED_FOR)
         channel.basic_qos(prefetch_count=HELD)
         self.held: list[int] = []
         channel.basic_consume(queue, lambda _ch, method, _p, _b: self.held.append(method))
@@ -119,9 +125,8 @@ def _rabbitmqctl_usable() -> None:
 
 def test_management_figures_are_the_brokers(family: HeldFamily, queue_name: str) -> None:
     _rabbitmqctl_usable()
-    names = [queue_name, family.wait, family.names.dlq]
-    expected = {queue_name: (IN_WORK - HELD, HELD, 1), family.wait: (IN_WAIT, 0, 0)}
-    expected[family.names.dlq] = (IN_DLQ, 0, 0)
+    names = [queue_name, family.names.dlq]
+    expected = {queue_name: (IN_WORK - HELD, HELD, 1), family.names.dlq: (IN_DLQ, 0, 0)}
     # The management API reports statistics the broker emits every few seconds
     # (collect_statistics_interval, 5 s by default), so a queue created a moment ago has no
     # figures yet, or older ones: ask again until they are the node's own, for a bounded time.
@@ -132,20 +137,29 @@ def test_management_figures_are_the_brokers(family: HeldFamily, queue_name: str)
         found = _status(queue_name, "--listen", "0")
         broker = _rabbitmqctl_figures(names)
         seen[:] = [found, broker]
-        return found["source"] == "management" and _status_figures(found) == broker
+        own = {name: figures for name, figures in _status_figures(found).items() if name in names}
+        return found["source"] == "management" and own == broker and _delayed(found) >= IN_WAIT
 
     began = time.monotonic()
     assert wait_until(same, timeout=30, interval=1), seen
     note_figure(f"consumer status: management figures = rabbitmqctl's after {_since(began)}")
     found, broker = seen
     assert broker == expected  # the test's own consumer does hold messages unacked
-    assert [q["name"] for q in found["queues"]] == names  # the wait queues that exist only
+    # between them the delay levels' totals: every queue's delayed tasks, ours among them
+    assert [q["name"] for q in found["queues"]] == [queue_name, DELAYED_ROW, family.names.dlq]
+    assert found["queues"][1]["role"] == "delayed"
     assert found["management_error"] is None and found["unknown"] == []
     work = found["queues"][0]
     assert work["role"] == "work" and work["type"] == "quorum"
     assert [c["prefetch"] for c in work["consumer_details"]] == [HELD]
     assert work["consumer_details"][0]["node"] == work["node"]  # one node: the queue's
     assert work["publish_rate"] is not None and work["deliver_rate"] is not None
+
+
+def _delayed(found: dict[str, Any]) -> int:
+    """The delayed tasks the status counts (of every queue of its type), or -1 if none."""
+    rows = [q for q in found["queues"] if q["role"] == "delayed"]
+    return rows[0]["ready"] if rows and rows[0]["ready"] is not None else -1
 
 
 def test_without_management_api_the_ready_counts_come_from_amqp(
@@ -156,9 +170,11 @@ def test_without_management_api_the_ready_counts_come_from_amqp(
     assert found["source"] == "amqp"
     assert closed in found["management_error"]
     assert set(found["unknown"]) >= {"unacked", "publish_rate", "deliver_rate"}
-    assert _status_figures(found) == {
+    figures = _status_figures(found)
+    assert _delayed(found) >= IN_WAIT  # ours, and any other queue's
+    assert figures.pop(DELAYED_ROW) == (_delayed(found), None, 0)
+    assert figures == {
         queue_name: (IN_WORK - HELD, None, 1),  # unacked: unknown, not 0
-        family.wait: (IN_WAIT, None, 0),
         family.names.dlq: (IN_DLQ, None, 0),
     }
     assert all(q["publish_rate"] is None and q["deliver_rate"] is None for q in found["queues"])
@@ -173,16 +189,19 @@ def test_without_management_api_the_ready_counts_come_from_amqp(
     work_row = next(line for line in screen.stdout.splitlines() if line.startswith(queue_name))
     cells = [c.strip() for c in re.split(r"[│┃]", work_row)]
     assert cells[1:4] == [str(IN_WORK - HELD), "?", "1"], work_row  # ready, unacked, consumers
+    assert f"delayed, all queues ({DELAYED_ROW})" in screen.stdout
 
 
 def test_a_queue_that_does_not_exist_is_said_so_and_not_created(queue_name: str) -> None:
     found = _status(queue_name, "--listen", "0")
-    assert [(q["name"], q["exists"], q["ready"]) for q in found["queues"]] == [
+    own = [q for q in found["queues"] if q["role"] != "delayed"]  # the levels: every queue's
+    assert [(q["name"], q["exists"], q["ready"]) for q in own] == [
         (queue_name, False, None),
         (f"{queue_name}.dlq", False, None),
     ]
     amqp = _status(queue_name, "--listen", "0", "--management-url", "http://127.0.0.1:1")
-    assert [q["exists"] for q in amqp["queues"]] == [False, False]  # passive declares only
+    own = [q for q in amqp["queues"] if q["role"] != "delayed"]
+    assert [q["exists"] for q in own] == [False, False]  # passive declares only
 
 
 @pytest.mark.timeout(120)

@@ -1,5 +1,7 @@
 """Dead letters through their headers and back, with pika's own codec in between (as they
-travel to the broker and come back from the DLQ); queue names and message properties."""
+travel to the broker and come back from the DLQ); queue names, message properties, and the
+delay levels' names, arguments, bindings and routing keys (walked here as the broker's topic
+exchanges route, so a delay is seen to reach its work queue through exactly its levels)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ from datetime import UTC, datetime
 import pytest
 from pika.spec import BasicProperties
 
+from common.backend import MAX_DELAY
 from common.defaults import QueueType
+from common.errors import ConfigError
 from common.rabbitmq import topology
-from common.rabbitmq.topology import QueueNames, letter_from
+from common.rabbitmq.topology import DELAY_LEVELS, DelayLevels, QueueNames, letter_from
 from common.schemas import DeadLetter, TaskEnvelope, utcnow
 
 pytestmark = pytest.mark.timeout(10)
@@ -98,9 +102,7 @@ def test_queue_names() -> None:
     assert names.dlq == "work.dlq"
     assert names.new_replies().startswith("work.replies.")
     assert names.new_replies() != names.new_replies()
-    waits = [f"work.wait.{step}" for step in range(topology.LAST_WAIT_STEP + 1)]
-    assert names.wait_queues() == waits
-    assert names.with_companions() == ["work", "work.dlq", *waits]
+    assert names.with_companions() == ["work", "work.dlq"]  # the delay levels are shared
 
 
 def test_classic_queues_are_declared_as_before_queue_types_were_chosen() -> None:
@@ -108,10 +110,6 @@ def test_classic_queues_are_declared_as_before_queue_types_were_chosen() -> None
     assert topology.work_queue_arguments(names, QueueType.classic) is None
     assert topology.work_queue_arguments(names, QueueType.classic, {"x-a": 1}) == {"x-a": 1}
     assert topology.dlq_arguments(QueueType.classic) is None
-    assert topology.wait_queue_arguments("work", QueueType.classic) == {
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": "work",
-    }
 
 
 def test_quorum_queues_dead_letter_at_least_once_and_limit_deliveries() -> None:
@@ -130,10 +128,6 @@ def test_quorum_queues_dead_letter_at_least_once_and_limit_deliveries() -> None:
         "x-dead-letter-routing-key": "work.dlq",  # past its delivery limit
         "x-delivery-limit": topology.DELIVERY_LIMIT,
         "x-single-active-consumer": True,
-    }
-    assert topology.wait_queue_arguments("work", QueueType.quorum) == {
-        **at_least_once,
-        "x-dead-letter-routing-key": "work",  # expired retries go back
     }
     assert topology.dlq_arguments(QueueType.quorum) == {"x-queue-type": "quorum"}
 
@@ -154,52 +148,169 @@ def test_a_message_the_broker_dead_lettered_reads_as_a_dead_letter_with_its_reas
     assert letter.dead_lettered_at == died
 
 
-def test_a_wait_queue_that_dead_letters_elsewhere_cannot_serve() -> None:
-    other_type = "inequivalent arg 'x-queue-type' for queue 'q.wait.0' in vhost '/'"
-    other_target = "inequivalent arg 'x-dead-letter-routing-key' for queue 'q.wait.0'"
-    assert topology.serves_as_wait_queue(other_type)
-    assert not topology.serves_as_wait_queue(other_target)
+# -- the delay levels ------------------------------------------------------------------------
+def test_thirty_one_levels_of_a_quarter_second_hold_the_longest_delay_and_no_fewer_would() -> None:
+    assert DELAY_LEVELS == 31
+    assert topology.MAX_DELAY_UNITS * topology.DELAY_UNIT >= MAX_DELAY
+    assert (2 ** (DELAY_LEVELS - 1) - 1) * topology.DELAY_UNIT < MAX_DELAY
 
 
 @pytest.mark.parametrize(
-    ("delay", "step"),
+    ("delay", "units"),
     [
         (-5.0, 0),
         (float("nan"), 0),
-        (0.0, 0),
-        (0.25, 0),
-        (1.0, 0),
-        (1.01, 1),
-        (2.0, 1),
-        (3.0, 2),
-        (300.0, 9),  # the default cap on retry delays
-        (2.0**14, 14),
-        (2.0**14 + 1, 15),
-        (10.0**9, 15),
-        (float("inf"), 15),
+        (0.0, 0),  # no delay: straight to the work queue
+        (1e-9, 1),  # rounded up: never early
+        (0.25, 1),
+        (0.26, 2),
+        (1.0, 4),
+        (1.3, 6),
+        (2.6, 11),
+        (3.0, 12),
+        (300.0, 1200),  # the default cap on retry delays
+        (MAX_DELAY, 4 * int(MAX_DELAY)),
+        (10.0**12, 2**31 - 1),
+        (float("inf"), 2**31 - 1),
     ],
 )
-def test_a_delay_waits_in_the_queue_of_its_doubling_step_up_to_the_last(
-    delay: float, step: int
-) -> None:
-    assert topology.wait_step(delay) == step
-    assert QueueNames("work").wait_for(delay) == f"work.wait.{step}"
+def test_a_delay_is_whole_quarter_seconds_rounded_up(delay: float, units: int) -> None:
+    assert topology.delay_units(delay) == units
 
 
-def test_every_delay_maps_to_one_of_the_fixed_wait_queues() -> None:
-    names = QueueNames("q")
-    queues = set(names.wait_queues())
-    delays = [0.001 * 1.7**k for k in range(60)]  # 1 ms to far past the last step
-    assert {names.wait_for(delay) for delay in delays} == queues
+def test_a_delay_of_no_unit_goes_straight_to_the_work_queue() -> None:
+    levels = DelayLevels(QueueType.quorum)
+    with pytest.raises(ValueError, match="0 units"):
+        topology.delay_routing_key(0, "work")
+    with pytest.raises(ValueError):
+        topology.delay_routing_key(2**31, "work")
+    message = topology.delayed_message(levels, "work", TaskEnvelope(kind="echo"), None, 1)
+    assert message.exchange == "taskshuttle.delay.quorum.30"  # the top level's
+    assert topology.task_message("work", TaskEnvelope(kind="echo"), None).exchange == ""
+
+
+def test_the_routing_key_is_the_delays_bits_most_significant_first_then_the_queue() -> None:
+    key = topology.delay_routing_key(0b101, "a.b")
+    assert key == "0." * 28 + "1.0.1.a.b"
+    assert key.split(".")[:DELAY_LEVELS].count("1") == 2
+    assert topology.delay_routing_key(2**31 - 1, "q") == "1." * 31 + "q"
+
+
+@pytest.mark.parametrize("queue_type", list(QueueType))
+def test_level_names_and_arguments(queue_type: QueueType) -> None:
+    levels = DelayLevels(queue_type)
+    prefix = f"taskshuttle.delay.{queue_type.value}"
+    assert levels.queues() == [f"{prefix}.{n:02d}" for n in range(31)]
+    assert (levels.top, levels.deliver) == (f"{prefix}.30", f"{prefix}.deliver")
+    assert levels.below(0) == levels.deliver and levels.below(5) == f"{prefix}.04"
+    quorum = {
+        "x-queue-type": "quorum",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    for n in (0, 1, 30):
+        expected = {"x-message-ttl": 2**n * 250, "x-dead-letter-exchange": levels.below(n)}
+        if queue_type is QueueType.quorum:
+            expected |= quorum
+        assert levels.queue_arguments(n) == expected  # no dead-letter routing key: it is kept
+    assert levels.queue_arguments(30)["x-message-ttl"] == 2**30 * 250  # under 2**32 - 1 ms
+    exchanges = {e.name: e for e in levels.exchanges()}
+    assert len(exchanges) == DELAY_LEVELS + 2  # the levels, deliver and dropped
+    assert all(exchanges[name].kind == "topic" for name in [*levels.queues(), levels.deliver])
+    assert exchanges[levels.deliver].arguments == {"alternate-exchange": levels.dropped}
+    assert exchanges[levels.dropped].kind == "fanout"
+    assert levels.dropped_arguments()["x-max-length"] == 0  # keeps nothing
+
+
+def test_quorum_and_classic_work_queues_never_share_a_level() -> None:
+    quorum, classic = (set(DelayLevels(t).queues()) for t in QueueType)
+    assert not quorum & classic
+
+
+def _topic_matches(key: str, words: list[str]) -> bool:
+    """Whether a topic binding `key` matches a routing key's `words`, as the broker says:
+    ``*`` one word, ``#`` zero or more."""
+    if not key:
+        return not words
+    first, _, rest = key.partition(".")
+    if first == "#":
+        return any(_topic_matches(rest, words[i:]) for i in range(len(words) + 1))
+    return bool(words) and first in ("*", words[0]) and _topic_matches(rest, words[1:])
+
+
+def _route(levels: DelayLevels, queues: list[str], routing_key: str) -> tuple[list[str], list[str]]:
+    """Where a message published to the top level goes, as the bindings say: the level
+    queues it waits in, in order (each passing it on to the exchange below when its TTL ends,
+    its routing key kept), and the work queues it reaches at last."""
+    bindings = [*levels.bindings(), *(levels.delivers_to(q) for q in queues)]
+    words = routing_key.split(".")
+    waited: list[str] = []
+    exchange = levels.top
+    while True:
+        targets = [b for b in bindings if b.source == exchange and _topic_matches(b.key, words)]
+        assert len(targets) <= 1 or exchange == levels.deliver, targets
+        if exchange == levels.deliver:
+            return waited, [b.destination for b in targets]
+        [target] = targets  # every level routes each delayed message one way
+        if target.to_exchange:
+            exchange = target.destination
+        else:
+            waited.append(target.destination)
+            exchange = levels.below(levels.queues().index(target.destination))
 
 
 @pytest.mark.parametrize(
-    ("delay", "expiration"),
-    [(-1, "0"), (float("nan"), "0"), (1.5, "1500"), (10.0**12, str(2**32 - 1))],
+    "units", [1, 2, 3, 5, 12, 0b1010_0000_0000_0000_0000_0000_0000_001, 2**31 - 1]
 )
-def test_a_ttl_is_whole_milliseconds_the_broker_takes(delay: float, expiration: str) -> None:
-    message = topology.delayed_message("work.wait.1", TaskEnvelope(kind="echo"), None, delay)
-    assert message.properties.expiration == expiration
+def test_a_delay_waits_once_in_each_level_of_a_one_bit_and_reaches_only_its_queue(
+    units: int,
+) -> None:
+    levels = DelayLevels(QueueType.quorum)
+    queues = ["a.b", "b", "a", "a.b.c"]
+    waited, reached = _route(levels, queues, topology.delay_routing_key(units, "a.b"))
+    assert reached == ["a.b"]  # not "b" (its name's last word) nor "a" (its first)
+    ones = [n for n in range(DELAY_LEVELS) if units >> n & 1]
+    assert waited == [levels.level(n) for n in reversed(ones)]  # the longest wait first
+    ttl = sum(levels.queue_arguments(levels.queues().index(q))["x-message-ttl"] for q in waited)
+    assert ttl == units * 250  # exactly its delay in all
+
+
+def test_a_delayed_task_whose_queue_is_gone_reaches_no_work_queue() -> None:
+    levels = DelayLevels(QueueType.classic)
+    assert _route(levels, ["other"], topology.delay_routing_key(3, "gone")) == (
+        [levels.level(1), levels.level(0)],
+        [],  # the deliver exchange's alternate exchange drops it
+    )
+
+
+@pytest.mark.parametrize(
+    "mismatch",
+    [
+        "inequivalent arg 'x-queue-type' for queue 'taskshuttle.delay.quorum.03' in vhost '/'",
+        "inequivalent arg 'x-overflow' for queue 'taskshuttle.delay.quorum.03' in vhost '/'",
+    ],
+)
+def test_a_level_of_another_type_serves(mismatch: str) -> None:
+    assert topology.serves_as_delay_level(mismatch)
+
+
+@pytest.mark.parametrize("argument", ["x-message-ttl", "x-dead-letter-exchange"])
+def test_a_level_that_holds_or_passes_on_otherwise_cannot_serve(argument: str) -> None:
+    mismatch = f"inequivalent arg '{argument}' for queue 'taskshuttle.delay.classic.03'"
+    assert not topology.serves_as_delay_level(mismatch)
+
+
+def test_queue_names_the_levels_cannot_route_to_are_refused() -> None:
+    longest = "q" * (255 - 2 * DELAY_LEVELS)
+    assert topology.check_queue_name(longest) == longest
+    assert len(topology.delay_routing_key(2**31 - 1, longest).encode()) == 255
+    with pytest.raises(ConfigError, match="at most 193 bytes") as refused:
+        topology.check_queue_name(longest + "q")
+    assert "\n" not in str(refused.value)
+    for wild in ("a.*", "#", "a.#.b", "*"):
+        with pytest.raises(ConfigError, match="wildcard"):
+            topology.check_queue_name(wild)
+    assert topology.check_queue_name("a*b.c#") == "a*b.c#"  # only whole words are wildcards
 
 
 @pytest.mark.parametrize(
@@ -226,16 +337,14 @@ def test_results_go_only_to_reply_queues_of_the_work_queue(reply_to: object, ok:
     assert names.is_reply_queue(names.new_replies())
 
 
-def test_a_retry_waits_its_delay_as_a_ttl_and_keeps_its_reply_queue() -> None:
+def test_a_delayed_task_keeps_its_reply_queue_and_carries_no_ttl_of_its_own() -> None:
     task = TaskEnvelope(kind="echo", attempt=2)
-    message = topology.delayed_message("work.wait.1", task, "work.replies.r", delay=1.5)
+    levels = DelayLevels(QueueType.quorum)
+    message = topology.delayed_message(levels, "work", task, "work.replies.r", units=6)
     props = message.properties
-    assert (props.expiration, props.message_id, props.reply_to) == (
-        "1500",
-        task.id,
-        "work.replies.r",
-    )
+    assert (props.expiration, props.message_id, props.reply_to) == (None, task.id, "work.replies.r")
     assert props.delivery_mode == topology.PERSISTENT.value
+    assert message.routing_key == topology.delay_routing_key(6, "work")
 
 
 def test_a_raw_body_is_persistent_with_a_fresh_message_id() -> None:

@@ -39,6 +39,9 @@ class ScriptedQueue:
     def event_sink(self) -> None:
         return None
 
+    def is_revoked(self, task_id: str) -> bool:
+        return False
+
     def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
         self.settled.append(("ack", result))
 
@@ -62,6 +65,31 @@ def test_burst_mode_exits_once_the_queue_stayed_empty_for_burst_idle_seconds() -
     idle = clock.monotonic() - start
     assert 5.0 <= idle <= 5.5  # not a poll interval more than asked
     assert queue.pending_calls == 1  # the broker is asked only once the idle time is over
+
+
+def test_a_burst_worker_stays_until_its_own_retry_is_due_and_its_idle_window_after() -> None:
+    """The backend need not count a retry waiting out its delay (on RabbitMQ it waits in
+    levels every queue shares): the worker remembers when its own comes back."""
+    clock = ManualClock()
+    registry = Registry()
+
+    @registry.task("fail")
+    def fail(payload: dict[str, object]) -> None:
+        raise RuntimeError("try again later")
+
+    queue = ScriptedQueue(clock, [encode(TaskEnvelope(kind="fail", max_attempts=3))])
+    options = WorkerOptions(
+        burst_idle=5.0, poll_interval=0.5, retry_base_delay=30.0, retry_max_delay=30.0
+    )
+    worker = Worker(queue, registry, options, threading.Event(), clock=clock)  # type: ignore[arg-type]
+    start = clock.monotonic()
+    worker.run()
+
+    assert queue.settled == [("retry", 2)]
+    due = worker.delayed_due
+    assert due is not None and start + 15.0 <= due <= start + 30.0  # its backoff delay
+    assert due + 5.0 <= clock.monotonic() <= due + 5.5  # then idle as long as asked
+    assert queue.pending_calls == 1  # the broker is asked only once that time is over
 
 
 def test_a_task_over_its_time_limit_is_failed_by_the_watchdog_while_the_handler_runs() -> None:

@@ -52,7 +52,7 @@ function chartOptions(series) {
 
 const CHARTS = {
   "chart-depths": { columns: [1, 2, 3, 4], series: [
-    ["ready", "#2f6fde"], ["unacked", "#e09a1a"], ["retries waiting", "#8a5cd6"], ["dead letters", "#c2362b"]] },
+    ["ready", "#2f6fde"], ["unacked", "#e09a1a"], ["delayed, all queues", "#8a5cd6"], ["dead letters", "#c2362b"]] },
   "chart-throughput": { columns: [5, 6], series: [["succeeded/s", "#1f8a4c"], ["dead-lettered/s", "#c2362b"]] },
   "chart-latency": { columns: [7, 8], series: [["p50", "#2f6fde"], ["max", "#e09a1a"]] },
 };
