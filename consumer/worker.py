@@ -308,7 +308,9 @@ class Worker:
         assert item.task is not None
         log.info("task %s came %.3f s early: sent back to wait", item.task.id, delay)
         self.backend.publish([item.task], delay=delay, settles=item.delivery)
-        self._sent_to_wait(delay)
+        # Not noted for a burst worker: the wait is the task's own schedule (a countdown,
+        # or a forged eta years away), which a burst worker does not stay for, as it does
+        # not for tasks sent with a countdown.
 
     def dead_letter(self, item: WorkItem, reason: str, error: str) -> None:
         """Keep the message, with why it will not be processed, and settle the delivery."""
