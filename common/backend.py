@@ -78,10 +78,12 @@ def check_revocation(task_ids: Sequence[str], keep_for: float) -> tuple[tuple[st
     if isinstance(task_ids, str | bytes):
         raise TypeError(f"task_ids is a sequence of task ids, not one id: [{task_ids!r}]")
     if not math.isfinite(keep_for) or keep_for <= 0:
-        raise ValueError(f"keep_for is a finite number of seconds over 0, not {keep_for!r}")
+        raise ValueError(
+            f"a revocation is kept a finite number of seconds over 0, not {keep_for!r}"
+        )
     if keep_for > MAX_KEEP_FOR:
         raise ValueError(
-            f"keep_for is at most ten years ({MAX_KEEP_FOR:.0f} s), not {keep_for!r} s"
+            f"a revocation is kept at most ten years ({MAX_KEEP_FOR:.0f} s), not {keep_for!r} s"
         )
     ids = tuple(dict.fromkeys(task_ids))
     for task_id in ids:

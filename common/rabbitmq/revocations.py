@@ -267,9 +267,17 @@ class RevocationListener:
                 if link.publish_many([marker], timeout=30):
                     raise link.close_error or ConnectionLost("connection lost with the marker")
             offset: int | str = "first" if self._next_offset is None else self._next_offset
-            link.consume(
-                self.stream, prefetch=STREAM_PREFETCH, arguments={"x-stream-offset": offset}
-            )
+            try:
+                link.consume(
+                    self.stream, prefetch=STREAM_PREFETCH, arguments={"x-stream-offset": offset}
+                )
+            except ConnectionLost as exc:  # the broker's words: "invalid arg 'x-stream-offset'
+                if "'x-stream-offset'" not in str(exc):  # ... of queue type rabbit_classic_queue"
+                    raise
+                raise QueueMismatch(
+                    f"queue {self.stream!r} exists but is not a stream ({exc}); "
+                    "revocations need it to be one: delete it"
+                ) from None
         except BaseException:
             link.close()
             raise

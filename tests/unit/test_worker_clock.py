@@ -39,6 +39,9 @@ class ScriptedQueue:
     def event_sink(self) -> None:
         return None
 
+    def is_revoked(self, task_id: str) -> bool:
+        return False
+
     def ack(self, delivery: Delivery, result: TaskResult | None = None) -> None:
         self.settled.append(("ack", result))
 
