@@ -30,8 +30,10 @@ message to the stream; listeners skip markers silently.
 
 How soon a revocation reaches a running worker: within milliseconds after `revoke` returns
 (the broker confirms a message once the stream stored it, then hands it to each reader),
-never before it returns. A worker started later has it before its first task. A worker whose
-revocation connection is down learns it once that connection is back.
+never before it returns. A worker started later has it before its first task (unless reading
+the stream to its marker takes over `CATCH_UP_TIMEOUT`: then it says so and starts, and
+learns the rest as it reads on). A worker whose revocation connection is down learns what
+was revoked meanwhile once that connection is back.
 """
 
 from __future__ import annotations
@@ -295,7 +297,10 @@ class RevocationListener:
                 if not link.alive:
                     return
                 continue
-            self._take(props, body)
+            try:
+                self._take(props, body)
+            except Exception as exc:  # whatever a message holds, it costs only itself
+                self._malformed("?", BadMessage("unreadable", f"{type(exc).__name__}: {exc}"))
             with contextlib.suppress(BrokerError):  # a dead link: its credit goes with it
                 link.ack(tag)
 
