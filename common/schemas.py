@@ -35,7 +35,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-#: The longest task id a task may carry (and a revocation name).
+#: The longest id a task may carry (and so a revocation may name).
 TASK_ID_MAX = 64
 
 

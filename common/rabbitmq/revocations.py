@@ -184,7 +184,9 @@ class RevocationListener:
         waited = 0.0
         while not self._settled.wait(min(0.2, timeout - waited)):
             waited += 0.2
-            if waited >= timeout or (stop is not None and stop.is_set()):
+            if stop is not None and stop.is_set():
+                return  # the worker is being stopped: it takes no task
+            if waited >= timeout:
                 log.warning(
                     "not all revocations of %r read after %.0fs (stream %r): the worker "
                     "starts and learns the rest as they come",
