@@ -28,6 +28,13 @@ object. Both backends honour these rules, and `tests/contract/` runs one suite a
   delivery out again. Other errors (a copy the broker refuses) are raised.
 - A result goes only where this queue's producers asked for results (on RabbitMQ, a reply
   queue of this work queue); a task asking for it elsewhere runs, and gets no result.
+- `revoke(task_ids, keep_for=...)` tells every worker of the queue, now and for the next
+  `keep_for` seconds (at most `MAX_KEEP_FOR`, ten years), not to start these tasks: a worker
+  that takes one asks `is_revoked` (a lookup in memory, no I/O: it runs once per task) and
+  dead-letters it as ``revoked`` (a failed result if one is wanted); one already running is
+  not interrupted. A worker started later learns the revocations still kept. Each worker
+  keeps at most `MAX_REVOKED` of its queue's; past that, those that expire soonest are
+  dropped first (said once in the log).
 - Bodies are opaque bytes here; `common.schemas` turns them into tasks and results.
 """
 
@@ -40,11 +47,18 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from common.events import EventSink
-from common.schemas import DeadLetter, TaskEnvelope, TaskResult
+from common.schemas import TASK_ID_MAX, DeadLetter, TaskEnvelope, TaskResult
 
 #: The longest a task may be held back: ten years (both backends can hold it; a longer one
 #: is a mistake in the caller's arithmetic, refused before anything is sent).
 MAX_DELAY = 10 * 365.25 * 86_400
+
+
+#: The longest a revocation is kept: as long as a task may be held back.
+MAX_KEEP_FOR = MAX_DELAY
+
+#: The most revocations a worker keeps for its queue (past it, those that expire soonest go).
+MAX_REVOKED = 100_000
 
 
 def check_delay(delay: float) -> float:
@@ -54,6 +68,28 @@ def check_delay(delay: float) -> float:
     if delay > MAX_DELAY:
         raise ValueError(f"a delay is at most ten years ({MAX_DELAY:.0f} s), not {delay!r} s")
     return float(delay)
+
+
+def check_revocation(task_ids: Sequence[str], keep_for: float) -> tuple[tuple[str, ...], float]:
+    """`task_ids` and `keep_for` as `revoke` takes them: each id once (in order), each one a
+    task id (1 to `TASK_ID_MAX` characters); `keep_for` seconds, finite, over 0 and at most
+    `MAX_KEEP_FOR`. Raises `ValueError` (`TypeError` for one id given as a bare string, whose
+    letters would be taken for ids) before anything is sent."""
+    if isinstance(task_ids, str | bytes):
+        raise TypeError(f"task_ids is a sequence of task ids, not one id: [{task_ids!r}]")
+    if not math.isfinite(keep_for) or keep_for <= 0:
+        raise ValueError(
+            f"a revocation is kept a finite number of seconds over 0, not {keep_for!r}"
+        )
+    if keep_for > MAX_KEEP_FOR:
+        raise ValueError(
+            f"a revocation is kept at most ten years ({MAX_KEEP_FOR:.0f} s), not {keep_for!r} s"
+        )
+    ids = tuple(dict.fromkeys(task_ids))
+    for task_id in ids:
+        if not isinstance(task_id, str) or not 1 <= len(task_id) <= TASK_ID_MAX:
+            raise ValueError(f"not a task id: {task_id!r} (1 to {TASK_ID_MAX} characters)")
+    return ids, float(keep_for)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +162,13 @@ class ProducerBackend(_Side):
         """The dead letters kept so far, oldest first (without removing them). Whatever
         another client wrote into a dead letter's metadata, reading it never raises."""
 
+    @abstractmethod
     def revoke(self, task_ids: Sequence[str], *, keep_for: float) -> None:
         """Tell every worker of this queue, now and for the next `keep_for` seconds, not to
         run these tasks: one taken before it started is dead-lettered as ``revoked``; one
-        already running is not interrupted. Returns once the revocation is stored."""
-        raise NotImplementedError(f"the {self.name} backend cannot revoke tasks yet")
+        already running is not interrupted. Returns once the revocation is stored; each
+        backend says how soon its workers learn it. `check_revocation` says what is taken
+        (`ValueError` before anything is sent); no id: nothing is done."""
 
     @abstractmethod
     def replay_dead_letters(self) -> int:
@@ -183,7 +221,9 @@ class WorkerBackend(_Side):
 
     def is_revoked(self, task_id: str) -> bool:
         """Whether a producer revoked this task (`ProducerBackend.revoke`) and the
-        revocation is still kept."""
+        revocation is still kept: a lookup in memory, asked once per task (the
+        `consumer.middleware.Revocations` middleware). Both backends answer it; this default
+        (nothing is revoked) is for a backend no producer can revoke on (a test's)."""
         return False
 
 

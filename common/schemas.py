@@ -35,6 +35,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: The longest id a task may carry (and so a revocation may name).
+TASK_ID_MAX = 64
+
+
 def new_task_id() -> str:
     """128 random bits in hex, like ``uuid4().hex`` at a third of the cost."""
     return os.urandom(16).hex()
@@ -43,7 +47,7 @@ def new_task_id() -> str:
 class TaskEnvelope(_Strict):
     """One unit of work, as the producer sends it."""
 
-    id: str = Field(default_factory=new_task_id, min_length=1, max_length=64)
+    id: str = Field(default_factory=new_task_id, min_length=1, max_length=TASK_ID_MAX)
     kind: str = Field(min_length=1, max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
@@ -110,6 +114,16 @@ class DeadLetter(_Strict):
     body: bytes
 
 
+class Revocation(_Strict):
+    """One task that the workers of `queue` must not start before `until` (RabbitMQ carries
+    one per message on its revocation stream: `common.rabbitmq.revocations`)."""
+
+    task_id: str = Field(min_length=1, max_length=TASK_ID_MAX)
+    queue: str = Field(min_length=1, max_length=255)
+    #: When the revocation is forgotten. With a timezone, as every time on the wire.
+    until: AwareDatetime
+
+
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
@@ -139,6 +153,11 @@ def decode_task(body: bytes) -> TaskEnvelope:
 
 def decode_result(body: bytes) -> TaskResult:
     return _decode(body, TaskResult)
+
+
+def decode_revocation(body: bytes) -> Revocation:
+    """Bytes to a revocation, or `BadMessage` saying what is wrong. Never raises anything else."""
+    return _decode(body, Revocation)
 
 
 def as_first_attempt(body: bytes) -> bytes:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from common.cli import (
+    CONNECTION,
     Handlers,
     LogFormatOption,
     LogLevelOption,
@@ -25,6 +26,7 @@ from common.cli import (
     given,
     invalid,
     new_app,
+    rabbitmq_settings,
     run_app,
     settings_from,
     setup_logging,
@@ -127,6 +129,44 @@ def main(
     live = sys.stdout.isatty() and log_format is LogFormat.text
     metrics = None if metrics_port is None else (metrics_host, metrics_port)
     supervise(settings, worker_options, tuple(handlers or ()), pool, live=live, metrics=metrics)
+
+
+#: `consumer revoke --keep-for`'s default: a day.
+DEFAULT_KEEP_FOR = 86_400.0
+
+
+@app.command("revoke")
+@takes(*CONNECTION, backend=BackendName.rabbitmq, before="keep_for")  # after the ids
+def revoke(
+    ctx: typer.Context,
+    task_ids: Annotated[
+        list[str], typer.Argument(metavar="ID", help="The ids of the tasks not to run.")
+    ],
+    keep_for: Annotated[
+        float,
+        typer.Option(
+            "--keep-for",
+            help="Seconds the workers keep the revocation (at most ten years); a task taken "
+            "later runs.",
+        ),
+    ] = DEFAULT_KEEP_FOR,
+) -> None:
+    """Tell every worker of the queue, now and for --keep-for seconds (workers started later
+    too), not to run these tasks: a worker that takes one dead-letters it as revoked, unrun
+    (a failed result goes to its producer). A task already running is not stopped."""
+    settings = rabbitmq_settings(
+        ctx, "the local backend's queue lives in `producer` itself: revoke with its LocalBroker"
+    )
+    from common.backend import check_revocation
+
+    with invalid("--keep-for"):
+        check_revocation([], keep_for)
+    with invalid("ID"):
+        ids, keep_for = check_revocation(task_ids, keep_for)
+    with _admin(settings) as backend:
+        backend.revoke(ids, keep_for=keep_for)
+    for task_id in ids:
+        print(f"revoked {task_id}: no worker of {settings.queue!r} starts it for {keep_for:g} s")
 
 
 def _admin(settings: Settings, *, waits: bool = False) -> Backend:

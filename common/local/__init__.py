@@ -9,18 +9,20 @@ own, and its slot of the in-flight registry; nothing of the parent's.
 
 A worker sends its events (`Result`, `Acked`, `Published`, `Dead`, `Requeue`) back on its own
 pipe. (Not one shared queue: a worker killed while writing to a shared queue would leave its
-write lock taken and silence every other worker.) Each worker also writes the keys of the
-tasks it holds into its own slot of shared memory: with the tasks the parent keeps, that is
-the in-flight registry. `LocalBroker.slots` does the handshake with the workers in one place:
-it hands each worker its end, closes the parent's copy of the pipe's writer once the worker
-has it (so a worker that dies mid-write leaves the parent reading end-of-file, never waiting
-for the rest of a message), and when a worker dies reads its slot and puts the held tasks
-back, which a bare `multiprocessing.Queue` cannot do (`recovered` counts what it would have
-lost). Which task a dead worker was running is the in-flight registry's to know, as on
-RabbitMQ (`consumer.inflight`): the supervisor counts the deaths, and the worker that takes
-the task next dead-letters it (``killed-worker``) once `max_deaths` workers died running it. A
-worker that hands tasks back itself (`Requeue`, when it closes) stops holding them, so each
-comes back once.
+write lock taken and silence every other worker.) The broker sends each worker its
+revocations (`Revoked`, `LocalBroker.revoke`) the other way, on a control pipe of the slot's
+own; a worker started later gets those still kept with its end. Each worker also writes the
+keys of the tasks it holds into its own slot of shared memory: with the tasks the parent
+keeps, that is the in-flight registry. `LocalBroker.slots` does the handshake with the
+workers in one place: it hands each worker its end, closes the parent's copy of the pipe's
+writer once the worker has it (so a worker that dies mid-write leaves the parent reading
+end-of-file, never waiting for the rest of a message), and when a worker dies reads its slot
+and puts the held tasks back, which a bare `multiprocessing.Queue` cannot do (`recovered`
+counts what it would have lost). Which task a dead worker was running is the in-flight
+registry's to know, as on RabbitMQ (`consumer.inflight`): the supervisor counts the deaths,
+and the worker that takes the task next dead-letters it (``killed-worker``) once `max_deaths`
+workers died running it. A worker that hands tasks back itself (`Requeue`, when it closes)
+stops holding them, so each comes back once.
 
 Tasks travel in small batches and events are sent in batches: a `Queue.put` costs a pickle,
 a lock and a pipe write, so one per task would cost more than the task. A big job is cut into
@@ -49,6 +51,7 @@ from common.local.wire import (
     Published,
     Requeue,
     Result,
+    Revoked,
     task_key,
 )
 
@@ -62,6 +65,7 @@ __all__ = [
     "Published",
     "Requeue",
     "Result",
+    "Revoked",
     "Slots",
     "task_key",
 ]

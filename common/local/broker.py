@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any, NoReturn
 
-from common.backend import ProducerBackend, check_delay
+from common.backend import ProducerBackend, check_delay, check_revocation
 from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import TaskshuttleError
 from common.events import LogSink, decode_event
@@ -30,9 +30,11 @@ from common.local.wire import (
     Published,
     Requeue,
     Result,
+    Revoked,
     SlotMemory,
     task_key,
 )
+from common.revoked import RevokedIds
 from common.schemas import (
     DeadLetter,
     TaskEnvelope,
@@ -83,6 +85,8 @@ class LocalBroker(ProducerBackend):
         self._raw_count = 0
         #: Tasks put back after their worker died (a bare Queue would have lost them).
         self.recovered = 0
+        #: The revocations still kept (`revoke`): each worker end starts with them.
+        self._revoked = RevokedIds(f"queue {queue_name!r}", clock)
         self.slots = Slots(self, slots, batch_size, context)
 
     def __reduce__(self) -> NoReturn:
@@ -202,6 +206,26 @@ class LocalBroker(ProducerBackend):
     def pending(self) -> int:
         return int(self._queued.value)
 
+    def revoke(self, task_ids: Sequence[str], *, keep_for: float) -> None:
+        """Keep these tasks revoked here for `keep_for` seconds (by this broker's clock's
+        wall time) and tell each worker at once, on its slot's control pipe: when this
+        returns, every worker's next `is_revoked` sees them. A worker started later (a
+        replacement after a death) gets every revocation still kept with its end.
+
+        Bounds, here and in each worker: a revocation is kept for its `keep_for`, and at most
+        `MAX_REVOKED` at once (past it, those that expire soonest are dropped first, said
+        once). A revoked task still waiting out a delay here is handed out when it is due,
+        like any, and the worker that takes it dead-letters it as ``revoked`` (with a failed
+        result). A worker whose control pipe is full (about a thousand ids it has not read,
+        while it starts) makes this wait until it reads them: it does before each task,
+        while it waits for work, and every 50 ms while a task runs."""
+        ids, keep_for = check_revocation(task_ids, keep_for)
+        if not ids:
+            return
+        until = self._clock.time() + keep_for
+        self._revoked.add(ids, until)
+        self.slots.tell((until, ids))
+
     def dead_letters(self) -> list[DeadLetter]:
         return list(self._dead)
 
@@ -222,11 +246,14 @@ class LocalBroker(ProducerBackend):
 class Slots:
     """The broker's side of each worker slot, and the whole handshake with its worker.
 
-    A slot has a pipe for its worker's events and a piece of shared memory where the worker
-    writes the keys of the tasks it holds. `consumer.supervisor.WorkerPool` calls the three
-    steps: `worker_end(slot)` is what the worker takes into its process; `on_started(slot)`
-    closes the parent's copy of the pipe's writer once the worker has its own; `on_death(slot)`
-    puts back what a dead worker held and gives the slot a fresh pipe for its replacement.
+    A slot has a pipe for its worker's events, a control pipe the other way (the broker's
+    revocations: `tell`) and a piece of shared memory where the worker writes the keys of the
+    tasks it holds (and the broker counts what it wrote to the control pipe).
+    `consumer.supervisor.WorkerPool` calls the three steps: `worker_end(slot)` is what the
+    worker takes into its process (with the revocations still kept); `on_started(slot)`
+    closes the parent's copy of the pipe's writer and of the control pipe's reader once the
+    worker has its own; `on_death(slot)` puts back what a dead worker held and gives the slot
+    fresh pipes for its replacement.
     """
 
     def __init__(
@@ -243,6 +270,12 @@ class Slots:
         self._memory = [context.RawValue(SlotMemory) for _ in range(count)]
         #: `interrupt` writes here, so that a wait on the slots' pipes returns at once.
         self._wake_reader, self._wake_writer = context.Pipe(duplex=False)
+        controls = [context.Pipe(duplex=False) for _ in range(count)]
+        self._control_readers: list[Connection | None] = [reader for reader, _ in controls]
+        self._control_writers: list[Connection | None] = [writer for _, writer in controls]
+        #: Whether the slot's end was handed out (`worker_end`) and so reads its control
+        #: pipe: only those are written to (an end made later gets every revocation at once).
+        self._listening = [False] * count
 
     def __len__(self) -> int:
         return len(self._held_keys)
@@ -257,16 +290,44 @@ class Slots:
             raise TaskshuttleError(f"slot {slot} is taken: its worker has the pipe's writer")
         broker = self._broker
         held, memory = self._held_keys[slot], self._memory[slot]
+        self._listening[slot] = True  # before the copy: a revocation meanwhile is in both
         return LocalWorkerEnd(
-            broker._tasks, broker._queued, held, memory, writer, slot, broker.task_events
+            broker._tasks,
+            broker._queued,
+            held,
+            memory,
+            writer,
+            slot,
+            broker.task_events,
+            control=self._control_readers[slot],
+            revoked=broker._revoked.live(),
         )
 
     def on_started(self, slot: int) -> None:
-        """The worker in `slot` has started with its own copy of the writer: close ours."""
+        """The worker in `slot` has started with its own copy of the writer (and of the
+        control pipe's reader): close ours."""
         writer = self._writers[slot]
         if writer is not None:
             writer.close()
             self._writers[slot] = None
+        control = self._control_readers[slot]
+        if control is not None:  # so a write to a dead worker's pipe fails, never waits
+            control.close()
+            self._control_readers[slot] = None
+
+    def tell(self, revoked: Revoked) -> None:
+        """Write revocations to the control pipe of each slot whose end was handed out,
+        counting each in the slot's shared memory first (see `LocalWorkerEnd.is_revoked`). A
+        slot whose worker is gone is skipped from then on: its replacement gets every
+        revocation with its end."""
+        for slot, writer in enumerate(self._control_writers):
+            if writer is None or not self._listening[slot]:
+                continue
+            self._memory[slot].revocations += 1
+            try:
+                writer.send(revoked)
+            except OSError:  # BrokenPipeError: nobody reads it any more
+                self._listening[slot] = False
 
     def on_death(self, slot: int) -> int:
         """Put back the tasks the (dead) worker in `slot` held and never finished, and give
@@ -277,6 +338,12 @@ class Slots:
         if reader is not None:
             reader.close()
         self._readers[slot], self._writers[slot] = self._context.Pipe(duplex=False)
+        for end in (self._control_readers[slot], self._control_writers[slot]):
+            if end is not None:
+                end.close()
+        self._control_readers[slot], self._control_writers[slot] = self._context.Pipe(duplex=False)
+        self._listening[slot] = False
+        self._memory[slot].revocations = 0  # counted from 0 on the fresh control pipe
         held = self._held_keys[slot]
         keys = held.value.decode().split()
         held.value = b""
@@ -323,6 +390,14 @@ class Slots:
         return events
 
     def close(self) -> None:
-        for end in (*self._readers, *self._writers, self._wake_reader, self._wake_writer):
+        ends = (
+            *self._readers,
+            *self._writers,
+            *self._control_readers,
+            *self._control_writers,
+            self._wake_reader,
+            self._wake_writer,
+        )
+        for end in ends:
             if end is not None:
                 end.close()

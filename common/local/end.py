@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -25,8 +25,10 @@ from common.local.wire import (
     Published,
     Requeue,
     Result,
+    Revoked,
     task_key,
 )
+from common.revoked import RevokedIds
 from common.schemas import DeadLetter, TaskEnvelope, TaskResult, encode
 
 if TYPE_CHECKING:
@@ -52,11 +54,19 @@ class LocalWorkerEnd(WorkerBackend):
 
     It crosses into the worker process as that process starts (spawn pickles it), and holds
     only what the worker needs: the shared task queue and its counter, the slot's piece of the
-    in-flight registry, and the writing end of the slot's own event pipe.
+    in-flight registry, the writing end of the slot's own event pipe, and the reading end of
+    its control pipe with the revocations still kept when it was made.
 
     Three threads may use it: the worker loop, the worker's watchdog (which settles a task
     past its time limit, then closes this end) and the late sender (`_send_late`); one lock
-    keeps the batch in hand, the events not yet sent and the pipe's writes in order.
+    keeps the batch in hand, the events not yet sent and the pipe's writes in order. The
+    control pipe has a lock of its own: reading it never waits for an event pipe's write.
+
+    Revocations (`is_revoked`): the broker counts what it writes to the control pipe in the
+    slot's shared memory, so a lookup reads the pipe only when something is there, and sees
+    every revocation whose `LocalBroker.revoke` has returned. The pipe is read before each
+    task, while the worker waits for work, and every 50 ms while a task runs (the late
+    sender), so the broker's write waits little even for many ids.
     """
 
     name = "local"
@@ -70,6 +80,9 @@ class LocalWorkerEnd(WorkerBackend):
         writer: Connection,
         slot: int,
         task_events: bool = False,
+        *,
+        control: Connection | None = None,
+        revoked: Mapping[str, float] | None = None,
     ) -> None:
         self.slot = slot
         #: Whether the parent wants task events (it shows them: ``producer -v``).
@@ -79,24 +92,44 @@ class LocalWorkerEnd(WorkerBackend):
         self._held_keys = held_keys
         self._memory = memory
         self._writer = writer
-        self._init_local()
+        #: The reading end of the slot's control pipe (revocations, from the broker).
+        self._control = control
+        self._init_local(revoked or {})
 
-    def _init_local(self) -> None:
-        """What stays with the process it was made in (a lock, a thread, what is in hand)."""
+    def _init_local(self, revoked: Mapping[str, float]) -> None:
+        """What stays with the process it was made in (a lock, a thread, what is in hand,
+        the revocations known)."""
         self._inbox: deque[Item] = deque()
         self._outbox: list[Event] = []
         self._outbox_since = 0.0
         self._lock = threading.Lock()
         self._late_sender: threading.Thread | None = None
         self._closed = False
+        self._revoked = RevokedIds(f"the local worker of slot {self.slot}")
+        self._revoked.update(revoked)
+        #: How many `Revoked` this end has read from the control pipe.
+        self._control_read = 0
+        self._control_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("slot", "task_events", "_tasks", "_queued", "_held_keys", "_memory", "_writer")
-        return {name: self.__dict__[name] for name in keep}
+        keep = (
+            "slot",
+            "task_events",
+            "_tasks",
+            "_queued",
+            "_held_keys",
+            "_memory",
+            "_writer",
+            "_control",
+        )
+        state = {name: self.__dict__[name] for name in keep}
+        state["revoked"] = self._revoked.live()
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        revoked = state.pop("revoked")
         self.__dict__.update(state)
-        self._init_local()
+        self._init_local(revoked)
 
     def connect(self, settings: Settings) -> LocalWorkerEnd:
         """How a worker gets its backend (`consumer.spec.WorkerSpec.backend`): this end
@@ -105,6 +138,7 @@ class LocalWorkerEnd(WorkerBackend):
         return self
 
     def receive(self, timeout: float) -> Delivery | None:
+        self._read_control()
         with self._lock:
             item = self._next()
         if item is None:
@@ -156,9 +190,12 @@ class LocalWorkerEnd(WorkerBackend):
                 self._write()
 
     def _send_late(self) -> None:
-        """Send events left waiting behind a long task (the loop sends the others)."""
+        """Send events left waiting behind a long task (the loop sends the others), and read
+        the revocations that came meanwhile, so the broker's writes to the control pipe do
+        not wait for the task to end."""
         while True:
             time.sleep(_LATE_FLUSH)
+            self._read_control(wait=False)
             with self._lock:
                 if self._closed or self._writer.closed:
                     return
@@ -217,6 +254,37 @@ class LocalWorkerEnd(WorkerBackend):
     def pending(self) -> int:
         return int(self._queued.value)
 
+    def is_revoked(self, task_id: str) -> bool:
+        """Whether the broker revoked this task (`LocalBroker.revoke`) and keeps it so: a
+        lookup, after reading what the control pipe holds (nothing to read: no system call)."""
+        self._read_control()
+        return task_id in self._revoked
+
+    def _read_control(self, wait: bool = True) -> None:
+        """Take in the revocations the broker has written (or is writing) to the control
+        pipe. The broker counts each in shared memory before it writes it, so what is counted
+        and not read yet is there or on its way, and a large one is read while written.
+        `wait=False`: not if another thread is reading it now."""
+        memory = self._memory
+        if memory.revocations == self._control_read:
+            return
+        if not self._control_lock.acquire(blocking=wait):
+            return
+        try:
+            while self._control_read < memory.revocations:
+                control = self._control
+                if control is None:
+                    return
+                try:
+                    revoked: Revoked = control.recv()
+                except (EOFError, OSError):  # the broker is gone, or this end closed
+                    return
+                self._control_read += 1
+                until, task_ids = revoked
+                self._revoked.add(task_ids, until)
+        finally:
+            self._control_lock.release()
+
     def event_sink(self) -> EventSink | None:
         return _ParentSink(self) if self.task_events else None
 
@@ -231,6 +299,9 @@ class LocalWorkerEnd(WorkerBackend):
             self._inbox.clear()
             self._give_back(unstarted)
             self._writer.close()
+        control, self._control = self._control, None
+        if control is not None:  # the broker's writes to it fail from now on, not wait
+            control.close()
 
 
 class _ParentSink:

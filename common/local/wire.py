@@ -1,8 +1,9 @@
 """What crosses between the local broker and its workers: tasks one way, events the other.
 
 Tasks go out on the shared task queue in batches of `Item`s; each worker sends its events
-back in batches on a pipe of its own. Both are pickled on the way, so their shapes are kept
-cheap to pickle.
+back in batches on a pipe of its own, and the broker sends each worker its revocations
+(`Revoked`) on a control pipe of the worker's own. All are pickled on the way, so their shapes
+are kept cheap to pickle.
 """
 
 from __future__ import annotations
@@ -26,12 +27,23 @@ class SlotMemory(ctypes.Structure):
     holds, for the broker to read once the worker is dead: its pid. (Which task it was
     running is the in-flight registry's to know: `consumer.inflight`, for both backends.)"""
 
-    _fields_ = [("pid", ctypes.c_long)]
+    _fields_ = [
+        ("pid", ctypes.c_long),
+        # How many `Revoked` the broker has written to the slot's control pipe, counted from 0
+        # for each fresh pipe: a worker reads the pipe only when this moved past what it read,
+        # so a task's `is_revoked` costs no system call.
+        ("revocations", ctypes.c_long),
+    ]
 
 
 #: A task on the task queue: key, body, redelivered. A bare tuple, since every task is
 #: pickled once on its way, and a tuple pickles many times faster than a record.
 Item = tuple[str, bytes, bool]
+
+
+#: Revocations on a slot's control pipe, broker to worker: the time they end (epoch seconds,
+#: the broker's clock) and the task ids. A bare tuple of built-in types, like `Item`.
+Revoked = tuple[float, tuple[str, ...]]
 
 
 def task_key(task_id: str, attempt: int) -> str:

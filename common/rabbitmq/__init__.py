@@ -16,6 +16,8 @@ Programs get what is here through `common.factory`. Its modules follow the threa
   connection (both fed by the I/O thread); `delivery`: a delivery's handle, caller's side.
 - `dlq`: dead letters, streamed and replayed; `topology`: queue names, queue arguments,
   the delay levels, message properties, dead-letter headers.
+- `revocations`: the revocation stream, and the reader a worker runs on a connection (and a
+  thread) of its own.
 - `events`: `EventListener`, task events from the events exchange; `counts`: passive looks
   at queues (ready messages, consumers); `management`: the management HTTP API (urllib).
 - `errors`: pika's exceptions, as this project's.

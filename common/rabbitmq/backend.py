@@ -30,13 +30,15 @@ import random
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pika
 
 import common.rabbitmq.dlq as dlq  # the module, not the package: its __init__ imports this one
+import common.rabbitmq.revocations as revocations
 import common.rabbitmq.topology as topology
-from common.backend import Backend, Delivery, check_delay
+from common.backend import Backend, Delivery, check_delay, check_revocation
 from common.clock import SYSTEM_CLOCK, Clock
 from common.defaults import QueueType
 from common.errors import BrokerError, ConfigError, ConnectionLost, QueueMismatch
@@ -434,6 +436,7 @@ class RabbitBackend(Backend):
         are ready); otherwise the first `receive` does it."""
         self._refuse_if_results()
         if not self._consuming:
+            self._listen_for_revocations()  # before the first task comes
             self._consuming = True
             self._link_now().consume(self.queue_name, prefetch=self.prefetch)
 
@@ -601,7 +604,9 @@ class RabbitBackend(Backend):
     def close(self) -> None:
         """Close the connection, once the acks still waiting for their results' confirms are
         out (for at most `CLOSE_SETTLE_TIMEOUT`); a producer's reply queue is deleted first
-        (its results were taken), rather than left to expire."""
+        (its results were taken), rather than left to expire. A worker's revocation
+        listener goes too."""
+        self._stop_listening_for_revocations()
         link = self._link
         if link.alive:
             link.settle_pending(CLOSE_SETTLE_TIMEOUT)
@@ -609,3 +614,73 @@ class RabbitBackend(Backend):
             with contextlib.suppress(BrokerError):
                 link.cancel(self.reply_queue, then_delete=self.reply_queue, timeout=5)
         link.close()
+
+    # -- revocations (`common.rabbitmq.revocations`) -----------------------------------------
+    #: A consuming backend's reader of the revocation stream (None before `start_consuming`).
+    _revocations: revocations.RevocationListener | None = None
+
+    def revoke(self, task_ids: Sequence[str], *, keep_for: float, timeout: float = 60.0) -> None:
+        """Publish one revocation per task id to the revocation stream, for this work
+        queue's workers, and wait for the broker's confirms (on a lost connection, again on
+        a new one, as a publish does). `until` is this host's clock plus `keep_for`; a worker
+        compares it with its own clock.
+
+        A running worker learns it within milliseconds after this returns, never before; a
+        worker started later, before its first task. Bounds: each worker keeps at most
+        `MAX_REVOKED` of its queue's, each until its time; the stream keeps them for a bit
+        over ten years, and at most 50 MB of them (oldest dropped first; see
+        `common.rabbitmq.revocations`)."""
+        ids, keep_for = check_revocation(task_ids, keep_for)
+        if not ids:
+            return
+        until = datetime.fromtimestamp(self._reconnect.clock.time() + keep_for, UTC)
+        stream = revocations.REVOCATION_STREAM
+        remaining = revocations.revocation_messages(stream, self.queue_name, ids, until)
+        while remaining:
+            link = self._link_now()
+            with unless_gone(link):
+                revocations.declare_stream(link, stream)
+            remaining = link.publish_many(remaining, timeout)
+            if remaining:
+                error = link.close_error or ConnectionLost("connection lost while revoking")
+                log.warning("connection lost with %d revocations unconfirmed", len(remaining))
+                if not self._reconnect.retries(error):
+                    raise error
+                self.republished += len(remaining)
+
+    def is_revoked(self, task_id: str) -> bool:
+        """Whether this worker has read a revocation of `task_id` that is still kept: a
+        lookup in memory (the listener's thread fills it). False for a backend that does not
+        consume (it reads no revocations)."""
+        listener = self._revocations
+        return listener is not None and task_id in listener.revoked
+
+    def _listen_for_revocations(self) -> None:
+        """Start reading the revocation stream on a connection of its own, and wait until
+        it is read to its end (see `RevocationListener.start`)."""
+        if self._revocations is not None:
+            return
+        listener = revocations.RevocationListener(
+            self.queue_name,
+            self._revocation_nodes,
+            clock=self._reconnect.clock,
+            attempt_timeout=self._attempt_timeout,
+            max_reconnect_delay=self._reconnect.max_delay,
+        )
+        self._revocations = listener
+        try:
+            listener.start(stop=self._reconnect.stop)
+        except BaseException:
+            self._stop_listening_for_revocations()
+            raise
+
+    def _revocation_nodes(self) -> list[tuple[pika.URLParameters, str]]:
+        """The nodes to try, the work link's first."""
+        at = next((i for i, node in enumerate(self._nodes) if node is self._node), 0)
+        ordered = self._nodes[at:] + self._nodes[:at]
+        return [(node.params, node.safe_url) for node in ordered]
+
+    def _stop_listening_for_revocations(self) -> None:
+        listener, self._revocations = self._revocations, None
+        if listener is not None:
+            listener.close()

@@ -122,8 +122,10 @@ class Link(Connection):
         prefetch: int | None = None,
         tag: str | None = None,
         settle_on_arrival: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> None:
-        """Deliver `name`'s messages to `inbox` (at most `prefetch` unacked, if given).
+        """Deliver `name`'s messages to `inbox` (at most `prefetch` unacked, if given), with
+        the consumer's `arguments` if given (a stream's ``x-stream-offset``: where to start).
 
         With `settle_on_arrival`, the I/O thread acks each message once it is in `inbox`,
         without waiting for a caller to take it: for a reply queue, whose messages are in
@@ -132,7 +134,8 @@ class Link(Connection):
         for a publish's confirm would otherwise hold the whole chain up.
         """
         on_message = self._on_settled_message_io if settle_on_arrival else self._on_message_io
-        self._call(functools.partial(self._consume_io, name, prefetch, tag, on_message))
+        start = functools.partial(self._consume_io, name, prefetch, tag, on_message, arguments)
+        self._call(start)
 
     def declare_exchange(self, name: str) -> None:
         """Declare the transient topic exchange `name` (task events)."""
@@ -339,6 +342,7 @@ class Link(Connection):
         prefetch: int | None,
         tag: str | None,
         on_message: Callable[..., None],
+        arguments: dict[str, Any] | None,
         future: Future[Any],
     ) -> None:
         channel = self._channel
@@ -348,6 +352,7 @@ class Link(Connection):
                 name,
                 self._guard(on_message),
                 consumer_tag=tag,
+                arguments=arguments,
                 callback=lambda _frame: future.set_result(None),
             )
 

@@ -21,6 +21,7 @@ from common.schemas import (
     decode_task,
     utcnow,
 )
+from tests.conftest import require_broker
 from tests.helpers import receive_within, result_for, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -318,3 +319,131 @@ def test_delays_that_are_no_whole_quarter_seconds_arrive_in_order_never_early(
     for _task, delay, since_before, since_after in came:
         assert since_before >= delay
         assert since_after <= delay + 1.0
+
+
+# -- revocations ---------------------------------------------------------------------------
+
+
+def _started(worker: WorkerBackend) -> WorkerBackend:
+    """The worker, registered as a consumer (a RabbitMQ backend reads its revocations from
+    then on, as a worker does before it says it is ready); a local end has nothing to start."""
+    start_consuming = getattr(worker, "start_consuming", None)
+    if start_consuming is not None:
+        start_consuming()
+    return worker
+
+
+def _fresh_worker(producer: ProducerBackend, make_backend: MakeBackend) -> WorkerBackend:
+    """A worker that starts now: on local, the replacement of slot 0's worker after a death
+    (a fresh end, pipes and all); on RabbitMQ, a new backend, consuming."""
+    if isinstance(producer, LocalBroker):
+        producer.slots.on_death(0)
+        return producer.slots.worker_end(0)
+    return _started(_worker_side(make_backend()))
+
+
+def test_a_revoked_task_is_refused_by_a_running_worker_and_an_unrevoked_one_is_not(
+    make_backend: MakeBackend,
+) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    _started(worker)
+    revoked, kept = TaskEnvelope(kind="echo"), TaskEnvelope(kind="echo")
+    producer.publish([revoked, kept])
+    producer.revoke([revoked.id], keep_for=60)
+    # local: at once; RabbitMQ: within milliseconds after revoke returned
+    assert wait_until(lambda: worker.is_revoked(revoked.id), 5, interval=0.01)
+    assert not worker.is_revoked(kept.id)
+    ids = {decode_task(receive_within(worker).body).id for _ in range(2)}
+    assert ids == {revoked.id, kept.id}  # revoking takes nothing off the queue: the worker
+    assert worker.is_revoked(revoked.id)  # that takes it refuses it
+    assert not worker.is_revoked(kept.id)
+
+
+def test_a_revocation_sent_before_a_worker_started_is_seen_by_it_before_its_first_task(
+    make_backend: MakeBackend,
+) -> None:
+    producer, _worker = _producer_and_worker(make_backend)
+    queued, other = TaskEnvelope(kind="echo"), TaskEnvelope(kind="echo")
+    producer.publish([queued])
+    producer.revoke([queued.id, "not-a-queued-task"], keep_for=60)
+    later = _fresh_worker(producer, make_backend)
+    delivery = receive_within(later)
+    assert decode_task(delivery.body).id == queued.id
+    assert later.is_revoked(queued.id)  # no wait: it knew before it took the task
+    assert later.is_revoked("not-a-queued-task")
+    assert not later.is_revoked(other.id)
+
+
+def test_a_revocation_is_for_its_own_queue_only(
+    make_backend: MakeBackend, backend_name: str
+) -> None:
+    if backend_name == "local":
+        pytest.skip("a local broker is one queue: no other queue's workers to tell")
+    producer, worker = _producer_and_worker(make_backend)
+    _started(worker)
+    from common.rabbitmq import RabbitBackend
+
+    assert isinstance(producer, RabbitBackend)
+    other_queue = f"{producer.queue_name}.other"
+    elsewhere = RabbitBackend(require_broker(), other_queue)
+    try:
+        task = TaskEnvelope(kind="echo")
+        elsewhere.revoke([task.id], keep_for=60)
+        marker = TaskEnvelope(kind="echo")
+        producer.revoke([marker.id], keep_for=60)  # read after the other queue's revocation
+        assert wait_until(lambda: worker.is_revoked(marker.id), 5, interval=0.01)
+        assert not worker.is_revoked(task.id)
+    finally:
+        elsewhere.delete_queues()
+        elsewhere.close()
+
+
+def test_expired_revocations_are_forgotten(make_backend: MakeBackend) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    _started(worker)
+    brief, kept = TaskEnvelope(kind="echo"), TaskEnvelope(kind="echo")
+    producer.revoke([brief.id], keep_for=1.0)
+    revoked_at = time.monotonic()
+    producer.revoke([kept.id], keep_for=60)
+    assert wait_until(lambda: worker.is_revoked(kept.id), 5, interval=0.01)
+    if time.monotonic() - revoked_at < 0.9:  # a slow run may see it expire before it checks
+        assert worker.is_revoked(brief.id)
+    assert wait_until(lambda: not worker.is_revoked(brief.id), 5, interval=0.05)
+    assert worker.is_revoked(kept.id)
+    tiny = TaskEnvelope(kind="echo")
+    producer.revoke([tiny.id], keep_for=0.01)
+    time.sleep(0.05)
+    later = _fresh_worker(producer, make_backend)  # one started after they expired
+    assert not later.is_revoked(tiny.id)
+    assert not later.is_revoked(brief.id)
+    assert later.is_revoked(kept.id)
+
+
+@pytest.mark.parametrize(
+    ("task_ids", "keep_for", "error", "match"),
+    [
+        (["a"], 0.0, ValueError, "over 0"),
+        (["a"], float("nan"), ValueError, "a finite number of seconds"),
+        (["a"], float("inf"), ValueError, "a finite number of seconds"),
+        (["a"], 11 * 365.25 * 86_400, ValueError, "at most ten years"),
+        (["x" * 65], 60.0, ValueError, "not a task id"),
+        ([""], 60.0, ValueError, "not a task id"),
+        ("abc", 60.0, TypeError, "not one id"),
+    ],
+)
+def test_a_revocation_that_cannot_be_kept_is_refused_and_nothing_sent(
+    make_backend: MakeBackend,
+    task_ids: list[str],
+    keep_for: float,
+    error: type[Exception],
+    match: str,
+) -> None:
+    producer, worker = _producer_and_worker(make_backend)
+    _started(worker)
+    with pytest.raises(error, match=match):
+        producer.revoke(task_ids, keep_for=keep_for)
+    producer.revoke([], keep_for=60)  # nothing to revoke: nothing done
+    marker = TaskEnvelope(kind="echo")
+    producer.revoke([marker.id], keep_for=60)
+    assert wait_until(lambda: worker.is_revoked(marker.id), 5, interval=0.01)
+    assert not any(worker.is_revoked(i) for i in ("a", "b", "c", "x" * 65))

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import url_with
-from tests.helpers import run
+from tests.helpers import run, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -229,3 +229,56 @@ def test_unknown_virtual_host_is_an_access_error(broker_url: str) -> None:
         url_with(broker_url, vhost="no-such-vhost"),
     )
     _one_line_error(completed, 1, "producer", "refused access to the virtual host")
+
+
+def test_consumer_revoke_prints_a_line_per_id_and_the_workers_learn_them(
+    broker_url: str, queue_name: str
+) -> None:
+    from common.rabbitmq import RabbitBackend
+
+    worker = RabbitBackend(broker_url, queue_name)
+    try:
+        worker.start_consuming()  # a worker that runs already
+        completed = run(
+            "consumer", "--queue", queue_name, "revoke", "t-one", "t-two", "t-one",
+            "--url", broker_url, "--keep-for", "60",
+        )  # fmt: skip
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stdout.splitlines() == [
+            f"revoked t-one: no worker of {queue_name!r} starts it for 60 s",
+            f"revoked t-two: no worker of {queue_name!r} starts it for 60 s",
+        ]
+        assert wait_until(lambda: worker.is_revoked("t-one") and worker.is_revoked("t-two"), 5)
+        assert not worker.is_revoked(queue_name)
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragments"),
+    [
+        (["--backend", "local"], 2, ["Invalid value for '--backend': ", "`producer` itself"]),
+        (["--url", "http://u:secret@localhost"], 2, ["Invalid value for '--url': malformed"]),
+        (["--keep-for", "0"], 2, ["Invalid value for '--keep-for': ", "over 0"]),
+        (["--keep-for", "nan"], 2, ["Invalid value for '--keep-for': ", "finite"]),
+        (["--keep-for", "1e12"], 2, ["Invalid value for '--keep-for': ", "at most ten years"]),
+        (["x" * 65], 2, ["Invalid value for 'ID': not a task id"]),
+    ],
+)
+def test_consumer_revoke_usage_errors_are_one_line_before_connecting(
+    args: list[str], code: int, fragments: list[str]
+) -> None:
+    closed = f"amqp://guest:guest@127.0.0.1:{_closed_port()}/%2F"  # were it tried: exit 1
+    completed = run("consumer", "revoke", "t-1", "--url", closed, *args)
+    err = _one_line_error(completed, code, "consumer", *fragments)
+    assert "secret" not in err
+    assert completed.stdout == ""
+
+
+def test_consumer_revoke_with_no_broker_is_one_line_and_revokes_nothing() -> None:
+    port = _closed_port()
+    completed = run("consumer", "revoke", "t-1", "--url", f"amqp://guest:guest@127.0.0.1:{port}/")
+    _one_line_error(
+        completed, 1, "consumer", f"cannot reach broker at amqp://guest:***@127.0.0.1:{port}/"
+    )
+    assert completed.stdout == ""
