@@ -218,6 +218,8 @@ class ClientRun:
     client: str
     workers: int
     items: list[ByHandle] = field(default_factory=list)
+    #: The lesson's own work queue on RabbitMQ (deleted after the run); None on local.
+    queue: str | None = None
 
 
 def _since(start: datetime, when: datetime | None) -> float | None:
@@ -284,7 +286,9 @@ def with_client(backend: str = "local", url: str | None = None) -> ClientRun:
         Client(url=url, queue=target.queue_name) as client,
     ):
         items = producer_with_client(client)
-    return ClientRun(backend, "Client(url=..., queue=...)", CLIENT_WORKERS, items)
+    return ClientRun(
+        backend, "Client(url=..., queue=...)", CLIENT_WORKERS, items, target.queue_name
+    )
 
 
 @dataclass
@@ -441,7 +445,7 @@ def _when(item: ByHandle) -> str:
     return f"{item.started:.3f} → {item.finished:.3f}"
 
 
-def _outcome(item: ByHandle) -> str:
+def outcome_text(item: ByHandle) -> str:
     if item.raised is None:
         return _shown(item.value)
     error = item.error or ""
@@ -470,7 +474,7 @@ def render_client(result: ProducerConsumer) -> None:
                 "-" if i.worker_pid is None else f"{i.worker_name} · {i.worker_pid}",
                 _when(i),
                 i.done_as,
-                _outcome(i),
+                outcome_text(i),
             )
             for i in run.items
         ],
