@@ -325,7 +325,7 @@ STRINGS: dict[str, str] = {
     "pc.client.table": "按发送的顺序用句柄取每份数据的结果({workers} 个 worker,"
     "秒数从第一次发送算起)",
     "pc.col.item": "数据",
-    "pc.col.worker": "worker · pid",
+    "pc.col.worker": "worker · pid号",
     "pc.col.ran": "运行 从 → 到(秒)",
     "pc.col.done_as": "第几个回来",
     "pc.col.value": "返回值或错误",
