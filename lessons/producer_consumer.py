@@ -1,6 +1,8 @@
 """生产者消费者模型 (the producer-consumer model): how the consumers learn that the work is
-over (a sentinel, `JoinableQueue.task_done`; acks on RabbitMQ), and what prefetch does to
-fairness when one task is slow."""
+over (a sentinel, `JoinableQueue.task_done`; acks on RabbitMQ), what prefetch does to
+fairness when one task is slow, and the seed's model written with the client
+(`taskshuttle.Client`): items of different kinds, each with its id and its handle, each result
+read by its handle, the same code on both backends."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from common.local import MP_CONTEXT
@@ -16,6 +19,7 @@ from common.settings import load_settings
 from lessons import show
 from lessons.i18n import t
 from lessons.runner import broker_queue, job_of, local_pool, rabbit_pool, run_job, seconds
+from taskshuttle import Client, TaskFailed, TaskHandle
 
 EAT_SECONDS = 0.005
 
@@ -162,11 +166,137 @@ def fairness(
     )
 
 
+# -- the seed's model with the client: each item its id and its handle --------------------------
+#: What the producer puts on the queue, in the order `send_items` sends them: the names of
+#: their labels (``pc.item.<name>``).
+ITEM_NAMES = ("make", "eat", "note", "later", "burnt")
+#: The workers the client part runs with, on either backend.
+CLIENT_WORKERS = 2
+#: Seconds each result is waited for, by its handle.
+RESULT_TIMEOUT = 30.0
+
+
+def send_items(client: Client) -> list[TaskHandle]:
+    """The producer: five items of four kinds, one handle each (what `CLIENT_CODE` shows).
+    No payload carries an id: the handle is what ties a result to its item."""
+    return [
+        client.send("cpu", {"rounds": 200_000}),
+        client.send("sleep", {"seconds": 0.3}),
+        client.send("echo", {"note": "two buns left"}),
+        client.send("echo", {"note": "one more, later"}, countdown=1.0),
+        client.send("fail", {"message": "the bun burnt"}, max_attempts=1),
+    ]
+
+
+@dataclass
+class ByHandle:
+    """One item, as its handle tells it: seconds are counted from just before the first send."""
+
+    name: str  # one of ITEM_NAMES
+    kind: str
+    task_id: str
+    #: The task id of the result the handle gave (its own: `handle.outcome.task_id`).
+    result_task_id: str | None
+    worker_pid: int | None
+    worker_name: str | None
+    not_before: float | None  # the countdown's time (the handle's eta)
+    started: float | None
+    finished: float | None
+    #: 1 for the first result the workers finished, and so on: the order they came back in.
+    done_as: int | None
+    value: Any = None
+    #: The exception `handle.result()` raised (TaskFailed, TimeoutError...), and its text.
+    raised: str | None = None
+    error: str | None = None
+    error_type: str | None = None  # the handler's exception, when a raise made it fail
+
+
+@dataclass
+class ClientRun:
+    backend: str
+    #: The one line of the producer that differs between the backends.
+    client: str
+    workers: int
+    items: list[ByHandle] = field(default_factory=list)
+    #: The lesson's own work queue on RabbitMQ (deleted after the run); None on local.
+    queue: str | None = None
+
+
+def _since(start: datetime, when: datetime | None) -> float | None:
+    return None if when is None else round((when - start).total_seconds(), 3)
+
+
+def read_by_handle(
+    names: tuple[str, ...], handles: list[TaskHandle], start: datetime
+) -> list[ByHandle]:
+    """Every result, each from its own handle, in the order the items were sent (whatever
+    order they came back in)."""
+    items = []
+    for name, handle in zip(names, handles, strict=True):
+        value, raised, error, error_type = None, None, None, None
+        try:
+            value = handle.result(timeout=RESULT_TIMEOUT)
+        except TaskFailed as failed:
+            raised, error, error_type = type(failed).__name__, failed.error, failed.error_type
+        except TimeoutError as late:
+            raised, error = type(late).__name__, str(late)
+        outcome = handle.outcome
+        items.append(
+            ByHandle(
+                name,
+                handle.kind,
+                handle.id,
+                outcome.task_id if outcome else None,
+                outcome.worker_pid if outcome else None,
+                outcome.worker_name if outcome else None,
+                _since(start, handle.eta),
+                _since(start, outcome.started_at if outcome else None),
+                _since(start, outcome.finished_at if outcome else None),
+                None,
+                value,
+                raised,
+                error,
+                error_type,
+            )
+        )
+    came_back = sorted((i for i in items if i.finished is not None), key=lambda i: i.finished)
+    for rank, item in enumerate(came_back, 1):
+        item.done_as = rank
+    return items
+
+
+def producer_with_client(client: Client) -> list[ByHandle]:
+    """The part's producer, the same on both backends: send, then read by handle."""
+    start = datetime.now(UTC)
+    return read_by_handle(ITEM_NAMES, send_items(client), start)
+
+
+def with_client(backend: str = "local", url: str | None = None) -> ClientRun:
+    """The seed's model with the client: `Client.local` starts its own worker processes; on
+    RabbitMQ the lesson starts them (`rabbit_pool`, consumer processes as `consumer` starts
+    them) on a queue of its own, deleted afterwards, and the client talks to that queue."""
+    if backend == "local":
+        with Client.local(workers=CLIENT_WORKERS) as client:
+            items = producer_with_client(client)
+        return ClientRun(backend, f"Client.local(workers={CLIENT_WORKERS})", CLIENT_WORKERS, items)
+    url = load_settings(amqp_url=url).amqp_url
+    with (
+        broker_queue(url, "producer-consumer") as target,
+        rabbit_pool(url, target, CLIENT_WORKERS, prefetch=1),
+        Client(url=url, queue=target.queue_name) as client,
+    ):
+        items = producer_with_client(client)
+    return ClientRun(
+        backend, "Client(url=..., queue=...)", CLIENT_WORKERS, items, target.queue_name
+    )
+
+
 @dataclass
 class ProducerConsumer:
     backend: str
     shutdowns: list[Shutdown] = field(default_factory=list)
     fairness: list[Fairness] = field(default_factory=list)
+    client: ClientRun | None = None
 
 
 #: The course names the topic (its text stops before the code); this is the model it teaches,
@@ -181,6 +311,24 @@ def producer(q):                 # 生产者
 def consumer(q):                 # 消费者
     while q.get() is not None:
         time.sleep(0.005)
+"""
+
+#: The same model with the client, as `send_items` and `read_by_handle` run it.
+CLIENT_CODE = """
+client = Client.local(workers=2)   # 或 Client(url=..., queue=...): 只有这一行不同
+handles = [                        # 生产者: 每份数据一个 id, 一个句柄
+    client.send("cpu", {"rounds": 200_000}),                          # 做包子
+    client.send("sleep", {"seconds": 0.3}),                           # 吃包子
+    client.send("echo", {"note": "two buns left"}),                   # 一张字条
+    client.send("echo", {"note": "one more, later"}, countdown=1.0),  # 待会儿
+    client.send("fail", {"message": "the bun burnt"}, max_attempts=1),
+]
+for handle in handles:             # 按句柄取结果, 不按到达的顺序
+    try:
+        value = handle.result(timeout=30)
+    except TaskFailed as failed:
+        value = failed.error
+    print(handle.kind, handle.outcome.worker_pid, value)
 """
 
 
@@ -200,6 +348,11 @@ def run(backend: str = "local", url: str | None = None) -> ProducerConsumer:
         with show.step("pc.step.fairness", backend=backend, how=label):
             result.fairness.append(fairness(backend, prefetch, url=url))
     show.part(render_fairness, result)
+    if show.is_live():
+        show.code(CLIENT_CODE)
+    with show.step("pc.step.client", backend=backend, workers=CLIENT_WORKERS):
+        result.client = with_client(backend, url)
+    show.part(render_client, result)
     return result
 
 
@@ -208,6 +361,9 @@ def render(result: ProducerConsumer) -> None:
     show.code(MODEL_CODE)
     render_shutdowns(result)
     render_fairness(result)
+    if result.client is not None:
+        show.code(CLIENT_CODE)
+    render_client(result)
 
 
 def render_shutdowns(result: ProducerConsumer) -> None:
@@ -276,3 +432,61 @@ def render_fairness(result: ProducerConsumer) -> None:
         show.note(t("pc.fairness.local_none"))
     else:
         show.note(t("pc.fairness.local_batches", held=f0.held_behind_slow))
+
+
+def _shown(value: Any, width: int = 30) -> str:
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _when(item: ByHandle) -> str:
+    if item.started is None or item.finished is None:
+        return "-"
+    return f"{item.started:.3f} → {item.finished:.3f}"
+
+
+def outcome_text(item: ByHandle) -> str:
+    if item.raised is None:
+        return _shown(item.value)
+    error = item.error or ""
+    if item.error_type is not None:  # the handler raised: its exception, without the reason
+        error = error.partition(f"{item.error_type}: ")[2] or error
+        return _shown(f"{item.raised}: {item.error_type}: {error}", 48)
+    return _shown(f"{item.raised}: {error}", 48)
+
+
+def render_client(result: ProducerConsumer) -> None:
+    run = result.client
+    if run is None:
+        return
+    show.table(
+        t("pc.client.table", workers=run.workers),
+        [
+            t("pc.col.item"),
+            t("pc.col.worker"),
+            t("pc.col.ran"),
+            t("pc.col.done_as"),
+            t("pc.col.value"),
+        ],
+        [
+            (
+                f"{t(f'pc.item.{i.name}')} ({i.kind})",
+                "-" if i.worker_pid is None else f"{i.worker_name} · {i.worker_pid}",
+                _when(i),
+                i.done_as,
+                outcome_text(i),
+            )
+            for i in run.items
+        ],
+    )
+    later = [i for i in run.items if i.not_before is not None]
+    came_back = sorted((i for i in run.items if i.done_as), key=lambda i: i.done_as or 0)
+    show.note(
+        t(
+            "pc.client.note",
+            sent=" → ".join(t(f"pc.item.{i.name}") for i in run.items),
+            came=" → ".join(t(f"pc.item.{i.name}") for i in came_back),
+            not_before=later[0].not_before if later else "-",
+            client=run.client,
+        )
+    )

@@ -362,6 +362,29 @@ STRINGS: dict[str, str] = {
     "pc.fairness.local_batches": "The local backend puts tasks on the multiprocessing.Queue in "
     "small batches (one put, one pickle per batch), and a worker takes a whole batch: that is a "
     "prefetch too. {held} fast tasks waited in the slow task's batch.",
+    "pc.step.client": "the seed's model with the client, backend {backend}: 5 items of 4 "
+    "kinds, {workers} workers; each result read by its handle",
+    "pc.client.table": "each item by its handle, in the order sent ({workers} workers, seconds "
+    "from the first send)",
+    "pc.col.item": "item",
+    "pc.col.worker": "worker · pid",
+    "pc.col.ran": "ran from → to (s)",
+    "pc.col.done_as": "came back",
+    "pc.col.value": "value or error",
+    "pc.item.make": "make a bun",
+    "pc.item.eat": "eat a bun",
+    "pc.item.note": "a note",
+    "pc.item.later": "a note for later",
+    "pc.item.burnt": "a burnt bun",
+    "pc.client.note": "In the seed the producer puts items on one Queue and the consumers put "
+    "their results on another: the results come in the order they are done (here {came}), and "
+    "nothing tells which result is which item's unless the producer puts an id in the item and "
+    "the consumer copies it back. Here send() gives each item an id and a handle, and the "
+    "producer reads each result from its item's handle, in its own order ({sent}): which "
+    "worker ran it, when, its value, or the TaskFailed its handler's last raise became. The "
+    "item with a countdown could run from {not_before} s on, and held no worker while it "
+    "waited. The same code runs on both "
+    "backends: only {client} changes.",
     # -- 两个后端对照 ------------------------------------------------------------------------
     "compare.title": "compare: the same workload on both backends, {workers} workers each",
     "compare.step.throughput": "{backend}: {tasks} numbered tasks (throughput, latency, order)",

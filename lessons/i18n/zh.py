@@ -320,6 +320,27 @@ STRINGS: dict[str, str] = {
     "prefetch 1:没有任务排在慢任务后面。",
     "pc.fairness.local_batches": "本地后端把任务分成小批放进 multiprocessing.Queue(一批一次 put、"
     "一次 pickle),worker 一次取走一整批:这也是一种 prefetch。{held} 个快任务等在慢任务那一批里。",
+    "pc.step.client": "用 client 写种子课程的模型,后端 {backend}:4 种任务共 5 份数据,"
+    "{workers} 个 worker;每个结果都用它的句柄取",
+    "pc.client.table": "按发送的顺序用句柄取每份数据的结果({workers} 个 worker,"
+    "秒数从第一次发送算起)",
+    "pc.col.item": "数据",
+    "pc.col.worker": "worker · pid号",
+    "pc.col.ran": "运行 从 → 到(秒)",
+    "pc.col.done_as": "第几个回来",
+    "pc.col.value": "返回值或错误",
+    "pc.item.make": "做包子",
+    "pc.item.eat": "吃包子",
+    "pc.item.note": "一张字条",
+    "pc.item.later": "待会儿的字条",
+    "pc.item.burnt": "蒸糊的包子",
+    "pc.client.note": "在种子课程里,生产者把数据放进一个 Queue,消费者把结果放进另一个:结果按"
+    "完成的先后回来(这里是 {came}),除非生产者在数据里放一个 id、消费者再把它带回来,否则"
+    "生产者分不清哪个结果属于哪份数据。这里 send() 给每份数据一个 id 和一个句柄,生产者按自己的"
+    "顺序({sent})从每份数据的句柄取结果:哪个 worker 跑的、什么时候、返回值,或者处理函数最后"
+    "一次抛出的异常变成的 TaskFailed。带 countdown 的那份从 {not_before} 秒起才能运行,"
+    "等待时不占用 worker。同样的代码在两个"
+    "后端上都能跑:只有 {client} 这一行不同。",
     # -- 两个后端对照 ------------------------------------------------------------------------
     "compare.title": "对照:同样的工作量在两个后端上,各 {workers} 个 worker",
     "compare.step.throughput": "{backend}:{tasks} 个编了号的任务(吞吐量、延迟、顺序)",

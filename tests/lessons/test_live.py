@@ -209,7 +209,7 @@ def test_queues_announces_each_step(screen: Screen, monkeypatch: pytest.MonkeyPa
 def test_producer_consumer_announces_each_step(
     screen: Screen, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("with_sentinels", "with_joinable_queue", "fairness"):
+    for name in ("with_sentinels", "with_joinable_queue", "fairness", "with_client"):
         screen.spy(monkeypatch, producer_consumer, name)
     producer_consumer.run("local")
     _check(
@@ -218,9 +218,18 @@ def test_producer_consumer_announces_each_step(
             ("with_sentinels", "one sentinel (None) per consumer"),
             ("with_joinable_queue", "JoinableQueue"),
             ("fairness", "fairness, backend local"),
+            ("with_client", "with the client, backend local"),
         ],
-        [("how the consumers learn", 2), ("fairness: 1 slow task", 3)],
+        [
+            ("how the consumers learn", 2),
+            ("fairness: 1 slow task", 3),
+            ("each item by its handle", 4),
+        ],
     )
+    lines = screen.lines()
+    step = {int(m[1]): i for i, line in enumerate(lines) if (m := STEP.match(line))}
+    shown = next(i for i, line in enumerate(lines) if 'client.send("cpu"' in line)
+    assert step[3] < shown < step[4]  # the client's code, before the step that runs it
 
 
 def test_a_step_of_a_lesson_run_as_a_library_prints_nothing(
