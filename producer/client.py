@@ -61,7 +61,7 @@ from producer.local import WorkerOptions, import_handlers, local_workers, regist
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from consumer.supervisor import WorkerPool
+    from producer.local import WorkerPool
 
 log = logging.getLogger("taskshuttle.client")
 
