@@ -15,7 +15,8 @@ object. Both backends honour these rules, and `tests/contract/` runs one suite a
   result the broker refuses or loses sends its task back to be run again. The worker does
   not wait for that.
 - `publish(tasks, delay=...)` is the one way a task waits: the broker holds it back for
-  `delay` seconds (never a sleeping worker, nor the caller). A producer and a worker use the
+  `delay` seconds, or until the task's own `eta` if that is later (`held_for`, reckoned as
+  it is published), never a sleeping worker, nor the caller. A producer and a worker use the
   same call; a worker that publishes with ``settles=delivery`` (a retry: the next attempt;
   next, a workflow's next step) has the delivery acked only once the new tasks are stored, on
   the same connection, so a crash in between repeats the delivery and never loses either.
@@ -44,6 +45,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, Self
 
 from common.events import EventSink
@@ -59,6 +61,15 @@ MAX_KEEP_FOR = MAX_DELAY
 
 #: The most revocations a worker keeps for its queue (past it, those that expire soonest go).
 MAX_REVOKED = 100_000
+
+
+def held_for(task: TaskEnvelope, delay: float, now: datetime) -> float:
+    """How long a publish holds `task` back: `delay` seconds, or until the task's eta if that
+    is later (never more than `MAX_DELAY`). Reckoned when the task is published, so a batch
+    that took a while to send still runs each task at its time."""
+    if task.eta is None:
+        return delay
+    return max(delay, min((task.eta - now).total_seconds(), MAX_DELAY))
 
 
 def check_delay(delay: float) -> float:
@@ -135,9 +146,9 @@ class ProducerBackend(_Side):
 
     @abstractmethod
     def publish(self, tasks: Sequence[TaskEnvelope], *, delay: float = 0.0) -> None:
-        """Store every task, to be handed out `delay` seconds from now (0: at once), or
-        raise `PublishFailed` / `BrokerError`. Results of these tasks come back to this
-        backend object when it takes results."""
+        """Store every task, to be handed out `delay` seconds from now (0: at once), or at
+        its eta if that is later, or raise `PublishFailed` / `BrokerError`. Results of these
+        tasks come back to this backend object when it takes results."""
 
     @abstractmethod
     def publish_raw(self, bodies: Sequence[bytes]) -> None:

@@ -289,7 +289,6 @@ class _Order:
 
     queue: str
     tasks: list[TaskEnvelope] = field(default_factory=list)
-    delay: float = 0.0
     revoke: tuple[list[str], float] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -434,12 +433,12 @@ class Client:
         requests = [as_request(item) for item in items]
         now = utcnow()
         tasks = [request.envelope(now) for request in requests]
-        orders: dict[tuple[str, float], _Order] = {}
+        # One order per queue: the backend holds each task until its own eta, reckoned as
+        # it publishes, so tasks due at different times still go out in one publish.
+        orders: dict[str, _Order] = {}
         for request, task in zip(requests, tasks, strict=True):
             name = request.queue or self.queue
-            delay = _delay(task, now)
-            order = orders.setdefault((name, delay), _Order(name, delay=delay))
-            order.tasks.append(task)
+            orders.setdefault(name, _Order(name)).tasks.append(task)
         handles = [TaskHandle(task) for task in tasks]
         with self._waiting_lock:  # before the send: a result may come before it returns
             for handle in handles:
@@ -505,28 +504,27 @@ class Client:
         self._carry_out_orders(refuse=ClientClosed("the client closed before sending"))
 
     def _carry_out_orders(self, refuse: BaseException | None = None) -> None:
-        """Everything handed over so far: the tasks of all orders for one queue and delay in
-        one publish (their confirms pipelined), then revocations."""
+        """Everything handed over so far: the tasks of all orders for one queue in one
+        publish (their confirms pipelined), and the revocations."""
         orders: list[_Order] = []
         with contextlib.suppress(queue.Empty):
             while True:
                 orders.append(self._orders.get_nowait())
-        batches: dict[tuple[str, float], list[_Order]] = {}
+        batches: dict[tuple[str, bool], list[_Order]] = {}
         for order in orders:
-            key = (order.queue, -1.0 if order.revoke is not None else order.delay)
-            batches.setdefault(key, []).append(order)
-        for (name, delay), batch in batches.items():
+            batches.setdefault((order.queue, order.revoke is not None), []).append(order)
+        for (name, revokes), batch in batches.items():
             try:
                 if refuse is not None:
                     raise refuse
                 backend = self._backend_for(name)
-                if delay < 0:
+                if revokes:
                     for order in batch:
                         assert order.revoke is not None
                         ids, keep_for = order.revoke
                         backend.revoke(ids, keep_for=keep_for)
                 else:
-                    backend.publish([task for order in batch for task in order.tasks], delay=delay)
+                    backend.publish([task for order in batch for task in order.tasks])
             except BaseException as exc:
                 for order in batch:
                     order.error = exc
@@ -608,13 +606,6 @@ class Client:
         while result is not None:
             self._deliver(result)
             result = backend.receive_result(0)
-
-
-def _delay(task: TaskEnvelope, now: datetime) -> float:
-    """Seconds from `now` to the task's eta (0 without one, or for one in the past)."""
-    if task.eta is None:
-        return 0.0
-    return max((task.eta - now).total_seconds(), 0.0)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any, NoReturn
 
-from common.backend import ProducerBackend, check_delay, check_revocation
+from common.backend import ProducerBackend, check_delay, check_revocation, held_for
 from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import TaskshuttleError
 from common.events import LogSink, decode_event
@@ -42,6 +42,7 @@ from common.schemas import (
     as_first_attempt,
     decode_result,
     encode,
+    utcnow,
 )
 
 
@@ -95,8 +96,14 @@ class LocalBroker(ProducerBackend):
         )
 
     def publish(self, tasks: Sequence[TaskEnvelope], *, delay: float = 0.0) -> None:
-        items = [(task_key(t.id, t.attempt), encode(t)) for t in tasks]
-        self._schedule(items, check_delay(delay))
+        delay = check_delay(delay)
+        now = utcnow()
+        by_delay: dict[float, list[tuple[str, bytes]]] = {}
+        for t in tasks:
+            held = held_for(t, delay, now)
+            by_delay.setdefault(held, []).append((task_key(t.id, t.attempt), encode(t)))
+        for held, items in by_delay.items():
+            self._schedule(items, held)
 
     def _schedule(self, items: Sequence[tuple[str, bytes]], delay: float) -> None:
         """Queue `items` now, or keep them here until `delay` seconds have passed (a heap

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from common.backend import Delivery, WorkerBackend, check_delay
+from common.backend import Delivery, WorkerBackend, check_delay, held_for
 from common.events import EventSink, TaskEvent, encode_event
 from common.local.wire import (
     Acked,
@@ -29,7 +29,7 @@ from common.local.wire import (
     task_key,
 )
 from common.revoked import RevokedIds
-from common.schemas import DeadLetter, TaskEnvelope, TaskResult, encode
+from common.schemas import DeadLetter, TaskEnvelope, TaskResult, encode, utcnow
 
 if TYPE_CHECKING:
     from common.local.wire import SlotMemory
@@ -235,9 +235,18 @@ class LocalWorkerEnd(WorkerBackend):
         delay: float = 0.0,
         settles: Delivery | None = None,
     ) -> None:
-        items = tuple((task_key(t.id, t.attempt), encode(t)) for t in tasks)
+        delay = check_delay(delay)
+        now = utcnow()
+        by_delay: dict[float, list[tuple[str, bytes]]] = {}
+        for t in tasks:
+            by_delay.setdefault(held_for(t, delay, now), []).append(
+                (task_key(t.id, t.attempt), encode(t))
+            )
         settled = settles.handle.key if settles is not None else None
-        self._send(Published(settled, items, check_delay(delay)))
+        for held, items in by_delay.items():
+            # The first settles the delivery: the parent stores the rest in the same read.
+            self._send(Published(settled, tuple(items), held))
+            settled = None
         self._flush()  # the contract: stored (with the parent) when this returns
 
     def dead_letter(

@@ -38,7 +38,7 @@ import pika
 import common.rabbitmq.dlq as dlq  # the module, not the package: its __init__ imports this one
 import common.rabbitmq.revocations as revocations
 import common.rabbitmq.topology as topology
-from common.backend import Backend, Delivery, check_delay, check_revocation
+from common.backend import Backend, Delivery, check_delay, check_revocation, held_for
 from common.clock import SYSTEM_CLOCK, Clock
 from common.defaults import QueueType
 from common.errors import BrokerError, ConfigError, ConnectionLost, QueueMismatch
@@ -55,7 +55,7 @@ from common.rabbitmq.delivery import Handle, ReplyCheck, take, unless_gone
 from common.rabbitmq.link import Link, Received
 from common.rabbitmq.reconnect import RETRYABLE, Reconnect, StopFlag
 from common.rabbitmq.topology import Message, QueueNames
-from common.schemas import DeadLetter, TaskEnvelope, TaskResult, decode_result
+from common.schemas import DeadLetter, TaskEnvelope, TaskResult, decode_result, utcnow
 from common.settings import redact_url, split_urls
 
 log = logging.getLogger("taskshuttle.rabbitmq")
@@ -341,15 +341,22 @@ class RabbitBackend(Backend):
     def _messages(
         self, tasks: Sequence[TaskEnvelope], reply_to: str | None, delay: float
     ) -> tuple[list[Message], bool]:
-        """The messages of `tasks`, and whether they go through the delay levels (a delay
-        of at least one unit) rather than straight to the work queue."""
-        units = topology.delay_units(delay)
-        if not units:
-            return [topology.task_message(self.queue_name, t, reply_to) for t in tasks], False
-        return [
-            topology.delayed_message(self.levels, self.queue_name, t, reply_to, units)
-            for t in tasks
-        ], True
+        """The messages of `tasks`, and whether any goes through the delay levels (held for
+        at least one unit: `delay`, or until its eta) rather than straight to the work
+        queue. Each message carries its own delay in its routing key, so tasks due at
+        different times still go out in one pipelined publish."""
+        now = utcnow()
+        messages, delayed = [], False
+        for task in tasks:
+            units = topology.delay_units(held_for(task, delay, now))
+            if units:
+                delayed = True
+                messages.append(
+                    topology.delayed_message(self.levels, self.queue_name, task, reply_to, units)
+                )
+            else:
+                messages.append(topology.task_message(self.queue_name, task, reply_to))
+        return messages, delayed
 
     def _publish_settling(
         self, tasks: Sequence[TaskEnvelope], delay: float, delivery: Delivery

@@ -365,10 +365,14 @@ def delayed_message(
     levels: DelayLevels, queue: str, task: TaskEnvelope, reply_to: str | None, units: int
 ) -> Message:
     """A task (a retry's next attempt, a task sent for later) to wait `units` delay units in
-    the `levels` before it goes to the work queue `queue`: published to the top level's
-    exchange, its delay and destination in its routing key (no TTL of its own)."""
+    the `levels` before it goes to the work queue `queue`: published to the exchange of the
+    level of its delay's highest bit (the levels above would only pass it down, and every
+    exchange a message crosses costs the broker a topic match: from the top, a short delay
+    crossed thirty, and a publish took 50 times as long), its delay and destination in its
+    routing key (no TTL of its own)."""
     key = delay_routing_key(units, queue)
-    return Message(key, encode(task), _task_properties(task, reply_to), exchange=levels.top)
+    first = levels.level(units.bit_length() - 1)
+    return Message(key, encode(task), _task_properties(task, reply_to), exchange=first)
 
 
 def dead_letter_message(dlq: str, letter: DeadLetter) -> Message:

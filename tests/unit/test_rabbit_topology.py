@@ -185,7 +185,9 @@ def test_a_delay_of_no_unit_goes_straight_to_the_work_queue() -> None:
     with pytest.raises(ValueError):
         topology.delay_routing_key(2**31, "work")
     message = topology.delayed_message(levels, "work", TaskEnvelope(kind="echo"), None, 1)
-    assert message.exchange == "taskshuttle.delay.quorum.30"  # the top level's
+    assert message.exchange == "taskshuttle.delay.quorum.00"  # its highest bit's level
+    longer = topology.delayed_message(levels, "work", TaskEnvelope(kind="echo"), None, 0b10110)
+    assert longer.exchange == "taskshuttle.delay.quorum.04"  # none above it to cross
     assert topology.task_message("work", TaskEnvelope(kind="echo"), None).exchange == ""
 
 
