@@ -383,9 +383,10 @@ def local_latency(cfg: CaseConfig) -> dict[str, Any]:
 # -- the application API: taskshuttle.Client on RabbitMQ -------------------------------------
 #: `Client.send` calls (and raw publishes) made before the timed ones, untimed.
 SEND_WARMUP = 100
-#: `send_many` against the job path: this many rounds, each side in turn, the queue purged
-#: after each, so both see the same machine (it is shared and noisy) and the same queue.
-SEND_MANY_ROUNDS = 2
+#: `send_many` against the job path: rounds of this many tasks each, the two in turn (who
+#: goes first alternates), the queue purged after each, so both see the same moments of a
+#: machine that is shared and noisy, and the same queue.
+SEND_MANY_ROUND = 2000
 
 
 def _client(cfg: CaseConfig) -> Any:
@@ -446,63 +447,65 @@ def client_send_many(cfg: CaseConfig) -> dict[str, Any]:
     """`Client.send_many` of `cfg.n` tasks in chunks of the producer's `BATCH` per call,
     against the producer's job path on the same queue: `producer.run.send`, as
     `run_rabbitmq(wait=False)` runs it, on a backend opened as it opens one (its connection
-    opened before the clock, as the client's is). In `SEND_MANY_ROUNDS` rounds of each in
-    turn after a chunk of each untimed; each round's tasks checked stored, then purged.
-    Tasks per second of each, over all its rounds; the CPU of the last round of each."""
+    opened before the clock, as the client's is). After a chunk of each, untimed, rounds of
+    `SEND_MANY_ROUND` tasks of each in turn; each round's tasks checked stored, then purged.
+    Tasks per second of each over all its rounds, and its CPU over them (read at the edges
+    of each round)."""
     from producer.run import BATCH, Progress, send
 
     deadline = cfg.deadline()
     payload = envelope_payload(cfg.body_size)
-    share, extra = divmod(cfg.n, SEND_MANY_ROUNDS)
-    rounds = [share + (i < extra) for i in range(SEND_MANY_ROUNDS) if share + (i < extra)]
-    seconds = {"job": 0.0, "client": 0.0}
-    cpu = cpu_sampler(cfg, lambda: [])
-    windows: dict[str, tuple[float, float, int]] = {}
-    try:
-        with (
-            _open_producer(cfg) as backend,
-            _client(cfg) as client,
-            contextlib.closing(connect(cfg.amqp_url)) as admin,
-        ):
-            channel = admin.channel()
+    rounds = [min(SEND_MANY_ROUND, cfg.n - sent) for sent in range(0, cfg.n, SEND_MANY_ROUND)]
+    cpu = cpu_sampler(cfg, lambda: [], background=False)
+    windows: dict[str, list[tuple[float, float]]] = {"job path": [], "send_many": []}
+    with (
+        _open_producer(cfg) as backend,
+        _client(cfg) as client,
+        contextlib.closing(connect(cfg.amqp_url)) as admin,
+    ):
+        channel = admin.channel()
 
-            def job_path(count: int) -> float:
-                job = _job(cfg, count)
-                start = time.perf_counter()
-                send(job, backend, _tally(job), Progress())
-                end = time.perf_counter()
-                windows["job"] = (start, end, count)
-                return end - start
+        def job_path(count: int) -> tuple[float, float]:
+            job = _job(cfg, count)
+            cpu.sample()
+            start = time.perf_counter()
+            send(job, backend, _tally(job), Progress())
+            end = time.perf_counter()
+            cpu.sample()
+            return start, end
 
-            def send_many(count: int) -> float:
-                items = [{"kind": "noop", "payload": payload} for _ in range(count)]
-                start = time.perf_counter()
-                for chunk in _chunks(items, BATCH):
-                    client.send_many(chunk)
-                end = time.perf_counter()
-                windows["client"] = (start, end, count)
-                return end - start
+        def send_many(count: int) -> tuple[float, float]:
+            items = [{"kind": "noop", "payload": payload} for _ in range(count)]
+            cpu.sample()
+            start = time.perf_counter()
+            for chunk in _chunks(items, BATCH):
+                client.send_many(chunk)
+            end = time.perf_counter()
+            cpu.sample()
+            return start, end
 
-            def stored_then_purged(count: int) -> None:
-                wait_ready_count(cfg.amqp_url, cfg.queue, count, deadline)
-                channel.queue_purge(cfg.queue)
+        def stored_then_purged(count: int) -> None:
+            wait_ready_count(cfg.amqp_url, cfg.queue, count, deadline)
+            channel.queue_purge(cfg.queue)
 
-            for warm in (job_path, send_many):
-                warm(min(BATCH, cfg.n))
-                stored_then_purged(min(BATCH, cfg.n))
-            for count in rounds:
-                seconds["job"] += job_path(count)
+        sides = {"job path": job_path, "send_many": send_many}
+        for side in sides.values():
+            side(min(BATCH, cfg.n))
+            stored_then_purged(min(BATCH, cfg.n))
+        for number, count in enumerate(rounds):
+            for name in sorted(sides, reverse=bool(number % 2)):
+                windows[name].append(sides[name](count))
                 stored_then_purged(count)
-                seconds["client"] += send_many(count)
-                stored_then_purged(count)
-            if backend.used_as_is:  # the figures would be another queue type's
-                raise CaseError(f"queues not of the type asked for: {backend.used_as_is}")
-    finally:
-        cpu.stop()
+        if backend.used_as_is:  # the figures would be another queue type's
+            raise CaseError(f"queues not of the type asked for: {backend.used_as_is}")
+    rates = {
+        name: per_second(cfg.n, sum(end - start for start, end in spans))
+        for name, spans in windows.items()
+    }
     return {
-        "send_many": per_second(sum(rounds), seconds["client"]),
-        "job_path": per_second(sum(rounds), seconds["job"]),
-        "cpu": cpu.usage(*windows["client"]),
-        "cpu_job_path": cpu.usage(*windows["job"]),
+        "send_many": rates["send_many"],
+        "job_path": rates["job path"],
+        "cpu": cpu.usage_over(windows["send_many"], cfg.n),
+        "cpu_job_path": cpu.usage_over(windows["job path"], cfg.n),
         "details": {"rounds": rounds, "per_call": BATCH, "warmup": min(BATCH, cfg.n)},
     }
