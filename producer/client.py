@@ -56,12 +56,10 @@ from common.errors import ConfigError, TaskshuttleError
 from common.factory import Role, open_backend
 from common.schemas import TaskEnvelope, TaskResult, TaskStatus, utcnow
 from common.settings import BackendName, Settings, describe_error, load_settings
-from producer.local import WorkerOptions, import_handlers, local_workers, registry
+from producer.local import WorkerOptions, WorkerPool, import_handlers, local_workers, registry
 
 if TYPE_CHECKING:
     from types import ModuleType
-
-    from consumer.supervisor import WorkerPool
 
 log = logging.getLogger("taskshuttle.client")
 
