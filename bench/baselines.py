@@ -185,6 +185,35 @@ def _queue_arguments(cfg: CaseConfig) -> dict[str, Any] | None:
     return {"x-queue-type": "quorum"} if cfg.queue_type is QueueType.quorum else None
 
 
+class ConfirmedPublisher:
+    """Raw pika's publish with a confirm, one message at a time: a `BlockingConnection`
+    whose channel is in confirm mode, so each `basic_publish` (persistent, ``mandatory``)
+    returns once the broker has confirmed it. Its queue is declared durable, plain
+    (classic) or quorum as `_queue_arguments` says. Use it as a context manager."""
+
+    def __init__(self, cfg: CaseConfig, queue_name: str) -> None:
+        self.queue = queue_name
+        self.body = raw_body(cfg.body_size)
+        self.props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+        self.conn = connect(cfg.amqp_url)
+        self.channel = self.conn.channel()
+        self.channel.confirm_delivery()
+        self.channel.queue_declare(queue_name, durable=True, arguments=_queue_arguments(cfg))
+
+    def publish(self) -> float:
+        """One message, confirmed: how long the call took, in seconds."""
+        start = time.perf_counter()
+        self.channel.basic_publish("", self.queue, self.body, self.props, mandatory=True)
+        return time.perf_counter() - start
+
+    def __enter__(self) -> ConfirmedPublisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
 def _pika_consumer(
     url: str, queue_name: str, prefetch: int, ready: Any, stats: Any, stop: Any, reply: bool
 ) -> None:

@@ -37,6 +37,8 @@ CASES: dict[tuple[str, str], Case] = {
     ("rabbitmq", "e2e"): systems.rabbit_e2e,
     ("rabbitmq", "e2e-noresults"): systems.rabbit_e2e_noresults,
     ("rabbitmq", "latency"): systems.rabbit_latency,
+    ("rabbitmq", "send"): systems.client_send,
+    ("rabbitmq", "send-many"): systems.client_send_many,
     ("celery", "publish+drain"): external.external_publish_drain,
     ("celery", "e2e"): external.external_e2e,
     ("dramatiq", "publish+drain"): external.external_publish_drain,
@@ -67,10 +69,12 @@ def run_case(cfg: CaseConfig) -> dict[str, Any]:
 
 
 def known_queues(cfg: CaseConfig) -> list[str]:
-    """The queues a case may create (for clean-up where no management API lists them)."""
+    """The queues a case may create (for clean-up where no management API lists them):
+    taskshuttle's, Dramatiq's, and the raw pika queue (`.raw`) of the ``send`` case."""
     from common.rabbitmq.topology import QueueNames
 
-    return [*QueueNames(cfg.queue).with_companions(), f"{cfg.queue}.DQ", f"{cfg.queue}.XQ"]
+    names = QueueNames(cfg.queue).with_companions()
+    return [*names, f"{cfg.queue}.DQ", f"{cfg.queue}.XQ", f"{cfg.queue}.raw"]
 
 
 def main(argv: list[str]) -> int:

@@ -16,8 +16,12 @@ def write_chart(report: dict[str, Any], path: Path) -> str:
     except ImportError:
         return "skipped: matplotlib is not installed (pip install -e '.[bench]')"
 
-    systems = [s for s, e in report["systems"].items() if e.get("measures")]
     keys = [("publish", "publish"), ("drain", "drain"), ("e2e", "end to end")]
+    systems = [
+        s
+        for s, e in report["systems"].items()
+        if any(e.get("measures", {}).get(k) for k, _ in keys)
+    ]
     fig, (bars, lines) = plt.subplots(1, 2, figsize=(13, 5))
     width = 0.8 / max(len(systems), 1)
     for i, system in enumerate(systems):

@@ -39,6 +39,8 @@ class CaseConfig:
     broker_pids: list[int] = field(default_factory=list)
     #: The work queue's type, for raw pika and taskshuttle on RabbitMQ (None: the others).
     queue_type: QueueType | None = None
+    #: `Client.send` calls timed one at a time (after a warm-up), and as many raw publishes.
+    send_count: int = 2000
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

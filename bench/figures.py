@@ -50,6 +50,20 @@ def latency_figures(
     return figures
 
 
+def call_figures(seconds: Iterable[float]) -> dict[str, Any]:
+    """p50, p99, max and mean of how long calls took, in ms, and how many were timed."""
+    ms = sorted(v * 1000 for v in seconds)
+    if not ms:
+        raise CaseError("no call was timed")
+    return {
+        "p50_ms": _ms_figure(ms, 50),
+        "p99_ms": _ms_figure(ms, 99),
+        "max_ms": round(ms[-1], 3),
+        "mean_ms": round(sum(ms) / len(ms), 3),
+        "samples": len(ms),
+    }
+
+
 def rss_figures(peak_kib: dict[int, int], method: str = "VmHWM") -> dict[str, Any]:
     """Per-worker peak resident set sizes (KiB by pid) as MiB: the largest, the mean, each."""
     if not peak_kib:

@@ -84,6 +84,9 @@ class Options:
     rss_counts: dict[str, tuple[int, ...]] = field(default_factory=dict)
     #: Where the report is copied for the docs (`docs/bench`), or None.
     docs: Path | None = None
+    #: `Client.send` calls timed one at a time (and as many raw pika publishes with a
+    #: confirm) in taskshuttle's ``send`` case.
+    send_count: int = 2000
 
     def variants(self) -> list[Variant]:
         """Every group of rows to measure, in order: each system (the typed ones once per
@@ -120,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=1000.0, help="latency offered rate (1000)")
     parser.add_argument(
         "--latency-seconds", type=float, help="seconds of paced sending per latency case (3)"
+    )
+    parser.add_argument(
+        "--send-count",
+        type=int,
+        help="Client.send calls timed one at a time, after a warm-up (N / 10: 2000; quick 200)",
     )
     parser.add_argument(
         "--systems",
@@ -187,6 +195,9 @@ def parse_args(argv: list[str] | None) -> Options:
         scaling = (args.workers,) if args.quick else (1, 2, 4)
     if min((n, args.workers, args.prefetch, args.repeat, *scaling), default=1) < 1:
         parser.error("--n, --workers, --prefetch, --repeat and --scaling must be positive")
+    send_count = args.send_count if args.send_count is not None else max(n // 10, 1)
+    if send_count < 1:
+        parser.error("--send-count must be positive")
     if args.rate <= 0 or args.body_size < 0:
         parser.error("--rate must be positive and --body-size not negative")
     try:
@@ -227,6 +238,7 @@ def parse_args(argv: list[str] | None) -> Options:
         cluster_url=args.cluster_url,
         rss_counts=rss_counts,
         docs=args.docs or (ROOT / "docs" / "bench" if default_out else None),
+        send_count=send_count,
     )
 
 

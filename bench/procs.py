@@ -155,32 +155,46 @@ class CpuSampler(threading.Thread):
 
     def usage(self, start: float, end: float, messages: int) -> dict[str, Any]:
         """Cores busy per group between two perf_counter times, and CPU per message."""
-        before = [s for s in self.samples if s[0] <= start]
-        after = [s for s in self.samples if s[0] >= end]
-        if not before or not after:
-            return {}
-        (t0, c0), (t1, c1) = before[-1], after[0]
-        wall = t1 - t0
+        return self.usage_over([(start, end)], messages)
+
+    def usage_over(self, windows: Iterable[tuple[float, float]], messages: int) -> dict[str, Any]:
+        """`usage` over several windows taken together (one side of a case that alternates
+        two, with `messages` in all of them): each group's CPU seconds added up, over the
+        windows' wall time added up."""
+        wall = 0.0
+        used = dict.fromkeys([*self.groups, "machine"], 0.0)
+        for start, end in windows:
+            before = [s for s in self.samples if s[0] <= start]
+            after = [s for s in self.samples if s[0] >= end]
+            if not before or not after:
+                return {}
+            (t0, c0), (t1, c1) = before[-1], after[0]
+            wall += t1 - t0
+            for name in used:
+                used[name] += c1.get(name, 0.0) - c0.get(name, 0.0)
         figures: dict[str, Any] = {"window_s": round(wall, 3)}
         for name in self.groups:
-            used = c1.get(name, 0.0) - c0.get(name, 0.0)
             figures[name] = {
-                "cores": round(used / wall, 2) if wall > 0 else None,
-                "us_per_msg": round(used / messages * 1e6, 1) if messages else None,
+                "cores": round(used[name] / wall, 2) if wall > 0 else None,
+                "us_per_msg": round(used[name] / messages * 1e6, 1) if messages else None,
             }
         figures["total_cores"] = round(
             sum(f["cores"] or 0 for k, f in figures.items() if isinstance(f, dict)), 2
         )
         if wall > 0:
-            machine = (c1["machine"] - c0["machine"]) / wall
+            machine = used["machine"] / wall
             figures["machine_cores"] = round(machine, 2)
             # Everything else on the machine: other users' tests, this harness's samplers.
             figures["other_cores"] = round(max(machine - figures["total_cores"], 0.0), 2)
         return figures
 
 
-def cpu_sampler(cfg: CaseConfig, workers: Callable[[], Iterable[int]]) -> CpuSampler:
-    """A started `CpuSampler` over the broker, the workers and this (producer) process."""
+def cpu_sampler(
+    cfg: CaseConfig, workers: Callable[[], Iterable[int]], background: bool = True
+) -> CpuSampler:
+    """A started `CpuSampler` over the broker, the workers and this (producer) process;
+    with `background` False, one that reads only when its case calls `sample()` (at the
+    edges of its windows, for windows too short for a reading every 50 ms)."""
     sampler = CpuSampler(
         {
             "broker": lambda: cfg.broker_pids,
@@ -188,5 +202,6 @@ def cpu_sampler(cfg: CaseConfig, workers: Callable[[], Iterable[int]]) -> CpuSam
             "producer": lambda: [os.getpid()],
         }
     )
-    sampler.start()
+    if background:
+        sampler.start()
     return sampler

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.options import base_system
+from bench.options import ALL_SYSTEMS, base_system
 
 #: (key, label, unit, higher is better)
 MEASURES: tuple[tuple[str, str, str, bool], ...] = (
@@ -23,7 +23,12 @@ MEASURES: tuple[tuple[str, str, str, bool], ...] = (
     ("latency_pub_p50_ms", "latency p50, publish call -> result", "ms", False),
     ("latency_pub_p99_ms", "latency p99, publish call -> result", "ms", False),
     ("rss_mib", "peak RSS / worker", "MiB", False),
+    ("send_p50_ms", "send p50, call -> confirmed", "ms", False),
+    ("send_p99_ms", "send p99, call -> confirmed", "ms", False),
+    ("send_many", "send_many, confirmed", "tasks/s", True),
 )
+#: The application API's measures (`taskshuttle.Client`): taskshuttle's on RabbitMQ only.
+CLIENT_MEASURES = ("send_p50_ms", "send_p99_ms", "send_many")
 #: Measures a system cannot have, and why (shown instead of a figure).
 NOT_APPLICABLE = {
     ("raw-mp", "publish"): "no broker: put() only hands bytes to a feeder thread",
@@ -45,6 +50,12 @@ NOT_APPLICABLE = {
     ("dramatiq", "latency_p99_ms"): "",
     ("dramatiq", "latency_pub_p50_ms"): "",
     ("dramatiq", "latency_pub_p99_ms"): "",
+    **{
+        (system, key): ""
+        for system in ALL_SYSTEMS
+        if system != "rabbitmq"
+        for key in CLIENT_MEASURES
+    },
 }
 #: Raw pika's "sent" is its confirm, which comes after the reply: no fair ratio there.
 NO_RATIO = {("rabbitmq", "latency_p50_ms"), ("rabbitmq", "latency_p99_ms")}
@@ -64,6 +75,13 @@ ROW_NOTES = {
         "(information, no target)"
     ),
     ("local", "latency_pub_p50_ms"): "from each task's creation, just before its put()",
+    ("rabbitmq", "send_p50_ms"): (
+        "call to return; raw pika's BlockingConnection publish+confirm interleaved, call by call"
+    ),
+    ("rabbitmq", "send_many"): (
+        "1,000 tasks a call; job path: producer.run.send, as run_rabbitmq(wait=False) runs it; "
+        "rounds in turn"
+    ),
 }
 #: (system, key) -> (kind, bound, text): kind "ratio" (value / baseline >= bound),
 #: "ratio_max" (value / baseline <= bound) or "max" (value < bound). The project's performance
@@ -76,6 +94,16 @@ TARGETS: dict[tuple[str, str], tuple[str, float, str]] = {
     ("rabbitmq", "latency_pub_p99_ms"): ("ratio_max", 2.0, "<= 2x raw pika's"),
     ("local", "e2e"): ("ratio", 0.3, ">= 0.30x raw multiprocessing"),
     ("local", "latency_p99_ms"): ("ratio_max", 2.0, "<= 2x raw multiprocessing's"),
+    ("rabbitmq", "send_p50_ms"): ("ratio_max", 1.3, "<= 1.3x raw pika publish+confirm"),
+    ("rabbitmq", "send_many"): ("ratio", 0.9, ">= 0.90x the job path"),
+}
+#: Targets judged on one queue type only: on the others, the row is information.
+TARGET_QUEUE_TYPE = {("rabbitmq", "send_p50_ms"): "quorum"}
+#: What the client's rows are ratios to: a figure measured in the same case, beside it.
+IN_CASE_BASELINES = {
+    "send_p50_ms": "raw pika publish+confirm",
+    "send_p99_ms": "raw pika publish+confirm",
+    "send_many": "job path",
 }
 #: rabbitmq's drain against these systems' drain in the same run.
 DRAIN_VERSUS = (("dramatiq", 4.0), ("celery", 8.0))
@@ -115,6 +143,19 @@ def measures_of(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
         found["latency_pub_p50_ms"] = latency.get("from_publish_p50_ms")
         found["latency_pub_p99_ms"] = latency.get("from_publish_p99_ms")
         found["latency"] = latency
+    # The client's: each with its `IN_CASE_BASELINES` figure, from the same case.
+    in_case: dict[str, float] = {}
+    if _ok(cases.get("send")):
+        send, raw = cases["send"]["send"], cases["send"]["raw_pika"]
+        for pct in ("p50", "p99"):
+            found[f"send_{pct}_ms"] = send[f"{pct}_ms"]
+            in_case[f"send_{pct}_ms"] = raw[f"{pct}_ms"]
+        found["send"] = {"samples": send["samples"], "warmup": cases["send"]["details"]["warmup"]}
+    if _ok(cases.get("send-many")):
+        found["send_many"] = cases["send-many"]["send_many"]
+        in_case["send_many"] = cases["send-many"]["job_path"]
+    if in_case:
+        found["in_case_baselines"] = in_case
     for name in ("publish+drain", "drain", "e2e", "latency"):
         case = cases.get(name)
         if _ok(case) and (case or {}).get("rss", {}).get("per_worker_mib"):
@@ -160,6 +201,9 @@ _CASES_FOR = {
     "latency_pub_p50_ms": ("latency",),
     "latency_pub_p99_ms": ("latency",),
     "rss_mib": ("publish+drain", "drain", "e2e"),
+    "send_p50_ms": ("send",),
+    "send_p99_ms": ("send",),
+    "send_many": ("send-many",),
 }
 
 
@@ -180,6 +224,9 @@ def _row(name: str, entry: dict[str, Any], base: dict[str, Any], measure: tuple[
     # taskshuttle's end to end always has its results: that figure is its "with replies".
     value = figures.get("e2e" if (system, key) == ("rabbitmq", "e2e_replies") else key)
     base_value = base.get("e2e" if key == "e2e_noresults" else key) if base_name else None
+    if key in IN_CASE_BASELINES:
+        base_name = IN_CASE_BASELINES[key]
+        base_value = figures.get("in_case_baselines", {}).get(key)
     ratio = round(value / base_value, 3) if value and base_value else None
     if (system, key) in NO_RATIO:
         ratio = None
@@ -195,7 +242,19 @@ def _row(name: str, entry: dict[str, Any], base: dict[str, Any], measure: tuple[
         if key == "latency_p50_ms":
             rate = figures["latency"]["achieved_rate"]
             row.note = "; ".join(filter(None, [f"sent at {rate:g}/s", row.note]))
+    else:
+        row.note = ROW_NOTES.get((system, key), "")
+        if key == "send_p50_ms":
+            calls = figures["send"]
+            counted = f"{calls['samples']:,} calls each, after {calls['warmup']} untimed"
+            row.note = "; ".join(filter(None, [counted, row.note]))
     target = TARGETS.get((system, key))
+    only = TARGET_QUEUE_TYPE.get((system, key))
+    if target and only and entry.get("queue_type") != only:
+        row.note = "; ".join(
+            filter(None, [f"information: the target is on {only} queues", row.note])
+        )
+        target = None
     if target:
         kind, bound, text = target
         row.target = text
@@ -322,6 +381,9 @@ def _cpu_rows(
         for name, case in entry.get("cases", {}).items():
             if _ok(case) and case.get("cpu_publish"):
                 rows.append({"system": system, "case": "publish", **case["cpu_publish"]})
+            if _ok(case) and case.get("cpu_job_path"):
+                label = f"{name}, job path"
+                rows.append({"system": system, "case": label, **case["cpu_job_path"]})
             if _ok(case) and case.get("cpu"):
                 label = "drain" if name == "publish+drain" else name
                 rows.append({"system": system, "case": label, **case["cpu"]})

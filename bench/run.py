@@ -45,7 +45,7 @@ PLAN: dict[str, tuple[str, ...]] = {
     "raw-mp": ("e2e", "drain", "latency"),
     "raw-pika": ("publish+drain", "e2e", "e2e-replies", "latency"),
     "local": ("drain", "e2e", "latency"),
-    "rabbitmq": ("publish+drain", "e2e", "e2e-noresults", "latency"),
+    "rabbitmq": ("publish+drain", "e2e", "e2e-noresults", "latency", "send", "send-many"),
     "celery": ("publish+drain", "e2e"),
     "dramatiq": ("publish+drain", "e2e"),
 }
@@ -63,6 +63,7 @@ PRIMARY = {
     "e2e": "e2e",
     "e2e-noresults": "e2e",
     "e2e-replies": "e2e",
+    "send-many": "send_many",
 }
 
 
@@ -117,8 +118,8 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 def _primary(measure: str, result: dict[str, Any]) -> float | None:
     if result.get("status") != "ok":
         return None
-    if measure == "latency":
-        return float(result["latency"]["p50_ms"])
+    if measure in ("latency", "send"):
+        return float(result[measure]["p50_ms"])
     return float(result[PRIMARY[measure]])
 
 
@@ -149,11 +150,23 @@ def _say(label: str, cfg: CaseConfig, result: dict[str, Any]) -> None:
         if "latency" in result:
             lat = result["latency"]
             figures.append(f"p50 {lat['p50_ms']:.2f} ms p99 {lat['p99_ms']:.2f} ms")
+        for key, base in (("send", "raw_pika"), ("send_many", "job_path")):
+            if key in result:
+                figures.append(
+                    f"{key} {_say_figure(result[key])} against {_say_figure(result[base])}"
+                )
         text = ", ".join(figures)
     else:
         text = f"{status}: {str(result.get('reason', ''))[:200]}"
     took = result.get("seconds", "-")
     print(f"  {label:17} {cfg.measure:14} W={cfg.workers:<2} {text} ({took}s)", flush=True)
+
+
+def _say_figure(figure: Any) -> str:
+    """A rate, or a call's p50 and p99."""
+    if isinstance(figure, dict):
+        return f"p50 {figure['p50_ms']:.2f} ms p99 {figure['p99_ms']:.2f} ms"
+    return f"{figure:,.0f}/s"
 
 
 def _find_broker(url: str) -> tuple[str | None, list[int]]:
@@ -200,6 +213,7 @@ class Run:
             time_limit=max(opts.case_timeout - 10, opts.case_timeout * 0.8),
             broker_pids=self.cluster_pids if variant.nodes else self.broker_pids,
             queue_type=variant.queue_type,
+            send_count=opts.send_count,
         )
 
     def entry(self, variant: Variant, status: str, **fields: Any) -> None:
@@ -264,6 +278,7 @@ def _meta(run: Run, started: float, load_before: tuple[float, ...]) -> dict[str,
             "body_size": opts.body_size,
             "rate": opts.rate,
             "latency_messages": run.latency_count,
+            "send_count": opts.send_count,
             "systems": list(opts.systems),
             "scaling": list(opts.scaling),
             "repeat": opts.repeat,

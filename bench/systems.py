@@ -1,23 +1,25 @@
 """taskshuttle under test, on both backends.
 
 It is driven through its real code paths only: backends from `common.factory.open_backend`,
-the `WorkerPool` of `consumer.supervisor` running `consumer.worker.Worker`, and
-`producer.run.run_rabbitmq` / `run_local` with their `Ledger`. The task kind is ``noop``
-from `bench.tasks`, which also writes each worker's stamps at exit.
+the `WorkerPool` of `consumer.supervisor` running `consumer.worker.Worker`,
+`producer.run.run_rabbitmq` / `run_local` with their `Ledger`, and the application API,
+`taskshuttle.Client`. The task kind is ``noop`` from `bench.tasks`, which also writes each
+worker's stamps at exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.baselines import GATE_SETTLE
-from bench.broker import Gate, QueueSampler, gated_drain, wait_ready_count
+from bench.baselines import GATE_SETTLE, ConfirmedPublisher
+from bench.broker import Gate, QueueSampler, connect, gated_drain, wait_ready_count
 from bench.config import CaseConfig, CaseError, envelope_payload
-from bench.figures import per_second, stamped_figures, stamps_rss
+from bench.figures import call_figures, per_second, stamped_figures, stamps_rss
 from bench.procs import CpuSampler, cmdline, cpu_sampler, descendants
 from bench.stamps import STAMPS_ENV, read_stamps, stamp_window
 
@@ -376,3 +378,134 @@ def local_latency(cfg: CaseConfig) -> dict[str, Any]:
     ledger = _run_local(cfg, _job(cfg, cfg.latency_count, rate=cfg.rate), deadline)
     _, rss = _worker_figures(directory, cfg.latency_count)
     return {"latency": _ledger_latency(ledger, cfg.latency_count), "rss": rss}
+
+
+# -- the application API: taskshuttle.Client on RabbitMQ -------------------------------------
+#: `Client.send` calls (and raw publishes) made before the timed ones, untimed.
+SEND_WARMUP = 100
+#: `send_many` against the job path: rounds of this many tasks each, the two in turn (who
+#: goes first alternates), the queue purged after each, so both see the same moments of a
+#: machine that is shared and noisy, and the same queue.
+SEND_MANY_ROUND = 2000
+
+
+def _client(cfg: CaseConfig) -> Any:
+    """A `Client` on the case's queue, made as an application makes one."""
+    from taskshuttle import Client
+
+    queue_type = cfg.queue_type.value if cfg.queue_type else None
+    return Client(url=cfg.amqp_url, queue=cfg.queue, queue_type=queue_type)
+
+
+def client_send(cfg: CaseConfig) -> dict[str, Any]:
+    """`Client.send` one task at a time (each returns once the broker confirmed it), beside
+    raw pika's publish with a confirm of a message of the same size (`ConfirmedPublisher`,
+    a durable queue of the same type): `cfg.send_count` calls each after `SEND_WARMUP`,
+    interleaved call by call (who goes first alternates), so both see the same moments of
+    the machine. Each call timed from its start to its return. No consumer: the tasks queue
+    up, and the case's queues are deleted after it."""
+    from common.schemas import TaskEnvelope, encode
+
+    deadline = cfg.deadline()
+    payload = envelope_payload(cfg.body_size)
+    warmup = min(SEND_WARMUP, cfg.send_count)
+    sends: list[float] = []
+    publishes: list[float] = []
+    with _client(cfg) as client, ConfirmedPublisher(cfg, f"{cfg.queue}.raw") as raw:
+
+        def send() -> float:
+            start = time.perf_counter()
+            client.send("noop", payload)
+            return time.perf_counter() - start
+
+        for i in range(warmup + cfg.send_count):
+            if i % 2:
+                took_send, took_publish = send(), raw.publish()
+            else:
+                took_publish, took_send = raw.publish(), send()
+            if i >= warmup:
+                sends.append(took_send)
+                publishes.append(took_publish)
+            if time.perf_counter() > deadline:
+                raise CaseError(f"{len(sends)} of {cfg.send_count} sends by the time limit")
+    return {
+        "send": call_figures(sends),
+        "raw_pika": call_figures(publishes),
+        "details": {
+            "warmup": warmup,
+            "body_bytes": len(encode(TaskEnvelope(kind="noop", payload=payload))),
+            "raw_body_bytes": len(raw.body),
+        },
+    }
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[first : first + size] for first in range(0, len(items), size)]
+
+
+def client_send_many(cfg: CaseConfig) -> dict[str, Any]:
+    """`Client.send_many` of `cfg.n` tasks in chunks of the producer's `BATCH` per call,
+    against the producer's job path on the same queue: `producer.run.send`, as
+    `run_rabbitmq(wait=False)` runs it, on a backend opened as it opens one (its connection
+    opened before the clock, as the client's is). After a chunk of each, untimed, rounds of
+    `SEND_MANY_ROUND` tasks of each in turn; each round's tasks checked stored, then purged.
+    Tasks per second of each over all its rounds, and its CPU over them (read at the edges
+    of each round)."""
+    from producer.run import BATCH, Progress, send
+
+    deadline = cfg.deadline()
+    payload = envelope_payload(cfg.body_size)
+    rounds = [min(SEND_MANY_ROUND, cfg.n - sent) for sent in range(0, cfg.n, SEND_MANY_ROUND)]
+    cpu = cpu_sampler(cfg, lambda: [], background=False)
+    windows: dict[str, list[tuple[float, float]]] = {"job path": [], "send_many": []}
+    with (
+        _open_producer(cfg) as backend,
+        _client(cfg) as client,
+        contextlib.closing(connect(cfg.amqp_url)) as admin,
+    ):
+        channel = admin.channel()
+
+        def job_path(count: int) -> tuple[float, float]:
+            job = _job(cfg, count)
+            cpu.sample()
+            start = time.perf_counter()
+            send(job, backend, _tally(job), Progress())
+            end = time.perf_counter()
+            cpu.sample()
+            return start, end
+
+        def send_many(count: int) -> tuple[float, float]:
+            items = [{"kind": "noop", "payload": payload} for _ in range(count)]
+            cpu.sample()
+            start = time.perf_counter()
+            for chunk in _chunks(items, BATCH):
+                client.send_many(chunk)
+            end = time.perf_counter()
+            cpu.sample()
+            return start, end
+
+        def stored_then_purged(count: int) -> None:
+            wait_ready_count(cfg.amqp_url, cfg.queue, count, deadline)
+            channel.queue_purge(cfg.queue)
+
+        sides = {"job path": job_path, "send_many": send_many}
+        for side in sides.values():
+            side(min(BATCH, cfg.n))
+            stored_then_purged(min(BATCH, cfg.n))
+        for number, count in enumerate(rounds):
+            for name in sorted(sides, reverse=bool(number % 2)):
+                windows[name].append(sides[name](count))
+                stored_then_purged(count)
+        if backend.used_as_is:  # the figures would be another queue type's
+            raise CaseError(f"queues not of the type asked for: {backend.used_as_is}")
+    rates = {
+        name: per_second(cfg.n, sum(end - start for start, end in spans))
+        for name, spans in windows.items()
+    }
+    return {
+        "send_many": rates["send_many"],
+        "job_path": rates["job path"],
+        "cpu": cpu.usage_over(windows["send_many"], cfg.n),
+        "cpu_job_path": cpu.usage_over(windows["job path"], cfg.n),
+        "details": {"rounds": rounds, "per_call": BATCH, "warmup": min(BATCH, cfg.n)},
+    }

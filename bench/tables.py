@@ -13,7 +13,7 @@ from bench.options import BASELINES, base_system
 def _fmt(value: Any, unit: str) -> str:
     if value is None:
         return "-"
-    if unit == "msg/s":
+    if unit in ("msg/s", "tasks/s"):
         return f"{value:,.0f}/s"
     if unit == "ms":
         return f"{value:.2f} ms"

@@ -56,12 +56,10 @@ from common.errors import ConfigError, TaskshuttleError
 from common.factory import Role, open_backend
 from common.schemas import TaskEnvelope, TaskResult, TaskStatus, utcnow
 from common.settings import BackendName, Settings, describe_error, load_settings
-from producer.local import WorkerOptions, import_handlers, local_workers, registry
+from producer.local import WorkerOptions, WorkerPool, import_handlers, local_workers, registry
 
 if TYPE_CHECKING:
     from types import ModuleType
-
-    from producer.local import WorkerPool
 
 log = logging.getLogger("taskshuttle.client")
 
@@ -229,7 +227,12 @@ class TaskHandle:
         self.id = task.id
         self.kind = task.kind
         self.eta = task.eta
-        self._arrived = threading.Event()
+        # Held until the result (or the close) comes; each waiter takes it and gives it back
+        # at once. A lock, not an Event: a client makes one handle per task it sends, and an
+        # Event is a Condition, a deque and bound methods to build, which the garbage
+        # collector then walks at every collection for as long as the handles live.
+        self._arrived = threading.Lock()
+        self._arrived.acquire()
         self._outcome: TaskResult | None = None
         self._closed = False
 
@@ -238,7 +241,7 @@ class TaskHandle:
 
     def done(self) -> bool:
         """Whether the result has come (success or failure)."""
-        return self._arrived.is_set() and not self._closed
+        return self._outcome is not None
 
     @property
     def status(self) -> TaskState:
@@ -261,7 +264,7 @@ class TaskHandle:
         takes). Raises `TaskFailed` (`TaskExpired`, `TaskRevoked`) if the task will not run
         again, `TimeoutError` if no result came in time, `ClientClosed` if the client closed
         first."""
-        if not self._arrived.wait(timeout):
+        if self._outcome is None and not self._wait(timeout):
             raise TimeoutError(f"no result for task {self.id} ({self.kind}) within {timeout} s")
         if self._closed:
             raise ClientClosed(f"the client closed before task {self.id}'s result came")
@@ -271,13 +274,29 @@ class TaskHandle:
             raise failure_of(outcome)
         return outcome.value
 
+    def _wait(self, timeout: float | None) -> bool:
+        """Whether the result (or the close) came within `timeout`, as `Event.wait` says."""
+        if timeout is None:
+            came = self._arrived.acquire()
+        elif timeout > 0:
+            came = self._arrived.acquire(timeout=timeout)
+        else:
+            came = self._arrived.acquire(blocking=False)
+        if came:
+            self._open()  # for the next waiter
+        return came
+
     def _resolve(self, result: TaskResult) -> None:
         self._outcome = result
-        self._arrived.set()
+        self._open()
 
     def _abandon(self) -> None:
         self._closed = True
-        self._arrived.set()
+        self._open()
+
+    def _open(self) -> None:
+        with contextlib.suppress(RuntimeError):  # opened by another thread meanwhile
+            self._arrived.release()
 
 
 # -- the client ---------------------------------------------------------------------------------
@@ -438,7 +457,10 @@ class Client:
         orders: dict[str, _Order] = {}
         for request, task in zip(requests, tasks, strict=True):
             name = request.queue or self.queue
-            orders.setdefault(name, _Order(name)).tasks.append(task)
+            order = orders.get(name)
+            if order is None:  # not setdefault, which builds an order (an Event) per task
+                order = orders[name] = _Order(name)
+            order.tasks.append(task)
         handles = [TaskHandle(task) for task in tasks]
         with self._waiting_lock:  # before the send: a result may come before it returns
             for handle in handles:
