@@ -57,6 +57,9 @@ MAX_DELAY = 10 * 365.25 * 86_400
 
 
 #: The longest a revocation is kept: as long as a task may be held back.
+#: How long a revocation is kept when its sender does not know when the task is due (the
+#: client and ``consumer revoke`` alike): a worker that takes the task later runs it.
+REVOKE_KEEP = 30 * 86_400.0
 MAX_KEEP_FOR = MAX_DELAY
 
 #: The most revocations a worker keeps for its queue (past it, those that expire soonest go).

@@ -131,8 +131,8 @@ def main(
     supervise(settings, worker_options, tuple(handlers or ()), pool, live=live, metrics=metrics)
 
 
-#: `consumer revoke --keep-for`'s default: a day.
-DEFAULT_KEEP_FOR = 86_400.0
+#: `consumer revoke --keep-for`'s default: the client's (`common.backend.REVOKE_KEEP`).
+DEFAULT_KEEP_FOR = 30 * 86_400.0
 
 
 @app.command("revoke")

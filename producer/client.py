@@ -51,7 +51,7 @@ from pydantic import (
     model_validator,
 )
 
-from common.backend import MAX_DELAY, ProducerBackend
+from common.backend import MAX_DELAY, MAX_KEEP_FOR, REVOKE_KEEP, ProducerBackend
 from common.errors import ConfigError, TaskshuttleError
 from common.factory import Role, open_backend
 from common.schemas import TaskEnvelope, TaskResult, TaskStatus, utcnow
@@ -62,10 +62,6 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 log = logging.getLogger("taskshuttle.client")
-
-#: How long a revocation is kept when the client does not know when the task is due: a
-#: worker that takes the task later than this runs it. `revoke(keep_for=)` sets another.
-REVOKE_KEEP = 30 * 86_400.0
 
 #: How long the client's thread waits for results before it looks at its other queues and,
 #: with local workers, at their health.
@@ -484,7 +480,7 @@ class Client:
             keep_for = max([REVOKE_KEEP, *(self._keep_for(task_id) for task_id in ids)])
         if not math.isfinite(keep_for) or keep_for <= 0:
             raise ConfigError(f"keep_for must be a number of seconds above 0, not {keep_for!r}")
-        self._hand_over([_Order(self.queue, revoke=(ids, min(keep_for, MAX_DELAY + 86_400)))])
+        self._hand_over([_Order(self.queue, revoke=(ids, min(keep_for, MAX_KEEP_FOR)))])
 
     def _keep_for(self, task_id: str) -> float:
         with self._waiting_lock:

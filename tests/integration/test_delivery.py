@@ -18,9 +18,10 @@ import pika.exceptions
 import pytest
 
 from common.backend import MAX_DELAY, Delivery
+from common.defaults import QueueType
 from common.rabbitmq import RabbitBackend
 from common.rabbitmq.management import Management
-from common.rabbitmq.topology import QueueNames
+from common.rabbitmq.topology import DelayLevels, QueueNames
 from common.schemas import TaskEnvelope, TaskResult, decode_task, encode
 from consumer.handlers import Registry, TaskContext
 from consumer.worker import Worker, WorkerOptions
@@ -362,3 +363,43 @@ def test_dlq_list_stops_at_its_limit_and_leaves_every_letter_in_order(
     assert [json.loads(line)["body"] for line in whole.stdout.splitlines()][:5] == bodies
     assert len(whole.stdout.splitlines()) == 100
     assert _count(broker_url, dlq) == 250
+
+
+def test_forged_delays_on_the_wire_are_held_or_dropped_never_misread_or_looping(
+    own_vhost: str, queue_name: str
+) -> None:
+    """Any client may publish into the delay levels, or put delay-like headers on a task. A
+    routing key that is no delay matches no binding and is returned unroutable; the largest
+    delay a key can say waits in the levels, however long; headers (``x-delay``, the plugin's)
+    are not read at all: such a task runs at once, once."""
+    levels = DelayLevels(QueueType.quorum)
+    with RabbitBackend(own_vhost, queue_name) as backend:
+        backend.publish([TaskEnvelope(kind="echo")], delay=0.25)  # the levels exist
+        assert receive_within(backend, timeout=10) is not None
+        connection = pika.BlockingConnection(pika.URLParameters(own_vhost))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            persistent = pika.BasicProperties(delivery_mode=2)
+            with pytest.raises(pika.exceptions.UnroutableError):
+                channel.basic_publish(
+                    levels.top, "2." * 31 + queue_name, b"{}", persistent, mandatory=True
+                )
+            channel.basic_publish(  # every bit set: the longest wait the levels can hold
+                levels.top, "1." * 31 + queue_name, b"{}", persistent, mandatory=True
+            )
+            plugin_style = TaskEnvelope(kind="echo")
+            channel.basic_publish(
+                "",
+                queue_name,
+                plugin_style.model_dump_json().encode(),
+                pika.BasicProperties(delivery_mode=2, headers={"x-delay": 10**12}),
+                mandatory=True,
+            )
+        finally:
+            connection.close()
+        arrived = receive_within(backend, timeout=10)
+        assert decode_task(arrived.body).id == plugin_style.id
+        backend.ack(arrived)
+        assert _drain(backend, 1.0) == []  # the forged longest delay waits, once
+        assert backend.depths()["waiting"] == 1
