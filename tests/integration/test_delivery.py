@@ -21,6 +21,7 @@ from common.backend import MAX_DELAY, Delivery
 from common.defaults import QueueType
 from common.rabbitmq import RabbitBackend
 from common.rabbitmq.management import Management
+from common.rabbitmq.revocations import REVOCATION_STREAM
 from common.rabbitmq.topology import DelayLevels, QueueNames
 from common.schemas import TaskEnvelope, TaskResult, decode_task, encode
 from consumer.handlers import Registry, TaskContext
@@ -176,7 +177,14 @@ def test_a_retry_of_attempt_2000_waits_in_the_fixed_set_of_delay_levels(
         assert backend.pending() == 0  # which are no queue's own
         levels = backend.levels
     found = set(Management(MANAGEMENT_URL, own_vhost).queues_matching(".*"))
-    assert found == {queue_name, f"{queue_name}.dlq", *levels.queues(), levels.dropped}
+    # and the revocation stream, which every worker of the virtual host reads
+    assert found == {
+        queue_name,
+        f"{queue_name}.dlq",
+        *levels.queues(),
+        levels.dropped,
+        REVOCATION_STREAM,
+    }
 
 
 def test_a_delayed_task_survives_its_consumers_reconnect_and_arrives_once(
