@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections import Counter
 
+from common.rabbitmq.revocations import REVOCATION_STREAM
 from common.settings import load_settings
 from producer.ledger import Fate
 from tests import chaos_amqp, chaos_hostile
@@ -265,11 +266,12 @@ class ChaosRun:
         return dict(sorted(stats.items()))
 
     def _unsettled(self, depths: dict[str, int]) -> dict[str, int]:
-        """Queues still holding work: anything but the DLQ and reply queues."""
+        """Queues still holding work: anything but the DLQ, reply queues and the revocation
+        stream (a log every worker reads, whose messages are never consumed away)."""
         return {
             q: n
             for q, n in depths.items()
-            if n and q != f"{self.queue}.dlq" and ".replies." not in q
+            if n and q != f"{self.queue}.dlq" and ".replies." not in q and q != REVOCATION_STREAM
         }
 
     def _finish(self) -> None:
