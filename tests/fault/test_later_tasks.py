@@ -66,7 +66,10 @@ def test_a_countdown_outlives_a_broker_restart_and_a_killed_consumer(
         late = value["ran_at"] - due
         figures = {"late_s": round(late, 3), "consumer_ready_before_due_s": round(due - ready, 3)}
         _report("countdown 20 s, broker restart at 10 s, consumer SIGKILL", figures)
-        assert 0 <= late <= ON_TIME
+        assert late >= 0  # never before its time
+        # On time, or at once if the machine was so busy that the new consumer came back
+        # after the task's time (the task waited in the work queue: the broker had it ready).
+        assert value["ran_at"] - max(due, ready) <= ON_TIME
         assert runs.read_text().splitlines() == [handle.id]  # once
     finally:
         stop(consumer, timeout=30)
