@@ -54,7 +54,7 @@ from pydantic import (
 from common.backend import MAX_DELAY, MAX_KEEP_FOR, REVOKE_KEEP, ProducerBackend
 from common.errors import ConfigError, TaskshuttleError
 from common.factory import Role, open_backend
-from common.schemas import TaskEnvelope, TaskResult, TaskStatus, utcnow
+from common.schemas import MAX_ATTEMPTS, TASK_ID_MAX, TaskEnvelope, TaskResult, TaskStatus, utcnow
 from common.settings import BackendName, Settings, describe_error, load_settings
 from producer.local import WorkerOptions, WorkerPool, import_handlers, local_workers, registry
 
@@ -116,7 +116,7 @@ class SendRequest(BaseModel):
     """One task as a caller asks for it: `send`'s arguments, a `send_many` item, a line of
     ``producer send --from FILE``. Validated once, here, before anything is sent."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: str = Field(min_length=1, max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict)
@@ -128,11 +128,11 @@ class SendRequest(BaseModel):
     expires: (
         Annotated[float, Field(gt=0, le=MAX_DELAY, allow_inf_nan=False)] | AwareDatetime | None
     ) = None
-    max_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=MAX_ATTEMPTS)] | None = None
     #: The task's id: yours to choose (an idempotency key), or a random one.
-    task_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    #: Another work queue than the client's.
-    queue: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    task_id: Annotated[str, Field(min_length=1, max_length=TASK_ID_MAX)] | None = None
+    #: Another work queue than the client's (checked as the settings check a queue's name).
+    queue: str | None = None
 
     @field_validator("payload", mode="before")
     @classmethod
@@ -195,9 +195,10 @@ def as_request(item: SendRequest | Mapping[str, Any]) -> SendRequest:
 
 
 def _validation_line(exc: ValidationError) -> str:
+    """The first error as ``field: what is wrong`` (a whole-request rule has no field)."""
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function"))
-    return f"{where or 'task'}: {describe_error(first)}" if where else describe_error(first)
+    return f"{where}: {describe_error(first)}" if where else describe_error(first)
 
 
 # -- handles ------------------------------------------------------------------------------------
@@ -556,10 +557,17 @@ class Client:
                 raise ConfigError(
                     f"the local backend has one queue, {self.queue!r}; it cannot send to {name!r}"
                 )
-            settings = self.settings.model_copy(update={"queue": name})
+            settings = self._settings_for(name)
             backend = open_backend(settings, Role.PRODUCER, results=True)
             self._backends[name] = backend
         return backend
+
+    def _settings_for(self, queue_name: str) -> Settings:
+        """This client's settings for another queue, that queue's name checked as any is."""
+        try:
+            return Settings.model_validate({**self.settings.model_dump(), "queue": queue_name})
+        except ValidationError as exc:
+            raise ConfigError(f"queue {queue_name!r}: {describe_error(exc.errors()[0])}") from None
 
     def _take_results(self, backend: ProducerBackend, timeout: float) -> None:
         result = backend.receive_result(timeout)
