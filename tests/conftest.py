@@ -13,6 +13,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
@@ -162,8 +163,9 @@ def delete_queues(url: str, work_queue: str) -> None:
         connection.close()
 
 
-def _management(method: str, path: str, body: dict[str, object] | None = None) -> None:
-    """One request to the test broker's management API, with the broker URL's credentials."""
+def _management(method: str, path: str, body: dict[str, object] | None = None) -> Any:
+    """One request to the test broker's management API, with the broker URL's credentials;
+    its answer's JSON (None for an empty answer)."""
     import base64
     import json
     import urllib.request
@@ -177,7 +179,21 @@ def _management(method: str, path: str, body: dict[str, object] | None = None) -
         method=method,
         headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"},
     )
-    urllib.request.urlopen(request, timeout=10).close()
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        data = answer.read()
+    return json.loads(data) if data else None
+
+
+def management_json(path: str) -> Any:
+    """The test broker's management API's answer to GET `path`; skip (outside CI) or fail (in
+    CI) when no management API answers."""
+    try:
+        return _management("GET", path)
+    except OSError as exc:
+        reason = f"no management API at {MANAGEMENT_URL}: {exc}"
+        if IN_CI:
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from consumer.handlers import Registry
 from consumer.spec import WorkerSpec
 from consumer.supervisor import WorkerPool
 from consumer.worker import Worker, WorkerOptions
-from tests.conftest import MANAGEMENT_URL, require_broker
+from tests.conftest import management_json, require_broker
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -407,21 +407,12 @@ def test_a_revocation_queue_that_is_no_stream_is_refused(queue_name: str, stream
 
 def test_the_shared_stream_is_bounded_by_age_and_size(queue_name: str) -> None:
     """Declared by the first revoke; its bounds as the broker keeps them (the management API)."""
-    import json
-    import urllib.request
-
     from common.rabbitmq import RabbitBackend
     from common.rabbitmq.revocations import REVOCATION_STREAM, stream_arguments
 
     with RabbitBackend(require_broker(), queue_name) as backend:
         backend.revoke(["t-bounds"], keep_for=1)
-    request = urllib.request.Request(f"{MANAGEMENT_URL}/api/queues/%2F/{REVOCATION_STREAM}")
-    request.add_header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")  # guest:guest
-    try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            found = json.load(answer)
-    except OSError as exc:
-        pytest.skip(f"no management API at {MANAGEMENT_URL}: {exc}")
+    found = management_json(f"/api/queues/%2F/{REVOCATION_STREAM}")
     assert found["type"] == "stream" and found["durable"]
     assert found["arguments"] == stream_arguments()
     assert stream_arguments()["x-max-length-bytes"] == 50_000_000

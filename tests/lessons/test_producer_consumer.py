@@ -3,19 +3,16 @@ model with the client, each item read by its handle, on both backends."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import inspect
-import json
 import signal
-import urllib.request
 from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
 from lessons import producer_consumer as pc
 from lessons.i18n import Lang, set_language
-from tests.conftest import MANAGEMENT_URL
+from tests.conftest import management_json
 
 SIZES = {"slow": 0.6, "fast": 30, "fast_seconds": 0.01}
 
@@ -112,15 +109,7 @@ def _queues_named(url: str, prefix: str) -> list[str]:
     """The broker's queues whose name starts with `prefix` (the management API)."""
     parts = urlsplit(url)
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    request = urllib.request.Request(f"{MANAGEMENT_URL}/api/queues/{quote(vhost, safe='')}")
-    user, password = unquote(parts.username or "guest"), unquote(parts.password or "guest")
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            names = [q["name"] for q in json.load(answer)]
-    except OSError as exc:
-        pytest.skip(f"no management API at {MANAGEMENT_URL}: {exc}")
+    names = [q["name"] for q in management_json(f"/api/queues/{quote(vhost, safe='')}")]
     return [name for name in names if name.startswith(prefix)]
 
 
