@@ -41,7 +41,11 @@ of a level queue has that queue's one TTL, so the head is always the first to ex
 delay published after a 4 s one is not held behind it, as it was in the per-queue wait queues
 of one doubling step each that came before). Quorum levels dead-letter "at least once"
 (``x-dead-letter-strategy``, with ``reject-publish`` overflow): a message leaves a level only
-once the next level, or the work queue, has confirmed it.
+once the next level, or the work queue, has confirmed it. What it is not exact about: each
+level's wait starts when a message enters it, so a broker outage that spans a message's move
+from one level to the next makes it late by up to the outage (never early). Going through the
+levels from the lowest bit up would put the long wait last, but then a message would cross
+every higher level's exchange on its way out, the cost `delayed_message` avoids.
 
 Why not RabbitMQ's ``rabbitmq_delayed_message_exchange`` plugin: Debian's broker does not ship
 it, and it keeps delayed messages in one node's Mnesia table, not replicated: losing that
