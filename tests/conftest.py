@@ -168,6 +168,7 @@ def _management(method: str, path: str, body: dict[str, object] | None = None) -
     its answer's JSON (None for an empty answer)."""
     import base64
     import json
+    import urllib.error
     import urllib.request
 
     parts = urlsplit(BROKER_URL)
@@ -179,8 +180,12 @@ def _management(method: str, path: str, body: dict[str, object] | None = None) -
         method=method,
         headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        data = answer.read()
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            data = answer.read()
+    except urllib.error.HTTPError as refused:
+        refused.close()  # it holds the connection: left open, it would warn when collected
+        raise
     return json.loads(data) if data else None
 
 

@@ -17,8 +17,10 @@ LINE = re.compile(
 
 def test_verbose_logs_each_task_with_the_worker_that_ran_it() -> None:
     done = run(
-        "producer", "--backend", "local", "--count", "12", "--kind", "echo",
-        "--workers", "2", "--json", "-v",
+        # Tasks that take a moment: echo tasks could all go to the first worker to wake up
+        # on a loaded machine, before the second is scheduled at all.
+        "producer", "--backend", "local", "--count", "12", "--kind", "sleep",
+        "--payload", '{"seconds": 0.05}', "--workers", "2", "--json", "-v",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     steps: dict[str, list[str]] = {}
