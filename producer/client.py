@@ -54,6 +54,7 @@ from pydantic import (
 from common.backend import MAX_DELAY, MAX_KEEP_FOR, REVOKE_KEEP, ProducerBackend
 from common.errors import ConfigError, TaskshuttleError
 from common.factory import Role, open_backend
+from common.local import LocalBroker
 from common.schemas import MAX_ATTEMPTS, TASK_ID_MAX, TaskEnvelope, TaskResult, TaskStatus, utcnow
 from common.settings import BackendName, Settings, describe_error, load_settings
 from producer.local import WorkerOptions, WorkerPool, import_handlers, local_workers, registry
@@ -612,26 +613,19 @@ class Client:
         self._closed = True
         if self._pool is not None:
             self._pool.stop(timeout)
+            local = main
+            assert isinstance(local, LocalBroker)  # a pool is the local backend's only
+            with contextlib.suppress(Exception):
+                local.drain_events()
+                self._take_results(local, 0)  # what came while the workers stopped
         for backend in self._backends.values():
             with contextlib.suppress(Exception):
-                if self._pool is not None:
-                    drain = getattr(backend, "drain_events", None)
-                    if drain is not None:
-                        drain()
-                    self._take_results_quietly(backend)
                 backend.close()
         with self._waiting_lock:
             waiting, self._waiting = self._waiting, {}
         for handles in waiting.values():
             for handle in handles:
                 handle._abandon()
-
-    def _take_results_quietly(self, backend: ProducerBackend) -> None:
-        """Results that came while the local workers stopped still resolve their handles."""
-        result = backend.receive_result(0)
-        while result is not None:
-            self._deliver(result)
-            result = backend.receive_result(0)
 
 
 __all__ = [

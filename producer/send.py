@@ -145,7 +145,7 @@ def send(
         handles = client.send_many(requests)
         if not (wait or local):
             for handle in handles:
-                _say(handle, as_json, sent=True)
+                _say_sent(handle, as_json)
             return
         failed = _print_results(client, handles, timeout, as_json)
     if failed:
@@ -211,7 +211,7 @@ def _read_requests(path: Path) -> list[SendRequest]:
     return requests
 
 
-def _say(handle: TaskHandle, as_json: bool, *, sent: bool) -> None:
+def _say_sent(handle: TaskHandle, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps({"id": handle.id, "kind": handle.kind, "status": "sent"}))
     else:

@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any, NoReturn
 
-from common.backend import ProducerBackend, check_delay, check_revocation, held_for
+from common.backend import ProducerBackend, check_delay, check_revocation
 from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import TaskshuttleError
 from common.events import LogSink, decode_event
@@ -32,7 +32,7 @@ from common.local.wire import (
     Result,
     Revoked,
     SlotMemory,
-    task_key,
+    items_by_delay,
 )
 from common.revoked import RevokedIds
 from common.schemas import (
@@ -41,8 +41,6 @@ from common.schemas import (
     TaskResult,
     as_first_attempt,
     decode_result,
-    encode,
-    utcnow,
 )
 
 
@@ -96,13 +94,7 @@ class LocalBroker(ProducerBackend):
         )
 
     def publish(self, tasks: Sequence[TaskEnvelope], *, delay: float = 0.0) -> None:
-        delay = check_delay(delay)
-        now = utcnow()
-        by_delay: dict[float, list[tuple[str, bytes]]] = {}
-        for t in tasks:
-            held = held_for(t, delay, now)
-            by_delay.setdefault(held, []).append((task_key(t.id, t.attempt), encode(t)))
-        for held, items in by_delay.items():
+        for held, items in items_by_delay(tasks, check_delay(delay)).items():
             self._schedule(items, held)
 
     def _schedule(self, items: Sequence[tuple[str, bytes]], delay: float) -> None:

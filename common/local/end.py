@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from common.backend import Delivery, WorkerBackend, check_delay, held_for
+from common.backend import Delivery, WorkerBackend, check_delay
 from common.events import EventSink, TaskEvent, encode_event
 from common.local.wire import (
     Acked,
@@ -26,10 +26,10 @@ from common.local.wire import (
     Requeue,
     Result,
     Revoked,
-    task_key,
+    items_by_delay,
 )
 from common.revoked import RevokedIds
-from common.schemas import DeadLetter, TaskEnvelope, TaskResult, encode, utcnow
+from common.schemas import DeadLetter, TaskEnvelope, TaskResult, encode
 
 if TYPE_CHECKING:
     from common.local.wire import SlotMemory
@@ -236,14 +236,9 @@ class LocalWorkerEnd(WorkerBackend):
         settles: Delivery | None = None,
     ) -> None:
         delay = check_delay(delay)
-        now = utcnow()
-        by_delay: dict[float, list[tuple[str, bytes]]] = {}
-        for t in tasks:
-            by_delay.setdefault(held_for(t, delay, now), []).append(
-                (task_key(t.id, t.attempt), encode(t))
-            )
         settled = settles.handle.key if settles is not None else None
-        for held, items in by_delay.items():
+        # No task at all still settles the delivery: one empty `Published`.
+        for held, items in items_by_delay(tasks, delay).items() or [(delay, [])]:
             # The first settles the delivery: the parent stores the rest in the same read.
             self._send(Published(settled, tuple(items), held))
             settled = None

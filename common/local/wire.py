@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
+
+from common.backend import held_for
+from common.schemas import TaskEnvelope, encode, utcnow
 
 #: spawn, not fork: the parent runs threads (the queue's feeder, rich's progress bar), and
 #: forking a process with threads can copy a held lock into the child.
@@ -49,6 +53,21 @@ Revoked = tuple[float, tuple[str, ...]]
 def task_key(task_id: str, attempt: int) -> str:
     """One attempt of one task: a retry is a new attempt, so a new key."""
     return f"{task_id}/{attempt}"
+
+
+def items_by_delay(
+    tasks: Sequence[TaskEnvelope], delay: float
+) -> dict[float, list[tuple[str, bytes]]]:
+    """`tasks` encoded (key, body), grouped by how long a publish holds each back: `delay`,
+    or until its eta if later (`held_for`, reckoned now). The one place both sides of the
+    local backend turn a publish into items."""
+    now = utcnow()
+    by_delay: dict[float, list[tuple[str, bytes]]] = {}
+    for task in tasks:
+        by_delay.setdefault(held_for(task, delay, now), []).append(
+            (task_key(task.id, task.attempt), encode(task))
+        )
+    return by_delay
 
 
 # -- events: what a worker tells the broker ---------------------------------------------
